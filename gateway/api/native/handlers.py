@@ -1,0 +1,130 @@
+"""Native /lf handlers: status (and its live stream), model switch/unload/list, hardware; /health."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+from aiohttp import web
+
+from gateway.api.native.schemas import SwitchBody, UnloadBody, parse_body
+from gateway.keys import MANAGER, SETTINGS, STREAMS
+from gateway.sse import PING, SSE_HEADERS, frame
+from manager.client import RESYNC, ManagerUnavailable
+from manager.protocol import (
+    TOPICS,
+    ListModelsRequest,
+    LoadReply,
+    LoadRequest,
+    ManagerStatus,
+    SnapshotReply,
+    SnapshotRequest,
+    UnloadReply,
+    UnloadRequest,
+)
+
+VERSION = "0.1.0"
+PING_S = 15.0
+CLOSE = object()  # put on SSE queues at shutdown
+
+
+async def health(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER]
+    if manager.alive:
+        return web.json_response({"status": "ok", "version": VERSION, "manager_epoch": manager.epoch})
+    return web.json_response(
+        {"status": "unavailable", "version": VERSION,
+         "reason": "the gateway cannot reach a live manager (lmforge status shows the processes)"},
+        status=503, headers={"Retry-After": "2"},
+    )
+
+
+def status_json(status: ManagerStatus) -> dict[str, object]:
+    """The snapshot, plus the figures a reader would otherwise compute: idle time, time left, free memory."""
+    data = msgspec.to_builtins(status)
+    now = time.time()
+    for slot in data["slots"]:
+        idle = slot["state"] == "ready" and slot["inflight"] == 0
+        slot["idle_s"] = round(now - slot["last_used_at"], 1) if idle else 0.0
+        slot["expires_in_s"] = round(slot["expires_at"] - now, 1) if slot["expires_at"] else None
+    data["budget"]["free_bytes"] = status.budget.free_bytes
+    data["uptime_s"] = round(now - status.started_at, 1)
+    return data
+
+
+async def _snapshot(request: web.Request) -> SnapshotReply:
+    return await request.app[MANAGER].request(SnapshotRequest)
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(status_json((await _snapshot(request)).status))
+
+
+async def hardware(request: web.Request) -> web.Response:
+    return web.json_response(msgspec.to_builtins((await _snapshot(request)).status.hardware))
+
+
+async def status_stream(request: web.Request) -> web.StreamResponse:
+    """A snapshot first, then typed events as they happen; a ping every 15 s of silence."""
+    manager = request.app[MANAGER]
+    queue = manager.subscribe()  # before the snapshot, so nothing falls between the two
+    request.app[STREAMS].add(queue)
+    resp = web.StreamResponse(headers=SSE_HEADERS)
+    await resp.prepare(request)
+    try:
+        seq = await _send_snapshot(request, resp)
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), PING_S)
+            except asyncio.TimeoutError:
+                await resp.write(PING)
+                continue
+            if item is CLOSE:
+                break
+            if item is RESYNC:
+                seq = await _send_snapshot(request, resp)
+            elif item.seq > seq:
+                await resp.write(frame(TOPICS[type(item)].decode(), msgspec.to_builtins(item)))
+    finally:
+        manager.unsubscribe(queue)
+        request.app[STREAMS].discard(queue)
+    return resp
+
+
+async def _send_snapshot(request: web.Request, resp: web.StreamResponse) -> int:
+    try:
+        snap = await _snapshot(request)
+    except ManagerUnavailable as exc:
+        await resp.write(frame("manager", {"available": False, "reason": str(exc)}))
+        return 0
+    await resp.write(frame("snapshot", {"seq": snap.seq, **status_json(snap.status)}))
+    return snap.seq
+
+
+async def close_streams(app: web.Application) -> None:
+    for queue in list(app[STREAMS]):
+        queue.put_nowait(CLOSE)
+
+
+async def model_switch(request: web.Request) -> web.Response:
+    body: SwitchBody = parse_body(await request.read(), SwitchBody)
+    settings = request.app[SETTINGS]
+    reply: LoadReply = await request.app[MANAGER].request(
+        LoadRequest, model=body.model, kind=body.kind, pin=body.pin, keep_alive=body.keep_alive,
+        timeout=settings.load_timeout_s + settings.drain_timeout_s + 30,
+    )
+    return web.json_response({"status": "ready", "model": body.model, "load_s": round(reply.load_s, 3),
+                              "slot": msgspec.to_builtins(reply.slot)})
+
+
+async def model_unload(request: web.Request) -> web.Response:
+    body: UnloadBody = parse_body(await request.read(), UnloadBody, empty_ok=True)
+    reply: UnloadReply = await request.app[MANAGER].request(UnloadRequest, model=body.model, kind=body.kind)
+    return web.json_response({"status": "unloading" if reply.unloaded else "nothing_loaded",
+                              "unloaded": list(reply.unloaded)})
+
+
+async def model_list(request: web.Request) -> web.Response:
+    reply = await request.app[MANAGER].request(ListModelsRequest)
+    return web.json_response({"models": msgspec.to_builtins(reply.models)})

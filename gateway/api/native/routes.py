@@ -1,0 +1,18 @@
+"""Routes of the native /lf API and /health."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.api.native import handlers
+
+
+def setup_native_routes(app: web.Application) -> None:
+    app.router.add_get("/health", handlers.health)
+    app.router.add_get("/lf/status", handlers.status)
+    app.router.add_get("/lf/status/stream", handlers.status_stream)
+    app.router.add_get("/lf/hardware", handlers.hardware)
+    app.router.add_get("/lf/model/list", handlers.model_list)
+    app.router.add_post("/lf/model/switch", handlers.model_switch)
+    app.router.add_post("/lf/model/unload", handlers.model_unload)
+    app.on_shutdown.append(handlers.close_streams)

@@ -1,0 +1,142 @@
+"""`lmforge list|ps|import|load|unload`: installed and loaded models."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import msgspec
+
+from catalog.gguf_info import GGUFError
+from catalog.store import ModelStore, StoreError
+from gateway.cli.client import GatewayDown
+from gateway.cli.context import CommandError, Context
+from manager.keepalive import describe
+
+GiB = 1024**3
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    for name in ("list", "models"):
+        p = sub.add_parser(name, help="installed models")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=list_models)
+    p = sub.add_parser("ps", help="loaded models")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=ps)
+    p = sub.add_parser("import", help="add a local GGUF file to the model store")
+    p.add_argument("file", type=Path)
+    p.add_argument("--name", required=True, help="the name to serve it under, e.g. mymodel:7b")
+    p.set_defaults(func=import_model)
+    p = sub.add_parser("load", help="load a model and keep it warm")
+    p.add_argument("model")
+    p.add_argument("--pin", action="store_true", help="evict it last and never let it expire")
+    p.add_argument("--keep-alive", help='how long it stays after its last request ("5m", "-1" = forever)')
+    p.add_argument("--kind", choices=["chat", "embed", "rerank"], default="chat")
+    p.set_defaults(func=load)
+    p = sub.add_parser("unload", help="unload one model, or all with --all")
+    p.add_argument("model", nargs="?")
+    p.add_argument("--all", action="store_true")
+    p.set_defaults(func=unload)
+
+
+def list_models(args: argparse.Namespace, ctx: Context) -> int:
+    try:
+        models = ctx.client.get("/lf/model/list")["models"]
+    except GatewayDown:
+        models = [_builtin(m) for m in ModelStore(ctx.paths).list()]  # the store is readable offline
+    if args.json:
+        ctx.term.json(models)
+        return 0
+    if not models:
+        ctx.term.info("no models installed; `lmforge import FILE.gguf --name NAME` adds one")
+        return 0
+    ctx.term.table(
+        ["NAME", "SIZE", "ARCH", "QUANT", "CONTEXT", "SERVES", "ADDED"],
+        [[m["name"], f"{m['size_bytes'] / GiB:.2f} GiB", m["architecture"], m["quantization"], m["context_length"],
+          ",".join(m["kinds"]), time.strftime("%Y-%m-%d %H:%M", time.localtime(m["added_at"]))] for m in models],
+    )
+    return 0
+
+
+def _builtin(entry: object) -> dict:
+    return msgspec.to_builtins(entry)
+
+
+def ps(args: argparse.Namespace, ctx: Context) -> int:
+    state = _get_status(ctx)
+    if args.json:
+        ctx.term.json(state["slots"])
+        return 0
+    print_slots(ctx, state)
+    return 0
+
+
+def print_slots(ctx: Context, state: dict) -> None:
+    slots = state["slots"]
+    if not slots:
+        ctx.term.info("no models loaded")
+    else:
+        ctx.term.table(
+            ["MODEL", "KIND", "STATE", "PID", "PORT", "IN FLIGHT", "IDLE", "UNLOADS IN", "ESTIMATE", "ACTUAL"],
+            [[s["model"], s["kind"], s["state"] + (" (pinned)" if s["pinned"] else ""), s["pid"], s["port"],
+              s["inflight"], f"{s['idle_s']:.0f}s", _until(s), _gib(s["estimate_bytes"]), _gib(s["actual_bytes"])]
+             for s in slots],
+        )
+    for model, err in state.get("last_errors", {}).items():
+        ctx.term.warning(f"last error, {model}: {err['message']} ({err['severity']}, x{err['count']})")
+
+
+def _until(slot: dict) -> str:
+    if slot["state"] != "ready":
+        return "-"
+    if slot["expires_in_s"] is None:
+        return "in use" if slot["inflight"] else "never"
+    return describe(max(0.0, slot["expires_in_s"]))
+
+
+def _gib(n: int | None) -> str:
+    return "-" if not n else f"{n / GiB:.2f} GiB"
+
+
+def _get_status(ctx: Context) -> dict:
+    try:
+        return ctx.client.get("/lf/status")
+    except GatewayDown as exc:
+        raise CommandError(f"{exc}; start it with `lmforge start`") from None
+
+
+def import_model(args: argparse.Namespace, ctx: Context) -> int:
+    try:
+        entry = ModelStore(ctx.paths).import_gguf(args.file, args.name)
+    except (StoreError, GGUFError) as exc:
+        raise CommandError(str(exc)) from None
+    ctx.term.success(f"imported {entry.name} ({entry.size_bytes / GiB:.2f} GiB, {entry.architecture} "
+                     f"{entry.quantization}, serves {', '.join(entry.kinds)})")
+    return 0
+
+
+def load(args: argparse.Namespace, ctx: Context) -> int:
+    body = {"model": args.model, "pin": args.pin, "kind": args.kind}
+    if args.keep_alive is not None:
+        body["keep_alive"] = args.keep_alive
+    try:
+        reply = ctx.client.post("/lf/model/switch", body, timeout=600)
+    except GatewayDown as exc:
+        raise CommandError(f"{exc}; start it with `lmforge start`") from None
+    ctx.term.success(f"{args.model} is ready (pid {reply['slot']['pid']}, loaded in {reply['load_s']:.2f}s)")
+    return 0
+
+
+def unload(args: argparse.Namespace, ctx: Context) -> int:
+    if not args.model and not args.all:
+        raise CommandError("name a model to unload, or pass --all")
+    body = {} if args.all else {"model": args.model}
+    try:
+        reply = ctx.client.post("/lf/model/unload", body)
+    except GatewayDown as exc:
+        raise CommandError(f"{exc}; start it with `lmforge start`") from None
+    names = reply["unloaded"]
+    ctx.term.success(f"unloading {', '.join(names)}" if names else "nothing was loaded")
+    return 0

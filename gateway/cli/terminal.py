@@ -1,0 +1,51 @@
+"""Terminal: the one rich Console behind every CLI message, with counted -v/-q and --json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Iterable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+
+class Terminal:
+    def __init__(self, verbosity: int = 0) -> None:
+        self.verbosity = verbosity
+        self.out = Console(highlight=False, markup=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+
+    @property
+    def interactive(self) -> bool:
+        return self.out.is_terminal and sys.stdin.isatty()
+
+    def info(self, message: str) -> None:
+        if self.verbosity >= 0:
+            self.out.print(message)
+
+    def detail(self, message: str) -> None:
+        if self.verbosity >= 1:
+            self.err.print(message, style="dim")
+
+    def success(self, message: str) -> None:
+        if self.verbosity >= 0:
+            self.out.print(message, style="green")
+
+    def warning(self, message: str) -> None:
+        if self.verbosity >= -1:
+            self.err.print(message, style="yellow")
+
+    def error(self, message: str) -> None:
+        self.err.print(message, style="bold red")
+
+    def json(self, data: object) -> None:
+        self.out.print_json(json.dumps(data)) if self.out.is_terminal else print(json.dumps(data))
+
+    def table(self, columns: Sequence[str], rows: Iterable[Sequence[object]], title: str | None = None) -> None:
+        table = Table(title=title, title_justify="left", box=None, header_style="bold")
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*("" if v is None else str(v) for v in row))
+        self.out.print(table)

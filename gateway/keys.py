@@ -1,0 +1,16 @@
+"""Every AppKey the gateway stores on its web.Application, in one place."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from manager.client import ManagerClient
+from manager.config import Paths, Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+PATHS = web.AppKey("paths", Paths)
+MANAGER = web.AppKey("manager", ManagerClient)
+UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
+# Queues of open SSE status streams, told to close first on shutdown so draining does not wait on them.
+STREAMS = web.AppKey("streams", set)

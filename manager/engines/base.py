@@ -1,0 +1,47 @@
+"""What the manager needs from an engine adapter: its command line, health path and memory plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from manager.protocol import HardwareSnapshot, ModelEntry, SlotKind
+
+
+class EngineMissing(Exception):
+    """The engine is not installed and cannot be installed here; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What a load will cost, estimated before it starts."""
+
+    weights: int
+    kv_cache: int
+    compute: int
+    ctx_size: int
+    gpu_layers: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.compute
+
+
+class EngineAdapter(Protocol):
+    name: str
+    health_path: str
+
+    def supports(self, entry: ModelEntry) -> bool:
+        """Whether this engine can run the model's weight format."""
+
+    def plan(
+        self, entry: ModelEntry, kind: SlotKind, hardware: HardwareSnapshot | None, vram_budget: int
+    ) -> MemoryPlan:
+        """Estimate memory and choose context size and GPU layers for a load."""
+
+    def command(self, binary: Path, entry: ModelEntry, kind: SlotKind, port: int, plan: MemoryPlan) -> list[str]:
+        """The argv that serves `entry` as `kind` on 127.0.0.1:`port`."""
+
+    def find_binary(self) -> Path | None:
+        """The installed engine executable, or None when it still has to be installed."""

@@ -1,0 +1,391 @@
+"""The ZeroMQ wire contract between the manager and every other LMForge process.
+
+Each message is a frozen msgspec Struct tagged with its class name and travels as
+msgpack. This module imports only the standard library and msgspec, and checks its
+naming rule at import: a message class ends in Request, Reply, Notice or Event.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Union
+
+import msgspec
+
+# Bumped on any change that an older peer could not decode. Sent in the hello;
+# the manager refuses a peer that speaks another version.
+PROTOCOL = 1
+
+
+class PeerRole(enum.StrEnum):
+    GATEWAY = "gateway"
+    PROBER = "prober"
+    DOWNLOADER = "downloader"
+    TOOL = "tool"
+
+
+class SlotKind(enum.StrEnum):
+    """What a slot's engine serves; one model may have one slot of each kind."""
+
+    CHAT = "chat"
+    EMBED = "embed"
+    RERANK = "rerank"
+
+
+class SlotState(enum.StrEnum):
+    # pending -> loading -> ready -> stopping -> unloaded
+    # pending | loading | ready -> failed
+    # loading -> stopping (unloaded before it was ready)
+    PENDING = "pending"  # waiting for memory; holds none yet
+    LOADING = "loading"  # engine spawned, not yet healthy
+    READY = "ready"
+    STOPPING = "stopping"
+    UNLOADED = "unloaded"  # terminal: stopped on purpose
+    FAILED = "failed"  # terminal: refused, crashed, or never became healthy
+
+
+class LeaseOutcome(enum.StrEnum):
+    OK = "ok"
+    CLIENT_GONE = "client_gone"
+    UPSTREAM_ERROR = "upstream_error"
+
+
+class ErrorCode(enum.StrEnum):
+    """Per-request failures; gateway/errors.py maps each to one HTTP status."""
+
+    BAD_REQUEST = "bad_request"
+    MODEL_NOT_FOUND = "model_not_found"
+    NOT_SUPPORTED = "not_supported"
+    LOAD_FAILED = "load_failed"
+    NO_CAPACITY = "no_capacity"
+    BACKING_OFF = "backing_off"
+    ENGINE_MISSING = "engine_missing"
+    SHUTTING_DOWN = "shutting_down"
+    PROTOCOL_MISMATCH = "protocol_mismatch"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+
+
+class Severity(enum.StrEnum):
+    USER_ERROR = "user_error"  # the model file or the request is at fault
+    TRANSIENT = "transient"  # may work on retry (crash, hang, out of memory)
+    ENGINE_BUG = "engine_bug"  # the engine failed in a way that is not ours to fix
+    CPU_FEATURES = "cpu_features"  # SIGILL: the build uses instructions the CPU traps
+
+
+# ----------------------------------------------------------------------------
+# Plain data carried inside messages (not messages themselves).
+
+
+class GpuInfo(msgspec.Struct, kw_only=True, frozen=True):
+    index: int
+    vendor: str
+    name: str
+    vram_total: int
+    vram_free: int
+    driver: str | None = None
+    compute_capability: str | None = None
+
+
+class HardwareSnapshot(msgspec.Struct, kw_only=True, frozen=True):
+    os: str
+    arch: str
+    cpu_model: str
+    cpu_cores: int
+    cpu_threads: int
+    ram_total: int
+    ram_available: int
+    gpus: tuple[GpuInfo, ...] = ()
+    apple_chip: str | None = None
+    unified_memory: bool = False
+    cpu_flags: tuple[str, ...] = ()
+    taken_at: float = 0.0
+
+
+class LoadError(msgspec.Struct, kw_only=True, frozen=True):
+    at: float
+    message: str
+    severity: Severity
+    stderr_tail: str = ""
+    count: int = 1
+
+
+class SlotInfo(msgspec.Struct, kw_only=True, frozen=True):
+    model: str
+    kind: SlotKind
+    state: SlotState
+    engine: str
+    generation: int
+    port: int | None = None
+    pid: int | None = None
+    inflight: int = 0
+    pinned: bool = False
+    keep_alive_s: float | None = None  # None: stays until evicted or unloaded
+    expires_at: float | None = None
+    last_used_at: float = 0.0
+    loaded_at: float | None = None
+    estimate_bytes: int = 0
+    actual_bytes: int | None = None
+    ctx_size: int = 0
+    gpu_layers: int = 0
+    waiting: int = 0  # acquires parked on this slot while it loads
+    detail: str = ""  # why the slot is pending, or why it failed
+
+
+class BudgetInfo(msgspec.Struct, kw_only=True, frozen=True):
+    total_bytes: int
+    used_bytes: int
+    source: str  # "config", "ram", "vram", "unified", "unknown"
+    max_loaded_models: int = 0
+
+    @property
+    def free_bytes(self) -> int:
+        return max(0, self.total_bytes - self.used_bytes)
+
+
+class PeerInfo(msgspec.Struct, kw_only=True, frozen=True):
+    role: PeerRole
+    pid: int
+    connected_at: float
+
+
+class ModelEntry(msgspec.Struct, kw_only=True, frozen=True):
+    """One installed model, as the store's index records it."""
+
+    name: str
+    path: str  # the GGUF file, absolute
+    format: str = "gguf"
+    size_bytes: int = 0
+    sha256: str = ""
+    added_at: float = 0.0
+    source: str = "import"  # "import", "embedded", or a Hugging Face repo
+    kinds: tuple[SlotKind, ...] = (SlotKind.CHAT,)
+    architecture: str = ""
+    context_length: int = 0
+    parameters: int = 0
+    quantization: str = ""
+
+
+class ManagerStatus(msgspec.Struct, kw_only=True, frozen=True):
+    epoch: str
+    started_at: float
+    slots: tuple[SlotInfo, ...]
+    budget: BudgetInfo
+    last_errors: dict[str, LoadError]
+    peers: tuple[PeerInfo, ...] = ()
+    hardware: HardwareSnapshot | None = None
+
+
+# ----------------------------------------------------------------------------
+# Message bases. The tag of each message is its class name.
+
+
+class Request(msgspec.Struct, tag=True, kw_only=True, frozen=True):
+    """Sent to the manager; answered by exactly one Reply with the same req_id."""
+
+    req_id: int
+
+
+class Reply(msgspec.Struct, tag=True, kw_only=True, frozen=True):
+    req_id: int
+
+
+class Notice(msgspec.Struct, tag=True, kw_only=True, frozen=True):
+    """One-way message; no answer."""
+
+
+class Event(msgspec.Struct, tag=True, kw_only=True, frozen=True):
+    """Published by the manager; seq grows by one per event within an epoch."""
+
+    seq: int = 0
+
+
+# --- requests and replies ---
+
+
+class HelloRequest(Request):
+    role: PeerRole
+    pid: int
+    protocol: int = PROTOCOL
+
+
+class HelloReply(Reply):
+    epoch: str
+    manager_pid: int
+    protocol: int = PROTOCOL
+
+
+class AcquireRequest(Request):
+    """Lease a model's engine, loading it first if needed."""
+
+    model: str
+    kind: SlotKind = SlotKind.CHAT
+    keep_alive: str | float | None = None  # Ollama semantics; None: the model's default
+    trace_id: str = ""
+
+
+class AcquireReply(Reply):
+    lease_id: int
+    model: str
+    kind: SlotKind
+    base_url: str
+    engine: str
+    load_s: float = 0.0  # time this request spent waiting for a load; 0 when warm
+    queue_position: int = 0
+
+
+class LoadRequest(Request):
+    """Warm a model without leasing it; answered when it is ready."""
+
+    model: str
+    kind: SlotKind = SlotKind.CHAT
+    pin: bool = False
+    keep_alive: str | float | None = None
+
+
+class LoadReply(Reply):
+    slot: SlotInfo
+    load_s: float = 0.0
+
+
+class UnloadRequest(Request):
+    model: str | None = None  # None: every model
+    kind: SlotKind | None = None  # None: every kind of that model
+
+
+class UnloadReply(Reply):
+    unloaded: tuple[str, ...]
+
+
+class SnapshotRequest(Request):
+    pass
+
+
+class SnapshotReply(Reply):
+    seq: int
+    status: ManagerStatus
+
+
+class ListModelsRequest(Request):
+    pass
+
+
+class ListModelsReply(Reply):
+    models: tuple[ModelEntry, ...]
+
+
+class OkReply(Reply):
+    pass
+
+
+class ErrorReply(Reply):
+    code: ErrorCode
+    message: str
+    retry_after_s: float | None = None
+
+
+# --- notices ---
+
+
+class ReleaseNotice(Notice):
+    lease_id: int
+    outcome: LeaseOutcome = LeaseOutcome.OK
+
+
+class HardwareNotice(Notice):
+    snapshot: HardwareSnapshot
+
+
+# --- events ---
+
+
+class SlotEvent(Event):
+    slot: SlotInfo
+    previous: SlotState | None = None
+
+
+class LoadProgressEvent(Event):
+    model: str
+    kind: SlotKind
+    stage: str  # "installing_engine", "spawned", "waiting_for_memory", ...
+    detail: str = ""
+
+
+class ErrorEvent(Event):
+    model: str
+    kind: SlotKind
+    error: LoadError
+
+
+class HardwareEvent(Event):
+    snapshot: HardwareSnapshot
+
+
+class BudgetEvent(Event):
+    budget: BudgetInfo
+
+
+class HeartbeatEvent(Event):
+    epoch: str
+    time: float
+
+
+class ManagerStoppingEvent(Event):
+    epoch: str
+
+
+# ----------------------------------------------------------------------------
+# Unions and codecs, built once.
+
+_BASES = {"Request": Request, "Reply": Reply, "Notice": Notice, "Event": Event}
+
+
+def _subclasses(base: type) -> list[type]:
+    found = []
+    for cls in base.__subclasses__():
+        found.append(cls)
+        found.extend(_subclasses(cls))
+    return found
+
+
+def check_naming_rule(namespace: dict[str, object]) -> None:
+    """Every message class ends in its base's name; nothing else does."""
+    for name, obj in namespace.items():
+        if not isinstance(obj, type) or not issubclass(obj, msgspec.Struct):
+            continue
+        if obj in _BASES.values():
+            continue
+        bases = [suffix for suffix, base in _BASES.items() if issubclass(obj, base)]
+        suffixes = [suffix for suffix in _BASES if name.endswith(suffix)]
+        if bases != suffixes:
+            raise TypeError(f"protocol naming rule: {name} subclasses {bases or 'no message base'}")
+
+
+check_naming_rule(dict(globals()))
+
+REQUESTS = tuple(_subclasses(Request))
+REPLIES = tuple(_subclasses(Reply))
+NOTICES = tuple(_subclasses(Notice))
+EVENTS = tuple(_subclasses(Event))
+
+ToManager = Union[REQUESTS + NOTICES]  # type: ignore[valid-type]
+FromManager = Union[REPLIES]  # type: ignore[valid-type]
+AnyEvent = Union[EVENTS]  # type: ignore[valid-type]
+
+encoder = msgspec.msgpack.Encoder()
+to_manager_decoder = msgspec.msgpack.Decoder(ToManager)
+from_manager_decoder = msgspec.msgpack.Decoder(FromManager)
+event_decoder = msgspec.msgpack.Decoder(AnyEvent)
+
+# The PUB topic of each event type, the first frame of every published message.
+TOPICS: dict[type, bytes] = {
+    SlotEvent: b"slot",
+    LoadProgressEvent: b"load",
+    ErrorEvent: b"error",
+    HardwareEvent: b"hardware",
+    BudgetEvent: b"budget",
+    HeartbeatEvent: b"heartbeat",
+    ManagerStoppingEvent: b"stopping",
+}
+if set(TOPICS) != set(EVENTS):
+    raise TypeError("protocol: every Event needs a PUB topic in TOPICS")

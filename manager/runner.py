@@ -1,0 +1,215 @@
+"""EngineRunner: the one task that owns an engine process, from spawn to exit.
+
+It never touches the slot table; it posts what happened (spawned, ready, failed,
+stopped) to the manager's inbox, and stops the engine when the slot's
+stop_event is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import aiohttp
+
+from manager.process import EngineExited, EngineProcess, EngineTimeout, describe_exit
+from manager.protocol import Severity
+from manager.slots import SlotKey
+
+log = logging.getLogger("lmforge.runner")
+
+
+@dataclass(frozen=True)
+class EngineSpawned:
+    key: SlotKey
+    generation: int
+    pid: int
+    port: int
+
+
+@dataclass(frozen=True)
+class EngineReady:
+    key: SlotKey
+    generation: int
+
+
+@dataclass(frozen=True)
+class EngineFailed:
+    key: SlotKey
+    generation: int
+    message: str
+    severity: Severity
+    tail: str = ""
+    during_load: bool = True
+
+
+@dataclass(frozen=True)
+class EngineStopped:
+    key: SlotKey
+    generation: int
+
+
+class LoadFailure(Exception):
+    def __init__(self, message: str, severity: Severity, tail: str = "") -> None:
+        super().__init__(message)
+        self.severity = severity
+        self.tail = tail
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    load_timeout_s: float
+    stop_grace_s: float
+    health_interval_s: float
+    health_failures: int
+    health_path: str
+    log_path: Path
+    pid_dir: Path
+
+
+Command = Callable[[int, bool], Awaitable[list[str]]]  # (port, no_repack) -> argv
+
+
+class EngineRunner:
+    """Runs one slot generation's engine; see the module docstring."""
+
+    def __init__(
+        self, key: SlotKey, generation: int, command: Command, config: RunnerConfig,
+        session: aiohttp.ClientSession, stop_event: asyncio.Event, post: Callable[[object], None],
+    ) -> None:
+        self.key, self.generation = key, generation
+        self.command, self.config, self.session = command, config, session
+        self.stop_event, self.post = stop_event, post
+        self.proc: EngineProcess | None = None
+
+    async def run(self) -> None:
+        try:
+            port = await self._start()
+            if port is None:
+                self.post(EngineStopped(self.key, self.generation))
+                return
+            self.post(EngineReady(self.key, self.generation))
+            failure = await self._supervise(port)
+        except LoadFailure as exc:
+            self.post(EngineFailed(self.key, self.generation, str(exc), exc.severity, exc.tail))
+            return
+        except asyncio.CancelledError:
+            if self.proc is not None:
+                await asyncio.shield(self.proc.stop(self.config.stop_grace_s))
+            raise
+        except Exception as exc:  # a bug in us: report it instead of leaving the slot hanging
+            log.exception("engine runner for %s failed", self.key)
+            if self.proc is not None:
+                await self.proc.stop(0)
+            self.post(EngineFailed(self.key, self.generation, f"internal error: {exc}", Severity.ENGINE_BUG))
+            return
+        self.post(failure or EngineStopped(self.key, self.generation))
+
+    async def _start(self) -> int | None:
+        """Spawn and wait until healthy; None if a stop was asked for meanwhile."""
+        no_repack = False
+        for _attempt in range(3):
+            port = free_port()
+            argv = await self.command(port, no_repack)
+            self.proc = proc = await EngineProcess.spawn(
+                argv, log_path=self.config.log_path, pid_dir=self.config.pid_dir
+            )
+            self.post(EngineSpawned(self.key, self.generation, proc.pid, port))
+            url = f"http://127.0.0.1:{port}{self.config.health_path}"
+            healthy = asyncio.ensure_future(proc.wait_healthy(self.session, url, self.config.load_timeout_s))
+            stop = asyncio.ensure_future(self.stop_event.wait())
+            await asyncio.wait([healthy, stop], return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if self.stop_event.is_set():
+                healthy.cancel()
+                await proc.stop(self.config.stop_grace_s)
+                return None
+            try:
+                healthy.result()
+                return port
+            except EngineExited as exc:
+                if exc.returncode == -signal.SIGILL and not no_repack:
+                    log.warning("%s died of SIGILL while loading; retrying with --no-repack", self.key)
+                    no_repack = True
+                    continue
+                if "bind" in exc.tail.lower() and "address" in exc.tail.lower():
+                    continue  # another process took the port between our probe and its bind
+                raise load_failure(exc) from None
+            except EngineTimeout as exc:
+                await proc.stop(0)
+                raise LoadFailure(
+                    f"{exc}; raise load_timeout_s in config.toml if the model is just slow",
+                    Severity.TRANSIENT, proc.tail(),
+                ) from None
+        raise LoadFailure("engine could not bind a port after 3 tries", Severity.TRANSIENT)
+
+    async def _supervise(self, port: int) -> EngineFailed | None:
+        """Wait for a stop request, an exit, or a run of failed health probes."""
+        assert self.proc is not None
+        proc, failures = self.proc, 0
+        url = f"http://127.0.0.1:{port}{self.config.health_path}"
+        while True:
+            exited = asyncio.ensure_future(proc.wait())
+            stop = asyncio.ensure_future(self.stop_event.wait())
+            await asyncio.wait([exited, stop], timeout=self.config.health_interval_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+            exited.cancel()
+            stop.cancel()
+            if self.stop_event.is_set():
+                await proc.stop(self.config.stop_grace_s)
+                return None
+            if proc.returncode is not None:
+                return self._failed(f"engine died ({describe_exit(proc.returncode)})", proc)
+            failures = 0 if await self._probe(url) else failures + 1
+            if failures >= self.config.health_failures:
+                await proc.stop(0)
+                return self._failed(f"engine stopped answering its health probe ({failures} in a row); killed it", proc)
+
+    async def _probe(self, url: str) -> bool:
+        try:
+            timeout = aiohttp.ClientTimeout(total=max(self.config.health_interval_s, 2.0))
+            async with self.session.get(url, timeout=timeout) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    def _failed(self, message: str, proc: EngineProcess) -> EngineFailed:
+        severity = Severity.CPU_FEATURES if proc.returncode == -signal.SIGILL else Severity.TRANSIENT
+        return EngineFailed(self.key, self.generation, message, severity, proc.tail(), during_load=False)
+
+
+def load_failure(exc: EngineExited) -> LoadFailure:
+    """Name the cause of an engine that died while loading, from its exit and last lines."""
+    code, tail = exc.returncode, exc.tail
+    if code == -signal.SIGILL:
+        return LoadFailure(
+            "llama-server died of SIGILL: the build uses CPU instructions this machine traps "
+            "(a CPU-feature mismatch). Rebuild it: lmforge engine install llama.cpp --rebuild",
+            Severity.CPU_FEATURES, tail,
+        )
+    if code == -signal.SIGKILL:
+        return LoadFailure("engine was killed while loading (out of memory?)", Severity.TRANSIENT, tail)
+    reason = key_line(tail)
+    severity = Severity.USER_ERROR if "model" in tail.lower() else Severity.ENGINE_BUG
+    return LoadFailure(f"engine exited with {describe_exit(code)} while loading: {reason}", severity, tail)
+
+
+def key_line(tail: str) -> str:
+    """The line of an engine's output most likely to say what went wrong."""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    for marker in ("error", "failed", "exception", "what()"):
+        hits = [line for line in lines if marker in line.lower()]
+        if hits:
+            return hits[0][:300]
+    return lines[-1][:300] if lines else "no output"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

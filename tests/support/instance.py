@@ -1,0 +1,155 @@
+"""Instance: a real LMForge (manager, prober, downloader, gateway) in a temporary home.
+
+Each process is started as `python -m ...` exactly as supervisord runs it, on a
+free port, and stopped with SIGTERM; tests that need supervisord itself use
+`lmforge start` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+PROGRAMS = {"manager": "manager", "prober": "prober", "downloader": "catalog", "gateway": "gateway"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)  # poll interval of a condition wait
+
+
+async def wait_until_async(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """wait_until for coroutine predicates."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)  # poll interval of a condition wait
+
+
+class Instance:
+    def __init__(self, home: Path, llama_server: str, config: str = "") -> None:
+        self.home = home
+        self.port = free_port()
+        home.mkdir(parents=True, exist_ok=True)
+        if config:
+            (home / "config.toml").write_text(config)
+        self.env = dict(os.environ, LMFORGE_HOME=str(home), LMFORGE_PORT=str(self.port),
+                        LMFORGE_LLAMA_SERVER=llama_server, PYTHONUNBUFFERED="1")
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *names: str, wait: bool = True) -> "Instance":
+        (self.home / "logs").mkdir(exist_ok=True)
+        for name in names or PROGRAMS:
+            log = open(self.home / "logs" / f"{name}.log", "ab")
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", PROGRAMS[name]], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        if wait and "gateway" in self.procs:
+            wait_until(self.healthy, timeout=20, what="gateway /health 200")
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            return self.get("/health")[0] == 200
+        except OSError:
+            return False
+
+    def stop(self, name: str | None = None, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        names = [name] if name else ["gateway", "prober", "downloader", "manager"]
+        for n in names:
+            proc = self.procs.get(n)
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(sig)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+    def lmforge(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    # --- HTTP, stdlib only, for synchronous tests ---
+
+    def request(self, method: str, path: str, body: object | None = None, raw: bytes | None = None,
+                timeout: float = 120) -> tuple[int, object]:
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, _parse(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, _parse(err.read())
+
+    def get(self, path: str, timeout: float = 10) -> tuple[int, object]:
+        return self.request("GET", path, timeout=timeout)
+
+    def post(self, path: str, body: object | None = None, **kw) -> tuple[int, object]:  # type: ignore[no-untyped-def]
+        return self.request("POST", path, body, **kw)
+
+    def status(self) -> dict:
+        code, body = self.get("/lf/status")
+        assert code == 200, body
+        return body  # type: ignore[return-value]
+
+    def slot(self, model: str, kind: str = "chat") -> dict | None:
+        return next((s for s in self.status()["slots"] if s["model"] == model and s["kind"] == kind), None)
+
+    def engine_pids(self) -> list[int]:
+        return [s["pid"] for s in self.status()["slots"] if s["pid"]]
+
+    def log(self, name: str) -> str:
+        return (self.home / "logs" / f"{name}.log").read_text(errors="replace")
+
+
+def _parse(data: bytes) -> object:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return data.decode(errors="replace")
+
+
+def llama_servers_of(home: Path) -> list[psutil.Process]:
+    """Engine processes whose model lives under `home` (so parallel tests do not see each other's)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if cmd and cmd[0].endswith("llama-server") and any(str(home) in part for part in cmd):
+            found.append(proc)
+    return found

@@ -1,0 +1,147 @@
+"""The model store: atomic index writes, names, imports, and bad files refused."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from catalog.gguf_info import GGUFError
+from catalog.store import ModelStore, StoreError, check_name
+from manager.config import Paths
+from manager.protocol import ModelEntry, SlotKind
+
+
+def entry(name: str, **kw: object) -> ModelEntry:
+    return ModelEntry(name=name, path=f"/models/{name}.gguf", **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ModelStore:
+    return ModelStore(Paths(tmp_path / "home"))
+
+
+def test_added_models_are_listed_and_found(store: ModelStore) -> None:
+    store.add(entry("b:1"))
+    store.add(entry("a:2"))
+    assert [m.name for m in store.list()] == ["a:2", "b:1"]
+    assert store.get("b:1") == entry("b:1")
+    assert store.get("missing") is None
+
+
+def test_adding_a_name_again_replaces_it(store: ModelStore) -> None:
+    store.add(entry("m", size_bytes=1))
+    store.add(entry("m", size_bytes=2))
+    assert [m.size_bytes for m in store.list()] == [2]
+
+
+def test_another_writer_is_seen_by_an_existing_reader(tmp_path: Path) -> None:
+    reader, writer = ModelStore(Paths(tmp_path)), ModelStore(Paths(tmp_path))
+    assert reader.list() == []
+    writer.add(entry("x"))
+    assert [m.name for m in reader.list()] == ["x"]
+
+
+def test_removing_an_unknown_model_says_so(store: ModelStore) -> None:
+    with pytest.raises(StoreError, match="not installed"):
+        store.remove("nope")
+
+
+def test_a_damaged_index_is_reported_not_overwritten(store: ModelStore) -> None:
+    store.paths.home.mkdir(parents=True)
+    store.paths.index.write_text("{not json")
+    with pytest.raises(StoreError, match="damaged"):
+        store.list()
+    with pytest.raises(StoreError):
+        store.add(entry("m"))
+    assert store.paths.index.read_text() == "{not json"
+
+
+@pytest.mark.parametrize("name", ["../etc", "/abs", "a//b", "", "x" * 200, "sp ace", "-lead", "semi;colon"])
+def test_names_that_could_escape_the_store_are_refused(name: str) -> None:
+    with pytest.raises(StoreError, match="invalid model name"):
+        check_name(name)
+
+
+@pytest.mark.parametrize("name", ["gemma3:270m", "owner/repo:Q4_K_M", "my-model_v2.1+x"])
+def test_ordinary_names_are_accepted(name: str) -> None:
+    assert check_name(name) == name
+
+
+def test_each_name_gets_its_own_directory(store: ModelStore) -> None:
+    assert store.model_dir("a:b") != store.model_dir("a-b")
+    assert store.model_dir("owner/repo:q4").parent == store.paths.models
+
+
+def test_import_places_the_file_and_reads_its_header(store: ModelStore, models_dir: Path) -> None:
+    imported = store.import_gguf(models_dir / "chat.gguf", "tiny:chat")
+    path = Path(imported.path)
+    assert path.parent.parent == store.paths.models and path.read_bytes() == (models_dir / "chat.gguf").read_bytes()
+    assert imported.architecture == "llama" and imported.size_bytes == path.stat().st_size
+    assert len(imported.sha256) == 64
+    assert imported.kinds == (SlotKind.CHAT, SlotKind.EMBED)
+
+
+def test_import_recognises_embedding_and_rerank_models(store: ModelStore, models_dir: Path) -> None:
+    assert store.import_gguf(models_dir / "embed.gguf", "e").kinds == (SlotKind.EMBED,)
+    assert store.import_gguf(models_dir / "rerank.gguf", "r").kinds == (SlotKind.RERANK,)
+
+
+def test_import_refuses_a_file_that_is_not_gguf(store: ModelStore, tmp_path: Path) -> None:
+    bogus = tmp_path / "model.gguf"
+    bogus.write_bytes(b"<html>not found</html>")
+    with pytest.raises(GGUFError, match="not a GGUF"):
+        store.import_gguf(bogus, "bogus")
+    assert store.list() == []
+
+
+def test_import_refuses_a_truncated_gguf(store: ModelStore, models_dir: Path, tmp_path: Path) -> None:
+    data = (models_dir / "chat.gguf").read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(GGUFError, match="truncated"):
+        store.import_gguf(cut, "cut")
+
+
+def test_import_of_a_missing_file_names_it(store: ModelStore, tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        store.import_gguf(tmp_path / "nope.gguf", "nope")
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from catalog.store import ModelStore
+from manager.config import Paths
+from manager.protocol import ModelEntry
+store = ModelStore(Paths(Path(sys.argv[1])))
+i = 0
+while True:
+    i += 1
+    store.add(ModelEntry(name=f"m{i % 50}", path="/x.gguf", size_bytes=i, source="x" * 2000))
+"""
+
+
+def test_index_survives_a_writer_killed_mid_write(tmp_path: Path) -> None:
+    """SIGKILL a process that rewrites the index in a loop: every kill leaves a whole index."""
+    home = tmp_path / "home"
+    store = ModelStore(Paths(home))
+    store.add(entry("keep"))
+    rng = random.Random(1)
+    for _ in range(8):
+        before = store.paths.index.stat().st_mtime_ns
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(home)])
+        deadline = time.monotonic() + 20
+        while store.paths.index.stat().st_mtime_ns == before:
+            assert time.monotonic() < deadline, "the writer never wrote"
+            time.sleep(0.005)  # poll until the writer has replaced the index once
+        time.sleep(rng.uniform(0, 0.05))  # wait a random moment so the kill lands mid-write
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        models = {m.name for m in store.list()}  # parses: never a half-written file
+        assert "keep" in models and len(models) > 1

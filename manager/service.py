@@ -69,6 +69,9 @@ TICK_S = 0.25
 MEASURE_S = 1.0
 
 
+REFUSED = object()  # a keep_alive that could not be parsed; the request was answered
+
+
 @dataclass(frozen=True)
 class Incoming:
     peer: bytes
@@ -232,7 +235,7 @@ class ManagerService(SlotLifecycle):
 
     def _on_acquire(self, peer: bytes, req: AcquireRequest) -> None:
         keep = self._keep_alive(peer, req)
-        if keep is None:
+        if keep is REFUSED:
             return
         slot = self._slot_for(peer, req)
         if slot is None:
@@ -247,7 +250,7 @@ class ManagerService(SlotLifecycle):
 
     def _on_load(self, peer: bytes | None, req: LoadRequest) -> None:
         keep = self._keep_alive(peer, req)
-        if keep is None:
+        if keep is REFUSED:
             return
         slot = self._slot_for(peer, req)
         if slot is None:
@@ -298,15 +301,15 @@ class ManagerService(SlotLifecycle):
 
     # --- helpers for the handlers above ---
 
-    def _keep_alive(self, peer: bytes | None, req: AcquireRequest | LoadRequest) -> float | None | str:
-        """The request's parsed keep_alive, DEFAULT if absent, or None after refusing it."""
+    def _keep_alive(self, peer: bytes | None, req: AcquireRequest | LoadRequest) -> object:
+        """The request's keep_alive in seconds (None: forever), DEFAULT if absent, or REFUSED."""
         if req.keep_alive is None:
             return DEFAULT
         try:
             return parse_keep_alive(req.keep_alive)
         except KeepAliveError as exc:
             self.reply(peer, ErrorReply(req_id=req.req_id, code=ErrorCode.BAD_REQUEST, message=str(exc)))
-            return None
+            return REFUSED
 
     def _auto_load(self) -> None:
         for i, name in enumerate(self.settings.auto_load):

@@ -13,8 +13,10 @@ from rich.table import Table
 class Terminal:
     def __init__(self, verbosity: int = 0) -> None:
         self.verbosity = verbosity
-        self.out = Console(highlight=False, markup=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+        # Piped output keeps whole lines (rich would wrap tables at 80 columns).
+        width = None if sys.stdout.isatty() else 240
+        self.out = Console(highlight=False, markup=False, soft_wrap=True, width=width)
+        self.err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True, width=width)
 
     @property
     def interactive(self) -> bool:

@@ -118,7 +118,9 @@ class LlamaCppAdapter:
             argv += ["--kv-unified", "--cache-ram", str(self.settings.cache_ram_mb)]
             template = BUILTIN_TEMPLATES.get(info.architecture)
             if template and "tokenizer.chat_template" not in info.metadata:
-                argv += ["--chat-template", template]
+                # Built-in names only work through the non-Jinja formatter; with Jinja
+                # on, llama-server would take the name itself as the template text.
+                argv += ["--no-jinja", "--chat-template", template]
         else:
             batch = str(self._pooled_batch(plan.ctx_size))
             argv += ["--batch-size", batch, "--ubatch-size", batch]

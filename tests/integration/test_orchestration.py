@@ -204,3 +204,17 @@ async def test_two_cold_models_that_both_fit_load_in_parallel(make_instance, mod
         and len(inst.status()["slots"]) == 2, what="both loading at once")
     assert [code for code, _ in await both] == [200, 200]
     assert time.monotonic() - started < 5.5  # two 3 s loads side by side, not one after the other
+
+
+def test_auto_load_models_are_loaded_and_pinned_at_start(make_instance, models_dir: Path) -> None:
+    inst = make_instance(config(auto_load=["a"]), {"a": models_dir / "chat.gguf"}).start()
+    slot = wait_until(lambda: (s := inst.slot("a")) and s["state"] == "ready" and s, what="a auto-loaded")
+    assert slot["pinned"] and slot["expires_in_s"] is None
+
+
+def test_a_models_own_keep_alive_applies_to_requests_without_one(make_instance, models_dir: Path) -> None:
+    inst = make_instance(config(keep_alive="1h"), {"a": models_dir / "chat.gguf"}).start()
+    assert inst.post("/lf/model/switch", {"model": "a", "keep_alive": "1s"})[0] == 200
+    assert chat(inst, "a")[0] == 200
+    assert inst.slot("a")["expires_in_s"] <= 1.0
+    wait_until(lambda: inst.slot("a") is None, what="a expired on its own keep_alive")

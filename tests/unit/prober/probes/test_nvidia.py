@@ -37,3 +37,9 @@ def test_session_open_and_close_are_safe_with_or_without_a_driver():
     assert isinstance(nvidia_gpus(), tuple)
     session.close()
     session.close()
+
+
+def test_gpu_memory_is_summed_per_process_across_gpus() -> None:
+    from prober.probes.nvidia import sum_by_pid
+
+    assert sum_by_pid([(10, 100), (11, 5), (10, 50), (12, None), (13, 0)]) == {10: 150, 11: 5}

@@ -1,0 +1,49 @@
+"""Settings: file, then environment; mistakes are reported with where they are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from manager.config import ConfigError, load_settings
+
+
+def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LMFORGE_PORT", raising=False)
+    monkeypatch.delenv("LMFORGE_LLAMA_SERVER", raising=False)
+    settings, paths = load_settings(tmp_path)
+    assert (settings.host, settings.port, settings.keep_alive) == ("127.0.0.1", 11430, "5m")
+    assert paths.index == tmp_path / "models.json"
+
+
+def test_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "config.toml").write_text('port = 12000\nkeep_alive = "1h"\n[llama_cpp]\nparallel = 2\n')
+    monkeypatch.setenv("LMFORGE_PORT", "12345")
+    monkeypatch.setenv("LMFORGE_LLAMA_SERVER", "/opt/llama-server")
+    settings, _ = load_settings(tmp_path)
+    assert (settings.port, settings.keep_alive, settings.llama_cpp.parallel) == (12345, "1h", 2)
+    assert settings.llama_cpp.server == "/opt/llama-server"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("port = 'x'", "Expected `int`"), ("prot = 1", "unknown field `prot`"), ("port = 70000", "port must be"),
+     ("memory_fraction = 2.0", "memory_fraction"), ("[llama_cpp]\nparallel = 0", "parallel"), ("port = ", "config.toml")],
+)
+def test_bad_files_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "config.toml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(tmp_path)
+
+
+def test_bad_port_in_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LMFORGE_PORT", "eighty")
+    with pytest.raises(ConfigError, match="LMFORGE_PORT"):
+        load_settings(tmp_path)
+
+
+def test_runtime_directory_is_short_and_per_home(tmp_path: Path) -> None:
+    _, a = load_settings(tmp_path / "a")
+    _, b = load_settings(tmp_path / "b")
+    assert a.runtime != b.runtime and len(str(a.runtime / "supervisor.sock")) < 100

@@ -7,20 +7,14 @@ import sys
 from aiohttp import web
 
 from gateway.app import make_app
-from manager.config import ConfigError, load_settings
-from manager.logs import setup_logging
+from manager.config import Paths, Settings
+from manager.startup import run_process
 
 # Fits inside supervisord's stopwaitsecs for the gateway (deploy/).
 SHUTDOWN_TIMEOUT_S = 10.0
 
 
-def main() -> int:
-    setup_logging("gateway")
-    try:
-        settings, paths = load_settings()
-    except ConfigError as exc:
-        print(f"lmforge gateway: {exc}", file=sys.stderr)
-        return 2
+def serve(settings: Settings, paths: Paths) -> int:
     try:
         web.run_app(
             make_app(settings, paths), host=settings.host, port=settings.port,
@@ -34,4 +28,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_process("gateway", serve))

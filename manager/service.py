@@ -49,7 +49,6 @@ from manager.protocol import (
     PeerInfo,
     ReleaseNotice,
     Reply,
-    SlotKind,
     SlotState,
     SnapshotReply,
     SnapshotRequest,
@@ -234,28 +233,32 @@ class ManagerService(SlotLifecycle):
         log.info("%s connected (pid %d)", req.role, req.pid)
         self.reply(peer, HelloReply(req_id=req.req_id, epoch=self.epoch, manager_pid=os.getpid()))
 
-    def _on_acquire(self, peer: bytes, req: AcquireRequest) -> None:
+    def _target(self, peer: bytes | None, req: AcquireRequest | LoadRequest) -> tuple[object, Slot] | None:
+        """The request's parsed keep_alive and its slot; None once it was answered with an error."""
         keep = self._keep_alive(peer, req)
-        if keep is REFUSED:
+        slot = None if keep is REFUSED else self._slot_for(peer, req)
+        return None if slot is None else (keep, slot)
+
+    def _park(self, slot: Slot, peer: bytes | None, req: AcquireRequest | LoadRequest, keep: object) -> None:
+        """Answer `req` when the slot is ready or failed; it may need loading first."""
+        slot.waiters.append(Waiter(peer, req, keep))  # type: ignore[arg-type]
+        self.schedule()
+
+    def _on_acquire(self, peer: bytes, req: AcquireRequest) -> None:
+        if (target := self._target(peer, req)) is None:
             return
-        slot = self._slot_for(peer, req)
-        if slot is None:
+        keep, slot = target
+        if slot.state != SlotState.READY:
+            self._park(slot, peer, req, keep)
             return
-        if slot.state == SlotState.READY:
-            lease = self.leases.grant(slot, peer, keep)
-            self.reply(peer, AcquireReply(req_id=req.req_id, lease_id=lease.id, model=slot.model,
-                                          kind=slot.kind, base_url=slot.base_url, engine=slot.engine))
-        else:
-            slot.waiters.append(Waiter(peer, req, keep))
-            self.schedule()
+        lease = self.leases.grant(slot, peer, keep)  # type: ignore[arg-type]
+        self.reply(peer, AcquireReply(req_id=req.req_id, lease_id=lease.id, model=slot.model,
+                                      kind=slot.kind, base_url=slot.base_url, engine=slot.engine))
 
     def _on_load(self, peer: bytes | None, req: LoadRequest) -> None:
-        keep = self._keep_alive(peer, req)
-        if keep is REFUSED:
+        if (target := self._target(peer, req)) is None:
             return
-        slot = self._slot_for(peer, req)
-        if slot is None:
-            return
+        keep, slot = target
         slot.pinned = slot.pinned or req.pin
         if keep != DEFAULT:
             slot.keep_alive_s = keep  # type: ignore[assignment]
@@ -264,8 +267,7 @@ class ManagerService(SlotLifecycle):
             self.reply(peer, LoadReply(req_id=req.req_id, slot=slot.info()))
             self.publish_slot(slot, None)
         else:
-            slot.waiters.append(Waiter(peer, req, keep))
-            self.schedule()
+            self._park(slot, peer, req, keep)
 
     def _on_release(self, peer: bytes, notice: ReleaseNotice) -> None:
         self._return_lease(notice.lease_id)

@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 
 import msgspec
 
-from manager.config import ConfigError, Paths, load_settings
+from manager.config import Paths
+from manager.startup import run_process
 from prober.detect import take_snapshot
 from prober.service import ProberService
 
-log = logging.getLogger("lmforge.prober")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,22 +26,11 @@ def main(argv: list[str] | None = None) -> int:
         "--interval", type=float, default=2.0, help="seconds between live refreshes (default 2)"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     if args.once:
         text = msgspec.json.format(msgspec.json.encode(take_snapshot()), indent=2)
         sys.stdout.write(text.decode() + "\n")
         return 0
-    try:
-        _settings, paths = load_settings()
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    asyncio.run(_serve(paths, args.interval))
-    return 0
+    return run_process("prober", lambda _settings, paths: asyncio.run(_serve(paths, args.interval)))
 
 
 async def _serve(paths: Paths, interval_s: float) -> None:

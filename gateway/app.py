@@ -44,7 +44,10 @@ async def _manager_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     # No pool limit: the manager's leases, not the connector, bound engine load.
-    connector = aiohttp.TCPConnector(limit=0, use_dns_cache=False)
+    # No keep-alive: llama-server closes a connection after each streamed response
+    # although it advertises keep-alive (a reused one fails), and an open idle
+    # connection would hold up its exit on SIGTERM. A loopback connect is ~0.1 ms.
+    connector = aiohttp.TCPConnector(limit=0, use_dns_cache=False, force_close=True)
     session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
     app[UPSTREAM] = session
     yield

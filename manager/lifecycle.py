@@ -122,22 +122,28 @@ class SlotLifecycle:
                 continue
             if slot.plan is None and not self._plan(slot, budget):
                 continue
-            assert slot.plan is not None
+            self._admit(slot, budget)
+
+    def _admit(self, slot: Slot, budget: BudgetInfo) -> None:
+        assert slot.plan is not None
+        for _ in range(2):  # after evicting, ask again: a count limit may now allow the load
             residents = [Resident((s.key, s.generation), s.state, s.reserved, s.inflight, s.last_used_at, s.pinned)
                          for s in self.memory_holders()]
             decision = plan_admission(slot.plan.total, budget.total_bytes, residents,
                                       self.settings.max_loaded_models)
             if isinstance(decision, Admit):
                 self._start(slot)
-            elif isinstance(decision, Evict):
-                victims = [v for v in self.memory_holders() if (v.key, v.generation) in decision.victims]
-                for victim in victims:
-                    self.unload(victim, f"evicted to make room for {slot.label}")
-                self._wait(slot, f"evicting {', '.join(v.label for v in victims)}")
-            elif isinstance(decision, Wait):
-                self._wait(slot, decision.reason)
-            elif isinstance(decision, Reject):
-                self._refuse_pending(slot, f"cannot load {slot.label}: {decision.reason}")
+                return
+            if not isinstance(decision, Evict):
+                break
+            victims = [v for v in self.memory_holders() if (v.key, v.generation) in decision.victims]
+            for victim in victims:
+                self.unload(victim, f"evicted to make room for {slot.label}")
+            decision = Wait(f"evicting {', '.join(v.label for v in victims)}")
+        if isinstance(decision, Wait):
+            self._wait(slot, decision.reason)
+        elif isinstance(decision, Reject):
+            self._refuse_pending(slot, f"cannot load {slot.label}: {decision.reason}")
 
     def _plan(self, slot: Slot, budget: BudgetInfo) -> bool:
         vram = budget.total_bytes if is_gpu_host(self.hardware) else 0

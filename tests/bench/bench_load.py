@@ -8,7 +8,6 @@ Run: python -m tests.bench.bench_load [--rounds 10] [--models tiny gemma]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 import time
@@ -18,8 +17,9 @@ from pathlib import Path
 import aiohttp
 
 from tests.bench.harness import (
+    bench_main,
     BenchError, bench_instance, chat_body, engine_argv, engine_slot, finish_machine_info, gemma_gguf, hand_engine,
-    llama_server_binary, machine_info, machine_line, ms, save_results, sigterm_raises, stream_chat,
+    llama_server_binary, machine_info, machine_line, ms, save_results, stream_chat,
     table, temp_dir, unload, wait_for,
 )
 from tests.support.instance import Instance
@@ -114,14 +114,15 @@ async def swap_rounds(bench: Bench, a: str, b: str, rounds: int) -> dict[str, di
             raise BenchError(f"{outgoing} is still {left['state']}: max_loaded_models = 1 did not evict it")
         out[incoming]["outgoing_still_stopping"].append(left is not None)
         await wait_for(lambda: engine_slot(bench.inst, outgoing) is None, f"{outgoing} to finish stopping")
+        # LMForge's copy of `incoming` stays resident but idle meanwhile; an idle llama-server takes no CPU.
         out[incoming]["hand"].append(await bench.by_hand(incoming))
     for model in (a, b):
         await unload(bench.inst, model)
     return out
 
 
-def median_of(hand: list[dict[str, float]], key: str) -> float:
-    return statistics.median(h[key] for h in hand)
+def median_of(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
 
 
 def cold_row(name: str, result: dict[str, list]) -> list[object]:
@@ -187,18 +188,5 @@ async def run(args: argparse.Namespace) -> None:
     print(f"\nresults: {path}")
 
 
-def main(argv: list[str]) -> int:
-    sigterm_raises()
-    try:
-        asyncio.run(run(parse_args(argv)))
-    except BenchError as exc:
-        print(f"bench_load: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench_load: interrupted; every process it started was stopped", file=sys.stderr)
-        return 130
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(bench_main("bench_load", lambda argv: run(parse_args(argv)), sys.argv[1:]))

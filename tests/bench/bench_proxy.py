@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import time
@@ -16,8 +17,9 @@ import aiohttp
 import psutil
 
 from tests.bench.harness import (
+    bench_main,
     BenchError, Stream, StreamFailed, bench_instance, chat_body, engine_slot, finish_machine_info,
-    llama_server_binary, machine_info, machine_line, ms, pct, save_results, sigterm_raises, stream_chat,
+    llama_server_binary, machine_info, machine_line, ms, pct, save_results, stream_chat,
     table, temp_dir,
 )
 from tests.support.instance import Instance
@@ -39,6 +41,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=6, help="throughput rounds per side and concurrency")
     parser.add_argument("--parallel", type=int, nargs="+", default=[4],
                         help="llama-server --parallel values to run (one instance each)")
+    parser.add_argument("--engine-args", default="", help='extra llama-server arguments, e.g. "--poll 0"')
     return parser.parse_args(argv)
 
 
@@ -176,7 +179,8 @@ async def run(args: argparse.Namespace) -> None:
     with temp_dir("lmforge-bench-proxy-") as tmp:
         cycle = write_cycle_model(tmp / "cycle.gguf")
         for parallel in args.parallel:
-            config = f"[llama_cpp]\nparallel = {parallel}\n"
+            extra = json.dumps(args.engine_args.split())
+            config = f"[llama_cpp]\nparallel = {parallel}\nextra_args = {extra}\n"
             with bench_instance(tmp / f"home-p{parallel}", {MODEL: cycle}, config) as inst:
                 results[parallel] = await measure(inst, args)
     text = report(finish_machine_info(info), results, args)
@@ -186,18 +190,5 @@ async def run(args: argparse.Namespace) -> None:
     print(f"\nresults: {path}")
 
 
-def main(argv: list[str]) -> int:
-    sigterm_raises()
-    try:
-        asyncio.run(run(parse_args(argv)))
-    except BenchError as exc:
-        print(f"bench_proxy: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench_proxy: interrupted; every process it started was stopped", file=sys.stderr)
-        return 130
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(bench_main("bench_proxy", lambda argv: run(parse_args(argv)), sys.argv[1:]))

@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Awaitable, Callable, Iterator
 
 import aiohttp
 import msgspec
@@ -305,3 +305,17 @@ def sigterm_raises() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def bench_main(name: str, run: Callable[[list[str]], Awaitable[None]], argv: list[str]) -> int:
+    """Run a benchmark; every process it started is stopped on error, Ctrl-C or SIGTERM."""
+    sigterm_raises()
+    try:
+        asyncio.run(run(argv))
+    except BenchError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; every process it started was stopped", file=sys.stderr)
+        return 130
+    return 0

@@ -45,7 +45,7 @@ from manager.runner import (
     LoadFailure,
     RunnerConfig,
 )
-from manager.scheduler import Admit, Evict, Reject, Resident, Wait, plan_admission
+from manager.scheduler import Admit, Evict, Reject, Resident, Wait, fmt_bytes, plan_admission
 from manager.slots import Slot, SlotKey, Waiter
 
 log = logging.getLogger("lmforge.manager")
@@ -159,8 +159,12 @@ class SlotLifecycle:
         if slot.wait_deadline is None:
             slot.wait_deadline = now + self.settings.drain_timeout_s
         elif now >= slot.wait_deadline:
-            self._refuse_pending(slot, f"cannot load {slot.label}: still {reason} after "
-                                       f"{self.settings.drain_timeout_s:.0f}s (drain_timeout_s)")
+            budget = self.budget()
+            need = fmt_bytes(slot.plan.total) if slot.plan else "an unknown amount"
+            self._refuse_pending(
+                slot, f"cannot load {slot.label}: it needs {need} and {fmt_bytes(budget.free_bytes)} of "
+                      f"{fmt_bytes(budget.total_bytes)} is free; still {reason} after "
+                      f"{self.settings.drain_timeout_s:.0f}s (drain_timeout_s)")
             return
         if slot.detail != reason:
             slot.detail = reason
@@ -300,7 +304,7 @@ class SlotLifecycle:
             self._refuse_pending(slot, f"{slot.label} was unloaded before it loaded ({reason})")
             return
         if slot.state == SlotState.READY and slot.inflight and not force:
-            slot.pinned, slot.keep_alive_s, slot.expires_at = False, 0.0, time.time()
+            slot.unload_when_idle = reason
             slot.detail = f"unloading after {slot.inflight} request(s) finish"
             self.publish_slot(slot, None)
             return
@@ -344,7 +348,9 @@ class SlotLifecycle:
         slot.last_used_at = time.time()
         if slot.state == SlotState.READY:
             self._refresh_expiry(slot, lease.keep_alive)
-            if slot.inflight == 0 and slot.expires_at is not None and slot.expires_at <= time.time():
+            if slot.inflight == 0 and slot.unload_when_idle:
+                self.unload(slot, slot.unload_when_idle)
+            elif slot.inflight == 0 and slot.expires_at is not None and slot.expires_at <= time.time():
                 self.unload(slot, "keep_alive 0: unloaded after its request")
         self.schedule()
 

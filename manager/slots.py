@@ -69,6 +69,7 @@ class Slot:
     private_bytes: int | None = None
     waiters: list[Waiter] = field(default_factory=list)
     detail: str = ""
+    unload_when_idle: str | None = None  # why, when an unload waits for requests in flight
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 

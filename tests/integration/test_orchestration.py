@@ -97,7 +97,9 @@ async def test_a_load_waits_for_busy_models_then_says_how_much_memory_was_missin
         for stream in streams:
             stream.close()
     assert code == 503 and body["error"]["code"] == "no_capacity"
-    assert "drain_timeout_s" in body["error"]["message"] and "busy" in body["error"]["message"]
+    message = body["error"]["message"]
+    assert "drain_timeout_s" in message and "busy" in message
+    assert "needs" in message and "MiB" in message and "is free" in message
     assert waited >= 1.4
 
 
@@ -218,3 +220,18 @@ def test_a_models_own_keep_alive_applies_to_requests_without_one(make_instance, 
     assert chat(inst, "a")[0] == 200
     assert inst.slot("a")["expires_in_s"] <= 1.0
     wait_until(lambda: inst.slot("a") is None, what="a expired on its own keep_alive")
+
+
+async def test_unloading_a_busy_model_waits_for_its_request_then_stops_it(make_instance, models_dir: Path) -> None:
+    inst = make_instance(config(), {"busy": models_dir / "cycle.gguf"}).start()
+    async with aiohttp.ClientSession() as http:
+        body = {"model": "busy", "stream": True, "max_tokens": 100000, "keep_alive": "1h",
+                "messages": CHAT["messages"]}
+        async with http.post(inst.url + "/v1/chat/completions", json=body) as stream:
+            await stream.content.readuntil(b"hello")
+            code, reply = await asyncio.to_thread(inst.post, "/lf/model/unload", {"model": "busy"})
+            assert code == 200 and reply["unloaded"] == ["busy"]
+            await stream.content.readuntil(b"world")  # the request in flight is not cut off
+            assert inst.slot("busy")["state"] == "ready"
+    # Its own keep_alive of 1h does not outlast an explicit unload.
+    await asyncio.to_thread(wait_until, lambda: inst.slot("busy") is None, what="busy unloaded once idle")

@@ -185,3 +185,9 @@ def test_health_is_200_only_with_a_live_manager(inst: Instance) -> None:
     inst.start("manager", wait=False)
     wait_until(inst.healthy, timeout=15, what="/health 200 after the manager restarts")
     assert inst.post("/v1/chat/completions", {"model": "tiny:chat", **CHAT})[0] == 200
+
+
+def test_a_body_over_the_limit_is_a_413_openai_error(inst: Instance) -> None:
+    huge = b'{"model": "tiny:chat", "prompt": "' + b"x" * (33 * 1024**2) + b'"}'
+    code, body = inst.post("/v1/completions", raw=huge)
+    assert code == 413 and body["error"]["code"] == "request_too_large"

@@ -42,6 +42,16 @@ def endpoints(paths: Paths) -> Endpoints:
     return Endpoints(control=f"ipc://{run}/ctl", events=f"ipc://{run}/events")
 
 
+def remove_endpoints(paths: Paths) -> None:
+    """Delete the manager's socket files (libzmq leaves them), then the directory if nothing else is in it."""
+    for name in ("ctl", "events"):
+        (paths.runtime / name).unlink(missing_ok=True)
+    try:
+        paths.runtime.rmdir()
+    except OSError:
+        pass  # supervisord's socket is still there; `lmforge stop` removes the directory
+
+
 def make_socket(
     ctx: zmq.asyncio.Context, kind: int, *, identity: str | None = None
 ) -> zmq.asyncio.Socket:

@@ -24,7 +24,7 @@ from catalog.store import ModelStore, StoreError
 from manager import budget as budgets
 from manager.config import Paths, Settings
 from manager.engines.llamacpp import LlamaCppAdapter
-from manager.ipc import EventPublisher, endpoints, ensure_runtime_dir, make_socket
+from manager.ipc import EventPublisher, endpoints, ensure_runtime_dir, make_socket, remove_endpoints
 from manager.keepalive import KeepAliveError, parse_keep_alive
 from manager.leases import DEFAULT, LeaseTable
 from manager.process import group_memory, sweep_recorded
@@ -380,4 +380,5 @@ class ManagerService(SlotLifecycle):
         self._router.close()
         self._pub.close()
         self._ctx.term()
+        remove_endpoints(self.paths)
         log.info("[shutdown] manager: done")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -67,3 +68,4 @@ def make_instance(home: Path, llama_server: str) -> Iterator:
         inst.stop()
         for proc in llama_servers_of(inst.home):  # nothing of ours may outlive a test
             proc.kill()
+        shutil.rmtree(Paths(inst.home).runtime, ignore_errors=True)

@@ -14,6 +14,7 @@ from gateway.cli.client import ApiError, GatewayDown
 from gateway.cli.commands.engine import ensure_engine
 from gateway.cli.commands.models import print_slots
 from gateway.cli.context import CommandError, Context
+from manager.ipc import remove_endpoints
 from manager.process import read_tail, sweep_recorded
 
 START_TIMEOUT_S = 60.0
@@ -92,6 +93,7 @@ def _explain_failure(ctx: Context) -> None:
 def stop(args: argparse.Namespace, ctx: Context) -> int:
     stopped = supervisord.stop_daemon(ctx.paths)
     leftovers = sweep_recorded(ctx.paths.engine_pids)  # engines of a manager that was SIGKILLed
+    remove_endpoints(ctx.paths)
     if leftovers:
         ctx.term.warning(f"killed {len(leftovers)} leftover engine process(es): {leftovers}")
     if stopped:

@@ -111,6 +111,8 @@ async def _relay(
     try:
         async for chunk in up.content.iter_any():
             await resp.write(chunk)
+    except ConnectionResetError:
+        raise  # the client left (aiohttp's ClientConnectionResetError is one too)
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
         # The engine died mid-stream: end with an error event the client can see.
         log.warning("engine for %s broke mid-stream: %s", lease.model, exc)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import msgspec
 
+from manager.keepalive import KeepAliveError, parse_keep_alive
+
 DEFAULT_PORT = 11430
 
 
@@ -60,6 +62,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        try:
+            parse_keep_alive(self.keep_alive)
+        except KeepAliveError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import aiohttp
 import psutil
 
 from tests.bench.harness import (
+    gemma_gguf,
     bench_main,
     BenchError, Stream, StreamFailed, bench_instance, chat_body, engine_slot, finish_machine_info,
     llama_server_binary, machine_info, machine_line, ms, pct, save_results, stream_chat,
@@ -25,7 +26,7 @@ from tests.bench.harness import (
 from tests.support.instance import Instance
 from tests.support.tiny_models import write_cycle_model
 
-MODEL = "bench:cycle"
+MODEL = "bench:model"
 TTFT_MAX_TOKENS = 8
 STREAM_MAX_TOKENS = 256
 CONCURRENCY = (1, 16)
@@ -41,6 +42,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=6, help="throughput rounds per side and concurrency")
     parser.add_argument("--parallel", type=int, nargs="+", default=[4],
                         help="llama-server --parallel values to run (one instance each)")
+    parser.add_argument("--model", choices=["cycle", "gemma"], default="cycle",
+                        help="the synthetic ~2000 tokens/s cycle model, or the real Gemma 3 270M")
     parser.add_argument("--engine-args", default="", help='extra llama-server arguments, e.g. "--poll 0"')
     return parser.parse_args(argv)
 
@@ -177,11 +180,11 @@ async def run(args: argparse.Namespace) -> None:
     info = machine_info(binary)
     results: dict[int, dict[str, object]] = {}
     with temp_dir("lmforge-bench-proxy-") as tmp:
-        cycle = write_cycle_model(tmp / "cycle.gguf")
+        weights = write_cycle_model(tmp / "cycle.gguf") if args.model == "cycle" else gemma_gguf()
         for parallel in args.parallel:
             extra = json.dumps(args.engine_args.split())
             config = f"[llama_cpp]\nparallel = {parallel}\nextra_args = {extra}\n"
-            with bench_instance(tmp / f"home-p{parallel}", {MODEL: cycle}, config) as inst:
+            with bench_instance(tmp / f"home-p{parallel}", {MODEL: weights}, config) as inst:
                 results[parallel] = await measure(inst, args)
     text = report(finish_machine_info(info), results, args)
     print(text)

@@ -64,8 +64,9 @@ def gemma_gguf() -> Path:
 
 def chat_body(model: str, max_tokens: int) -> bytes:
     # Serialised once: both sides then pay the same (zero) encoding cost per request.
+    # ignore_eos: a real model must produce all max_tokens, as the cycle model does.
     return json.dumps({"model": model, "stream": True, "max_tokens": max_tokens, "messages": PROMPT,
-                       "stream_options": {"include_usage": True}}).encode()
+                       "stream_options": {"include_usage": True}, "ignore_eos": True}).encode()
 
 
 # --- a throwaway LMForge ---
@@ -218,7 +219,7 @@ class HandEngine:
         os.killpg(self.proc.pid, signal.SIGTERM)
         # Our own 1 ms poll: Popen.wait(timeout) backs off to 50 ms sleeps, too coarse to time a stop.
         while self.proc.poll() is None and time.perf_counter() - started < grace:
-            time.sleep(0.001)
+            time.sleep(0.001)  # poll the exit every millisecond
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()

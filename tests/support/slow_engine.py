@@ -13,7 +13,7 @@ from pathlib import Path
 WRAPPER = """#!{python}
 import os, sys, time
 if any("slow" in arg for arg in sys.argv[1:]):
-    time.sleep({delay})  # the stand-in for a long weight load
+    time.sleep({delay})  # wait: the stand-in for a long weight load
 os.execv({real!r}, [{real!r}, *sys.argv[1:]])
 """
 

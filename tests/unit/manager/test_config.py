@@ -29,7 +29,7 @@ def test_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 @pytest.mark.parametrize(
     ("text", "message"),
     [("port = 'x'", "Expected `int`"), ("prot = 1", "unknown field `prot`"), ("port = 70000", "port must be"),
-     ("memory_fraction = 2.0", "memory_fraction"), ("[llama_cpp]\nparallel = 0", "parallel"), ("port = ", "config.toml")],
+     ("memory_fraction = 2.0", "memory_fraction"), ('keep_alive = "10 days"', "keep_alive"), ("[llama_cpp]\nparallel = 0", "parallel"), ("port = ", "config.toml")],
 )
 def test_bad_files_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "config.toml").write_text(text)

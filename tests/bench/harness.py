@@ -5,7 +5,6 @@ streamed-chat timing, engines started by hand, and the report (markdown table + 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import os
 import platform
@@ -168,15 +167,6 @@ async def _read_stream(session: aiohttp.ClientSession, base_url: str, body: byte
 
 # --- engines started by hand ---
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_us() -> None:
-    # Runs in the child: if the benchmark is SIGKILLed, its engines go too.
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 def with_port(argv: list[str], port: int) -> list[str]:
     out = list(argv)
     out[out.index("--port") + 1] = str(port)
@@ -189,11 +179,12 @@ class HandEngine:
     def __init__(self, argv: list[str], log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        # The same environment the manager gives its engines (manager/process.py).
+        # The same environment the manager gives its engines (manager/process.py), but a
+        # plain spawn: what a person starting it by hand gets. Cleaned up in a finally.
         env = dict(os.environ, GGML_NO_BACKTRACE="1")
         with log_path.open("ab") as log:
             self.proc = subprocess.Popen(with_port(argv, self.port), stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=log, env=env, start_new_session=True, preexec_fn=_die_with_us)
+                                         stderr=log, env=env, start_new_session=True)
 
     async def wait_healthy(self, session: aiohttp.ClientSession, interval: float = 0.002,
                            timeout: float = 60.0) -> None:

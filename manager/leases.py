@@ -44,9 +44,3 @@ class LeaseTable:
 
     def of_peer(self, peer: bytes) -> list[Lease]:
         return [lease for lease in self._leases.values() if lease.peer == peer]
-
-    def of_slot(self, slot: Slot) -> list[Lease]:
-        return [
-            lease for lease in self._leases.values()
-            if lease.key == slot.key and lease.generation == slot.generation
-        ]

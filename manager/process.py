@@ -151,9 +151,6 @@ class EngineProcess:
         _signal_group(self.pid, signal.SIGKILL)  # also reaps helpers left in the group
         await self.wait()
 
-    def kill_now(self) -> None:
-        _signal_group(self.pid, signal.SIGKILL)
-
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     try:

@@ -274,10 +274,6 @@ class ListModelsReply(Reply):
     models: tuple[ModelEntry, ...]
 
 
-class OkReply(Reply):
-    pass
-
-
 class ErrorReply(Reply):
     code: ErrorCode
     message: str
@@ -319,10 +315,6 @@ class ErrorEvent(Event):
 
 class HardwareEvent(Event):
     snapshot: HardwareSnapshot
-
-
-class BudgetEvent(Event):
-    budget: BudgetInfo
 
 
 class HeartbeatEvent(Event):
@@ -383,7 +375,6 @@ TOPICS: dict[type, bytes] = {
     LoadProgressEvent: b"load",
     ErrorEvent: b"error",
     HardwareEvent: b"hardware",
-    BudgetEvent: b"budget",
     HeartbeatEvent: b"heartbeat",
     ManagerStoppingEvent: b"stopping",
 }

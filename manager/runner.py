@@ -45,7 +45,6 @@ class EngineFailed:
     message: str
     severity: Severity
     tail: str = ""
-    during_load: bool = True
 
 
 @dataclass(frozen=True)
@@ -180,7 +179,7 @@ class EngineRunner:
 
     def _failed(self, message: str, proc: EngineProcess) -> EngineFailed:
         severity = Severity.CPU_FEATURES if proc.returncode == -signal.SIGILL else Severity.TRANSIENT
-        return EngineFailed(self.key, self.generation, message, severity, proc.tail(), during_load=False)
+        return EngineFailed(self.key, self.generation, message, severity, proc.tail())
 
 
 def load_failure(exc: EngineExited) -> LoadFailure:
@@ -194,9 +193,13 @@ def load_failure(exc: EngineExited) -> LoadFailure:
         )
     if code == -signal.SIGKILL:
         return LoadFailure("engine was killed while loading (out of memory?)", Severity.TRANSIENT, tail)
+    # The same binary serves other models, so an engine that gives up while loading
+    # one (an exit, an assert's SIGABRT) is taken to be refusing that model's file.
+    # Reading its output for clues would race llama-server's async logger, whose
+    # last lines are lost when it aborts.
     reason = key_line(tail)
-    severity = Severity.USER_ERROR if "model" in tail.lower() else Severity.ENGINE_BUG
-    return LoadFailure(f"engine exited with {describe_exit(code)} while loading: {reason}", severity, tail)
+    return LoadFailure(f"engine exited with {describe_exit(code)} while loading: {reason}",
+                       Severity.USER_ERROR, tail)
 
 
 def key_line(tail: str) -> str:

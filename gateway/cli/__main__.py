@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gateway.cli.client import GatewayDown
 from gateway.cli.commands import engine, models, run, service
 from gateway.cli.context import CommandError, Context
 from gateway.cli.terminal import Terminal
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings, paths = load_settings()
         return int(args.func(args, Context(term, settings, paths)))
-    except (CommandError, ConfigError) as exc:
+    except (CommandError, ConfigError, GatewayDown) as exc:
         term.error(f"error: {exc}")
         return 1
     except KeyboardInterrupt:

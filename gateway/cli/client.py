@@ -8,7 +8,7 @@ from typing import Iterator
 
 
 class GatewayDown(Exception):
-    """Nothing answers on the gateway's address."""
+    """Nothing answers on the gateway's address; the message says how to start it."""
 
 
 class ApiError(Exception):
@@ -34,7 +34,8 @@ class GatewayClient:
             conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()
         except (ConnectionRefusedError, FileNotFoundError) as exc:
-            raise GatewayDown(f"LMForge is not running at {self.url} ({exc.strerror})") from None
+            raise GatewayDown(f"LMForge is not running at {self.url} ({exc.strerror}); "
+                              "start it with `lmforge start`") from None
         except OSError as exc:
             raise GatewayDown(f"LMForge at {self.url} did not answer: {exc}") from None
         if resp.status >= 400:

@@ -7,6 +7,7 @@ Built wheels are kept in pip's cache directory, keyed by version and flags.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -80,6 +81,7 @@ def install(
     return target
 
 
+@functools.cache
 def wheelhouse() -> Path:
     """Our built wheels live in pip's cache directory, where CI keeps pip's cache."""
     out = subprocess.run(

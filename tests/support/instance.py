@@ -7,6 +7,7 @@ free port, and stopped with SIGTERM; tests that need supervisord itself use
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -43,8 +44,6 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: s
 
 async def wait_until_async(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):  # type: ignore[no-untyped-def]
     """wait_until for coroutine predicates."""
-    import asyncio
-
     deadline = time.monotonic() + timeout
     while True:
         value = await predicate()

@@ -65,7 +65,7 @@ def _builtin(entry: object) -> dict:
 
 
 def ps(args: argparse.Namespace, ctx: Context) -> int:
-    state = _get_status(ctx)
+    state = ctx.client.get("/lf/status")
     if args.json:
         ctx.term.json(state["slots"])
         return 0
@@ -100,13 +100,6 @@ def _gib(n: int | None) -> str:
     return "-" if not n else f"{n / GiB:.2f} GiB"
 
 
-def _get_status(ctx: Context) -> dict:
-    try:
-        return ctx.client.get("/lf/status")
-    except GatewayDown as exc:
-        raise CommandError(f"{exc}; start it with `lmforge start`") from None
-
-
 def import_model(args: argparse.Namespace, ctx: Context) -> int:
     try:
         entry = ModelStore(ctx.paths).import_gguf(args.file, args.name)
@@ -121,10 +114,7 @@ def load(args: argparse.Namespace, ctx: Context) -> int:
     body = {"model": args.model, "pin": args.pin, "kind": args.kind}
     if args.keep_alive is not None:
         body["keep_alive"] = args.keep_alive
-    try:
-        reply = ctx.client.post("/lf/model/switch", body, timeout=600)
-    except GatewayDown as exc:
-        raise CommandError(f"{exc}; start it with `lmforge start`") from None
+    reply = ctx.client.post("/lf/model/switch", body, timeout=600)
     ctx.term.success(f"{args.model} is ready (pid {reply['slot']['pid']}, loaded in {reply['load_s']:.2f}s)")
     return 0
 
@@ -133,10 +123,7 @@ def unload(args: argparse.Namespace, ctx: Context) -> int:
     if not args.model and not args.all:
         raise CommandError("name a model to unload, or pass --all")
     body = {} if args.all else {"model": args.model}
-    try:
-        reply = ctx.client.post("/lf/model/unload", body)
-    except GatewayDown as exc:
-        raise CommandError(f"{exc}; start it with `lmforge start`") from None
+    reply = ctx.client.post("/lf/model/unload", body)
     names = reply["unloaded"]
     ctx.term.success(f"unloading {', '.join(names)}" if names else "nothing was loaded")
     return 0

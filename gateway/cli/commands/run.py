@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gateway.cli.client import ApiError, GatewayDown
+from gateway.cli.client import ApiError
 from gateway.cli.context import CommandError, Context
 
 HELP = "/bye or Ctrl-D ends the chat, /clear forgets the conversation"
@@ -66,8 +66,6 @@ def _answer(ctx: Context, args: argparse.Namespace, messages: list[dict[str, str
                 parts.append(text)
                 sys.stdout.write(text)
                 sys.stdout.flush()
-    except GatewayDown as exc:
-        raise CommandError(f"{exc}; start it with `lmforge start`") from None
     except ApiError as exc:
         print()
         raise CommandError(exc.message) from None

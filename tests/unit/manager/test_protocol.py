@@ -21,7 +21,6 @@ def sample(cls: type) -> object:
         "snapshot": p.HardwareSnapshot(os="linux", arch="x86_64", cpu_model="cpu", cpu_cores=2, cpu_threads=2,
                                        ram_total=8, ram_available=4),
         "error": p.LoadError(at=1.0, message="boom", severity=p.Severity.TRANSIENT),
-        "budget": p.BudgetInfo(total_bytes=10, used_bytes=4, source="ram"),
     }
     fields = {f.name: values[f.name] for f in msgspec.structs.fields(cls) if f.required}
     return cls(**fields)

@@ -134,9 +134,19 @@ class ModelStore:
             raise StoreError(f"{source} does not exist or is not a file")
         info = read_gguf_info(source)  # GGUFError names what is wrong with the file
         target = self.model_dir(name) / source.name
-        if source != target:
-            place_file(source, target)
-        return self.add(entry_for(name, target, info, sha256_file(target), source_label))
+        if source == target:
+            return self.add(entry_for(name, target, info, sha256_file(target), source_label))
+        created_dir, created_file = not target.parent.exists(), not target.exists()
+        place_file(source, target)
+        try:
+            return self.add(entry_for(name, target, info, sha256_file(target), source_label))
+        except BaseException:
+            # A refused import leaves the store as it was: no file, no directory, no entry.
+            if created_file:
+                target.unlink(missing_ok=True)
+            if created_dir:
+                shutil.rmtree(target.parent, ignore_errors=True)
+            raise
 
 
 def entry_for(name: str, path: Path, info: GGUFInfo, sha256: str, source: str) -> ModelEntry:
@@ -162,10 +172,14 @@ def place_file(source: Path, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
     tmp.unlink(missing_ok=True)
     try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a copy cut short (disk full, Ctrl-C) leaves no partial file
+        raise
 
 
 def sha256_file(path: Path) -> str:

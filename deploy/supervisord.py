@@ -13,15 +13,15 @@ from pathlib import Path
 import psutil
 from supervisor.xmlrpc import SupervisorTransport
 
-from manager.config import Paths
-from manager.ipc import ensure_runtime_dir
+from manager.config import Paths, Settings
+from manager.ipc import ensure_runtime_dir, remove_endpoints
 
 PROGRAMS = ("manager", "prober", "downloader", "gateway")
 # Passed through to the four programs so each instance keeps its own settings.
 ENV_PASSTHROUGH = ("LMFORGE_PORT", "LMFORGE_LLAMA_SERVER", "LMFORGE_LOG_LEVEL", "XDG_RUNTIME_DIR")
 
 
-def render(paths: Paths) -> str:
+def render(paths: Paths, settings: Settings) -> str:
     template = files("deploy").joinpath("supervisord.conf.tmpl").read_text()
     env = {"LMFORGE_HOME": str(paths.home), "PYTHONUNBUFFERED": "1"}
     env.update({k: os.environ[k] for k in ENV_PASSTHROUGH if k in os.environ})
@@ -29,6 +29,7 @@ def render(paths: Paths) -> str:
     values = {
         "home": paths.home, "conf": paths.supervisord_conf, "logs": paths.logs,
         "runtime": paths.runtime, "python": sys.executable, "environment": environment,
+        "log_maxbytes": f"{settings.log_max_mb}MB", "log_backups": settings.log_backups,
     }
     # supervisord reads the file with ConfigParser interpolation: a literal % is %%.
     return template.format(**{k: str(v).replace("%", "%%") for k, v in values.items()})
@@ -38,23 +39,31 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def write_config(paths: Paths) -> Path:
+def write_config(paths: Paths, settings: Settings) -> Path:
     paths.logs.mkdir(parents=True, exist_ok=True)
     ensure_runtime_dir(paths.runtime)
-    paths.supervisord_conf.write_text(render(paths))
+    paths.supervisord_conf.write_text(render(paths, settings))
     return paths.supervisord_conf
 
 
 def running_pid(paths: Paths) -> int | None:
     """supervisord's pid when it runs for this home (a stale pidfile does not count)."""
     try:
-        pid = int((paths.home / "supervisord.pid").read_text().strip())
+        pid = int(_pidfile(paths).read_text().strip())
         proc = psutil.Process(pid)
         if "supervisord" in " ".join(proc.cmdline()) and str(paths.supervisord_conf) in proc.cmdline():
             return pid
     except (OSError, ValueError, psutil.Error):
         pass
     return None
+
+
+def _pidfile(paths: Paths) -> Path:
+    return paths.home / "supervisord.pid"
+
+
+def _socket(paths: Paths) -> Path:
+    return paths.runtime / "supervisor.sock"  # as the template names it
 
 
 def command(paths: Paths, *, foreground: bool) -> list[str]:
@@ -70,7 +79,7 @@ def start_daemon(paths: Paths) -> None:
 
 
 def rpc(paths: Paths) -> xmlrpc.client.ServerProxy:
-    url = f"unix://{paths.runtime}/supervisor.sock"
+    url = f"unix://{_socket(paths)}"
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None, url))
 
 
@@ -95,3 +104,16 @@ def stop_daemon(paths: Paths, timeout: float = 60.0) -> bool:
     except psutil.TimeoutExpired:
         os.kill(pid, signal.SIGKILL)
     return True
+
+
+def clean_runtime(paths: Paths) -> None:
+    """Remove socket files and the runtime directory that dead processes left; a running supervisord keeps its own."""
+    remove_endpoints(paths)
+    if running_pid(paths) is not None:
+        return
+    _socket(paths).unlink(missing_ok=True)
+    _pidfile(paths).unlink(missing_ok=True)
+    try:
+        paths.runtime.rmdir()
+    except OSError:
+        pass  # something else lives there; leave it

@@ -2,7 +2,9 @@
 
 The request body goes to the engine as the client sent it (less LMForge-only
 fields); the engine's bytes come back unchanged. The lease is returned when the
-response ends, the client goes away, or the engine fails.
+response ends, the client goes away, or the engine fails. An engine that refuses
+or resets the connection before any response byte is gone: the manager hears so
+with the lease, and the request is tried once more on a fresh lease.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from aiohttp import web
 
 from gateway.errors import OpenAIError
 from gateway.keys import MANAGER, SETTINGS, UPSTREAM
-from manager.client import ManagerUnavailable
-from manager.protocol import AcquireReply, AcquireRequest, LeaseOutcome, ReleaseNotice, SlotKind
+from manager.protocol import AcquireReply, LeaseOutcome, SlotKind
 
 log = logging.getLogger("lmforge.gateway")
 
 TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_read=600)
+
+
+class EngineGone(Exception):
+    """The engine refused or reset the connection before answering: it is not there any more."""
 
 
 class EngineBroke(Exception):
@@ -42,27 +47,43 @@ async def proxy(
     trace = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     # A cold model may need its drain wait and a full load before it answers.
     wait = settings.load_timeout_s + settings.drain_timeout_s + 30
-    lease: AcquireReply = await manager.request(
-        AcquireRequest, model=model, kind=kind, keep_alive=keep_alive, trace_id=trace, timeout=wait
-    )
-    outcome = LeaseOutcome.OK
+    send = _stream if stream else _whole
+    for attempt in (1, 2):
+        async with manager.lease(model=model, kind=kind, keep_alive=keep_alive, trace_id=trace,
+                                 timeout=wait) as held:
+            try:
+                return await send(request, held.reply, path, body, trace)
+            except EngineGone as gone:
+                held.outcome = LeaseOutcome.ENGINE_GONE  # the manager fails the slot before our next acquire
+                if attempt == 2:
+                    raise _unreachable(held.reply, gone.__cause__ or gone) from None
+                log.warning("engine for %s was gone (%s); retrying on a fresh lease", model, gone.__cause__)
+            except EngineBroke as broke:
+                held.outcome = LeaseOutcome.UPSTREAM_ERROR
+                return broke.response
+            except (asyncio.CancelledError, ConnectionResetError):
+                held.outcome = LeaseOutcome.CLIENT_GONE
+                raise
+            except OpenAIError:
+                held.outcome = LeaseOutcome.UPSTREAM_ERROR
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _post(request: web.Request, lease: AcquireReply, path: str, body: bytes,
+                trace: str) -> aiohttp.ClientResponse:
+    """Send the request to the engine; returns once its response headers are in."""
+    session = request.app[UPSTREAM]
     try:
-        send = _stream if stream else _whole
-        return await send(request, lease, path, body, trace)
-    except EngineBroke as broke:
-        outcome = LeaseOutcome.UPSTREAM_ERROR
-        return broke.response
-    except (asyncio.CancelledError, ConnectionResetError):
-        outcome = LeaseOutcome.CLIENT_GONE
-        raise
-    except OpenAIError:
-        outcome = LeaseOutcome.UPSTREAM_ERROR
-        raise
-    finally:
-        try:
-            manager.notify(ReleaseNotice(lease_id=lease.lease_id, outcome=outcome))
-        except ManagerUnavailable:
-            log.warning("could not return lease %d: the manager is down", lease.lease_id)
+        return await session.post(lease.base_url + path, data=body, headers=_headers(trace), timeout=TIMEOUT)
+    except asyncio.TimeoutError as exc:  # slow is not gone (aiohttp's timeouts are connection errors too)
+        raise _unreachable(lease, exc) from None
+    except aiohttp.ClientConnectionError as exc:
+        # Refused, reset, or closed before a byte of answer (a dying engine's
+        # socket may still accept, then drop what we write): it is gone.
+        raise EngineGone() from exc
+    except aiohttp.ClientError as exc:
+        raise _unreachable(lease, exc) from None
 
 
 def _headers(trace: str) -> dict[str, str]:
@@ -70,24 +91,23 @@ def _headers(trace: str) -> dict[str, str]:
 
 
 async def _whole(request: web.Request, lease: AcquireReply, path: str, body: bytes, trace: str) -> web.Response:
-    session = request.app[UPSTREAM]
+    up = await _post(request, lease, path, body, trace)
     try:
-        async with session.post(lease.base_url + path, data=body, headers=_headers(trace), timeout=TIMEOUT) as up:
+        async with up:
             data = await up.read()
-            if up.status >= 400:
-                return _engine_error(up.status, data, trace)
-            return web.Response(body=data, status=up.status, content_type=up.content_type,
-                                headers={"X-Request-Id": trace})
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise _unreachable(lease, exc) from None
+    if up.status >= 400:
+        return _engine_error(up.status, data, trace)
+    return web.Response(body=data, status=up.status, content_type=up.content_type, headers={"X-Request-Id": trace})
 
 
 async def _stream(
     request: web.Request, lease: AcquireReply, path: str, body: bytes, trace: str
 ) -> web.StreamResponse:
-    session = request.app[UPSTREAM]
+    up = await _post(request, lease, path, body, trace)
     try:
-        async with session.post(lease.base_url + path, data=body, headers=_headers(trace), timeout=TIMEOUT) as up:
+        async with up:
             try:
                 return await _relay(request, up, lease, trace)
             finally:

@@ -8,11 +8,13 @@ with ManagerUnavailable, and a new epoch means the manager restarted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import time
-from typing import Any, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import msgspec
 import zmq
@@ -22,15 +24,19 @@ from manager.config import Paths
 from manager.ipc import endpoints, make_socket
 from manager.protocol import (
     AcquireReply,
+    AcquireRequest,
     ErrorCode,
     ErrorReply,
     Event,
     HeartbeatEvent,
+    HeldLease,
     HelloReply,
     HelloRequest,
     LeaseOutcome,
     Notice,
     PeerRole,
+    PingReply,
+    PingRequest,
     ReleaseNotice,
     Reply,
     Request,
@@ -60,6 +66,17 @@ class ManagerError(Exception):
         self.retry_after_s = retry_after_s
 
 
+MAX_ABANDONED = 10_000
+
+
+@dataclass
+class Holding:
+    """A lease while its holder uses it; set `outcome` to say how the work ended."""
+
+    reply: AcquireReply
+    outcome: LeaseOutcome = LeaseOutcome.OK
+
+
 class Resync:
     """Put on event queues when events were lost: take a fresh snapshot."""
 
@@ -86,7 +103,11 @@ class ManagerClient:
         self._sub.setsockopt(zmq.SUBSCRIBE, b"")
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Reply]] = {}
-        self._abandoned: set[int] = set()  # acquires whose caller gave up waiting
+        self._sent_at: dict[int, float] = {}  # wall clock, to tell which manager a request reached
+        # Requests whose caller stopped waiting, for whatever reason: an acquire's
+        # late reply is a lease nobody will use, so it is handed straight back.
+        self._abandoned: dict[int, None] = {}
+        self.held: dict[str, HeldLease] = {}  # declared in every hello
         self._queues: set[asyncio.Queue[Event | Resync]] = set()
         self._on_connect: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -137,21 +158,53 @@ class ManagerClient:
             raise ManagerUnavailable("the LMForge manager is not running (lmforge status shows why)")
         req_id = next(self._ids)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._send(cls(req_id=req_id, **fields))
         self._pending[req_id] = future
+        self._sent_at[req_id] = time.time()
         try:
-            self._send(cls(req_id=req_id, **fields))
             reply = await asyncio.wait_for(future, timeout or self._request_timeout)
         except asyncio.TimeoutError:
-            self._abandoned.add(req_id)
+            self._abandon(req_id)
             raise ManagerUnavailable(f"the manager did not answer {cls.__name__} in time") from None
-        except asyncio.CancelledError:
-            self._abandoned.add(req_id)
+        except BaseException:  # cancelled, or failed because the manager went quiet
+            self._abandon(req_id)
             raise
         finally:
             self._pending.pop(req_id, None)
+            self._sent_at.pop(req_id, None)
         if isinstance(reply, ErrorReply):
             raise ManagerError(reply.code, reply.message, reply.retry_after_s)
         return reply
+
+    def _abandon(self, req_id: int) -> None:
+        self._abandoned[req_id] = None
+        while len(self._abandoned) > MAX_ABANDONED:  # replies that never came: forget the oldest
+            del self._abandoned[next(iter(self._abandoned))]
+
+    @contextlib.asynccontextmanager
+    async def lease(self, *, timeout: float | None = None, **fields: Any) -> AsyncIterator[Holding]:
+        """Acquire a lease, hold it (declared in every hello) while the body runs, then return it."""
+        reply: AcquireReply = await self.request(AcquireRequest, timeout=timeout, **fields)
+        holding = Holding(reply)
+        self.held[reply.lease_id] = HeldLease(lease_id=reply.lease_id, model=reply.model, kind=reply.kind,
+                                              generation=reply.generation)
+        try:
+            yield holding
+        finally:
+            del self.held[reply.lease_id]
+            try:
+                self.notify(ReleaseNotice(lease_id=reply.lease_id, outcome=holding.outcome))
+            except ManagerUnavailable:
+                # Not lost: the next hello declares what we hold, and this is not in it.
+                log.warning("could not return lease %s now: the manager is down", reply.lease_id)
+
+    async def ping(self, timeout: float) -> bool:
+        """Whether the manager's loop answers a request now (heartbeats alone do not prove it)."""
+        try:
+            reply = await self.request(PingRequest, timeout=timeout)
+        except (ManagerUnavailable, ManagerError):
+            return False
+        return isinstance(reply, PingReply)
 
     def notify(self, notice: Notice) -> None:
         self._send(notice)
@@ -188,7 +241,7 @@ class ManagerClient:
             if future is not None and not future.done():
                 future.set_result(reply)
             elif reply.req_id in self._abandoned:
-                self._abandoned.discard(reply.req_id)
+                del self._abandoned[reply.req_id]
                 self._return_abandoned(reply)
 
     def _return_abandoned(self, reply: Reply) -> None:
@@ -219,15 +272,20 @@ class ManagerClient:
 
     def _on_heartbeat(self, beat: HeartbeatEvent) -> None:
         self._last_beat = time.monotonic()
-        if beat.epoch == self.epoch and not self.alive and self._hello_task is None:
-            self.alive = True  # the same manager, back from a stall
+        if self._hello_task is not None or (beat.epoch == self.epoch and self.alive):
             return
-        if beat.epoch == self.epoch or self._hello_task is not None:
+        if beat.epoch == self.epoch:
+            # The same manager, back from a stall: greet it again, so that it
+            # reconciles the leases we hold against the ones it counts.
+            log.info("the manager answers again (epoch %s)", beat.epoch)
+            self._hello_task = asyncio.get_running_loop().create_task(self._rehello(time.monotonic() + 10.0))
             return
         if self.epoch is not None:
             log.warning("manager restarted (epoch %s -> %s)", self.epoch, beat.epoch)
-            self._fail_pending(ManagerRestarted("the manager restarted; retry the request"))
-            self._abandoned.clear()  # the old manager's leases died with it
+            # Sent before the new manager took requests: the old one took them with it.
+            self._fail_pending(ManagerRestarted("the manager restarted; retry the request"),
+                               sent_before=beat.serving_since or None)
+            self._abandoned.clear()  # the old manager will never answer them
             self.alive = False
             self._last_seq = 0
             for queue in self._queues:
@@ -259,7 +317,7 @@ class ManagerClient:
         while True:
             try:
                 reply: HelloReply = await self.request(
-                    HelloRequest, role=self.role, pid=os.getpid(), timeout=2.0
+                    HelloRequest, role=self.role, pid=os.getpid(), leases=tuple(self.held.values()), timeout=2.0
                 )
                 break
             except ManagerUnavailable:
@@ -272,10 +330,13 @@ class ManagerClient:
         self.epoch = reply.epoch
         self._last_beat = time.monotonic()
         self.alive = True
+        for queue in self._queues:  # what subscribers saw may be stale: they take a fresh snapshot
+            queue.put_nowait(RESYNC)
         for callback in self._on_connect:
             await callback()
 
-    def _fail_pending(self, exc: Exception) -> None:
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(exc)
+    def _fail_pending(self, exc: Exception, sent_before: float | None = None) -> None:
+        for req_id, future in self._pending.items():
+            if future.done() or (sent_before is not None and self._sent_at.get(req_id, 0.0) >= sent_before):
+                continue
+            future.set_exception(exc)

@@ -42,11 +42,16 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     memory_fraction: float = 0.9  # of the hardware budget that models may use
     ram_reserve_mb: int = 1024  # kept free for the system on a CPU-only host
     drain_timeout_s: float = 30.0  # how long a load waits for busy models to go idle
+    # A load waiting this long for a busy model's memory gets its turn: the busy
+    # model finishes what it has in flight and queues new requests meanwhile.
+    fair_share_s: float = 10.0
     load_timeout_s: float = 180.0  # engine start to healthy
     stop_grace_s: float = 3.0  # SIGTERM to SIGKILL
     health_interval_s: float = 2.0
     health_failures: int = 3  # consecutive failed probes before an engine is killed
     auto_load: list[str] = []  # pinned at start
+    log_max_mb: int = 20  # each process and engine log rotates past this size
+    log_backups: int = 3  # rotated files kept per log
     llama_cpp: LlamaCppSettings = msgspec.field(default_factory=LlamaCppSettings)
 
     def validate(self) -> None:
@@ -56,6 +61,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             (self.memory_budget_mb >= 0, "memory_budget_mb must be >= 0"),
             (0.05 <= self.memory_fraction <= 1.0, "memory_fraction must be in 0.05-1.0"),
             (self.drain_timeout_s >= 0, "drain_timeout_s must be >= 0"),
+            (self.fair_share_s > 0, "fair_share_s must be > 0"),
+            (self.log_max_mb >= 1, "log_max_mb must be >= 1"),
+            (0 <= self.log_backups <= 100, "log_backups must be 0-100"),
             (self.llama_cpp.ctx_size >= 256, "llama_cpp.ctx_size must be >= 256"),
             (1 <= self.llama_cpp.parallel <= 64, "llama_cpp.parallel must be 1-64"),
         ]
@@ -101,6 +109,10 @@ class Paths:
     @property
     def engine_pids(self) -> Path:
         return self.home / "engines" / "pids"
+
+    @property
+    def memory_ledger(self) -> Path:
+        return self.home / "engines" / "memory.json"
 
     @property
     def runtime(self) -> Path:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from manager.slots import Slot, SlotKey
 
@@ -13,34 +12,51 @@ DEFAULT = "default"  # keep_alive not given: the slot's own default applies
 
 @dataclass(frozen=True)
 class Lease:
-    id: int
+    id: str
     key: SlotKey
     generation: int
     peer: bytes
     keep_alive: float | None | str
-    at: float = field(default_factory=time.monotonic)
 
 
 class LeaseTable:
-    """Owned by the manager loop. Granting and returning also move the slot's in-flight count."""
+    """Owned by the slot table. Ids are "<epoch>:<n>", so no two managers hand out the same one."""
 
-    def __init__(self) -> None:
+    def __init__(self, epoch: str) -> None:
+        self._epoch = epoch
         self._ids = itertools.count(1)
-        self._leases: dict[int, Lease] = {}
+        self._leases: dict[str, Lease] = {}
 
     def __len__(self) -> int:
         return len(self._leases)
 
+    def __contains__(self, lease_id: str) -> bool:
+        return lease_id in self._leases
+
     def grant(self, slot: Slot, peer: bytes, keep_alive: float | None | str) -> Lease:
-        lease = Lease(next(self._ids), slot.key, slot.generation, peer, keep_alive)
+        return self.add(f"{self._epoch}:{next(self._ids)}", slot, peer, keep_alive)
+
+    def add(self, lease_id: str, slot: Slot, peer: bytes, keep_alive: float | None | str) -> Lease:
+        """Record a lease (granted now, or declared by a peer after a manager restart) and count it in flight."""
+        lease = Lease(lease_id, slot.key, slot.generation, peer, keep_alive)
         self._leases[lease.id] = lease
         slot.inflight += 1
-        slot.last_used_at = time.time()
-        slot.expires_at = None  # in use: nothing expires until the last lease returns
         return lease
 
-    def pop(self, lease_id: int) -> Lease | None:
-        return self._leases.pop(lease_id, None)
+    def pop(self, lease_id: str, peer: bytes | None = None) -> Lease | None:
+        """Remove a lease; with `peer`, only when that peer holds it (a release from anyone else is ignored)."""
+        lease = self._leases.get(lease_id)
+        if lease is None or (peer is not None and lease.peer != peer):
+            return None
+        return self._leases.pop(lease_id)
 
-    def of_peer(self, peer: bytes) -> list[Lease]:
-        return [lease for lease in self._leases.values() if lease.peer == peer]
+    def move(self, lease_id: str, peer: bytes) -> None:
+        """The same holder reconnected under another identity."""
+        lease = self._leases[lease_id]
+        self._leases[lease_id] = Lease(lease.id, lease.key, lease.generation, peer, lease.keep_alive)
+
+    def of_peers(self, peers: set[bytes]) -> list[Lease]:
+        return [lease for lease in self._leases.values() if lease.peer in peers]
+
+    def of_slot(self, key: SlotKey, generation: int) -> list[Lease]:
+        return [lease for lease in self._leases.values() if (lease.key, lease.generation) == (key, generation)]

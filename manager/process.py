@@ -1,30 +1,29 @@
-"""EngineProcess: one engine subprocess, from spawn to the last signal.
+"""EngineProcess: one engine subprocess, from spawn (or adoption) to the last signal.
 
-Each engine runs in its own process group with a parent-death signal, its pid is
-recorded on disk so a restarted manager can sweep leftovers, and stopping is
+Each engine runs in its own process group, and is recorded on disk (pid, start
+time, port, model) so that a manager restarted after a crash can adopt it: engines
+outlive the manager alone, never LMForge (see manager/DESIGN.md). Stopping is
 SIGTERM to the group, a bounded wait, then SIGKILL.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import logging
 import os
 import signal
-import sys
+import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import aiohttp
 import psutil
 
 log = logging.getLogger("lmforge.process")
 
-_PR_SET_PDEATHSIG = 1
-# Loaded once here: loading it in the child, between fork and exec, costs ~2.5 ms a spawn.
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 TAIL_LINES = 32
 TAIL_BYTES = 8192
 
@@ -44,7 +43,7 @@ class EngineTimeout(Exception):
 
 def describe_exit(returncode: int | None) -> str:
     if returncode is None:
-        return "no exit status"
+        return "an unknown exit status (an adopted engine is not our child)"
     if returncode < 0:
         try:
             return f"signal {signal.Signals(-returncode).name}"
@@ -53,59 +52,75 @@ def describe_exit(returncode: int | None) -> str:
     return f"exit code {returncode}"
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Runs in the child between fork and exec."""
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        # The parent may have died before prctl took effect.
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-
 class EngineProcess:
     """A running engine. Only the manager's loop and its tasks touch it."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, log_path: Path, record: Path) -> None:
-        self._proc = proc
-        self.pid = proc.pid
+    def __init__(self, pid: int, exit: "asyncio.Future[int | None]", log_path: Path, record: Path) -> None:
+        self.pid = pid
         self.log_path = log_path
-        self._exit = asyncio.ensure_future(proc.wait())
+        self._exit = exit
         self._exit.add_done_callback(lambda _: record.unlink(missing_ok=True))
         self._stopping: asyncio.Task[None] | None = None
 
     @classmethod
     async def spawn(
-        cls, argv: list[str], *, log_path: Path, pid_dir: Path, env: dict[str, str] | None = None
+        cls, argv: list[str], *, log_path: Path, pid_dir: Path, env: dict[str, str] | None = None,
+        about: dict[str, object] | None = None,
     ) -> "EngineProcess":
+        """Start `argv` in its own process group; `about` goes into its record for a later adoption."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         pid_dir.mkdir(parents=True, exist_ok=True)
-        parent = os.getpid()
         # ggml prints an assert's backtrace through gdb when gdb exists: slow, and it
         # pushes the assert line itself out of the stderr tail we report.
         env = dict(env if env is not None else os.environ, GGML_NO_BACKTRACE="1")
-        with log_path.open("ab") as out:
-            out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
-            out.flush()
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=env,
-                start_new_session=True,  # own process group: one killpg reaches it all
-                preexec_fn=lambda: _die_with_parent(parent),
-            )
+        def start() -> subprocess.Popen[bytes]:
+            with log_path.open("ab") as out:
+                out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
+                out.flush()
+                # Own process group, so one killpg reaches it all, and no parent-death
+                # signal: the engine outlives a manager crash and is adopted.
+                return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+                                        start_new_session=True)
+
+        # In a thread: a spawn waits until the child has exec'd, which on a busy
+        # machine can take long enough to stall the manager's loop.
+        proc = await asyncio.to_thread(start)
         record = pid_dir / f"{proc.pid}.json"
-        record.write_text(json.dumps({"pid": proc.pid, "argv0": argv[0], "started": _create_time(proc.pid)}))
+        data = {"pid": proc.pid, "argv0": argv[0], "started": _create_time(proc.pid), "log": str(log_path),
+                **(about or {})}
+        await asyncio.to_thread(_write_atomically, record, json.dumps(data))
         log.info("spawned pid %d: %s", proc.pid, " ".join(argv))
-        return cls(proc, log_path, record)
+        return cls(proc.pid, _watch_exit(proc.wait), log_path, record)
+
+    @classmethod
+    def attach(cls, pid: int, log_path: Path, record: Path) -> "EngineProcess":
+        """An engine started by an earlier manager: not our child, so its exit status is unknown."""
+        def wait() -> None:
+            try:
+                psutil.Process(pid).wait()
+            except psutil.Error:
+                pass
+        return cls(pid, _watch_exit(wait), log_path, record)
+
+    @property
+    def exited(self) -> bool:
+        return self._exit.done()
 
     @property
     def returncode(self) -> int | None:
-        return self._proc.returncode
+        """The exit status once exited; None while running, and for an adopted engine (not our child)."""
+        return self._exit.result() if self._exit.done() else None
 
-    async def wait(self) -> int:
+    async def wait(self) -> int | None:
         return await asyncio.shield(self._exit)
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the engine's group has used so far: it grows while the engine generates."""
+        try:
+            proc = psutil.Process(self.pid)
+            return sum(sum(p.cpu_times()[:2]) for p in (proc, *proc.children(recursive=True)))
+        except psutil.Error:
+            return None
 
     def tail(self) -> str:
         return read_tail(self.log_path)
@@ -121,7 +136,7 @@ class EngineProcess:
         deadline = time.monotonic() + timeout
         delay = 0.002
         while True:
-            if self.returncode is not None:
+            if self.exited:
                 raise EngineExited(self.returncode, self.tail())
             try:
                 async with session.get(url, timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
@@ -141,7 +156,7 @@ class EngineProcess:
         await asyncio.shield(self._stopping)
 
     async def _stop(self, grace: float) -> None:
-        if self.returncode is None:
+        if not self.exited:
             _signal_group(self.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(asyncio.shield(self._exit), grace)
@@ -150,6 +165,19 @@ class EngineProcess:
                 log.info("pid %d ignored SIGTERM for %.1fs; sending SIGKILL", self.pid, grace)
         _signal_group(self.pid, signal.SIGKILL)  # also reaps helpers left in the group
         await self.wait()
+
+
+def _watch_exit(wait: Callable[[], int | None]) -> "asyncio.Future[int | None]":
+    """A future of `wait()`'s result, waited on in a thread of its own (one per engine, for its lifetime)."""
+    loop = asyncio.get_running_loop()
+    exit: asyncio.Future[int | None] = loop.create_future()
+
+    def watch() -> None:
+        code = wait()
+        loop.call_soon_threadsafe(lambda: exit.done() or exit.set_result(code))
+
+    threading.Thread(target=watch, name="engine-exit", daemon=True).start()
+    return exit
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -181,37 +209,73 @@ def read_tail(path: Path, lines: int = TAIL_LINES, max_bytes: int = TAIL_BYTES) 
     return "\n".join(data.splitlines()[-lines:])
 
 
-def sweep_recorded(pid_dir: Path) -> list[int]:
-    """Kill engines a previous manager left behind; return their pids.
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
-    A record is trusted only while the pid still names the process it recorded
-    (same start time), so a recycled pid is never killed.
+
+def recorded_engines(pid_dir: Path) -> list[tuple[Path, dict[str, object]]]:
+    """Engines an earlier manager recorded that still run; stale records are removed.
+
+    A record is trusted only while its pid still names the process it recorded
+    (same start time), so a recycled pid is never touched.
     """
-    killed = []
+    alive = []
     for record in sorted(pid_dir.glob("*.json")) if pid_dir.exists() else []:
         try:
             data = json.loads(record.read_text())
             proc = psutil.Process(int(data["pid"]))
             if abs(proc.create_time() - float(data["started"])) < 1.0:
-                _signal_group(proc.pid, signal.SIGKILL)
-                killed.append(proc.pid)
-        except (psutil.Error, ValueError, KeyError, OSError):
+                alive.append((record, data))
+                continue
+        except (psutil.Error, ValueError, KeyError, OSError, TypeError):
             pass
         record.unlink(missing_ok=True)
-    return killed
+    return alive
+
+
+def kill_group(pid: int) -> None:
+    _signal_group(pid, signal.SIGKILL)
 
 
 def group_memory(pid: int) -> tuple[int, int] | None:
-    """(resident, private) bytes of an engine and its children.
+    """(resident, private) bytes of an engine and its children; see groups_memory."""
+    return groups_memory([pid]).get(pid)
+
+
+def groups_memory(pids: list[int]) -> dict[int, tuple[int, int]]:
+    """(resident, private) bytes of each engine and its children, from one pass over the process table.
 
     Private memory (resident less file-backed and shared pages) is what the free
     RAM figure lost to the engine; mapped model weights stay reclaimable cache.
+    psutil's children() walks every process once per call; one walk serves all.
     """
+    children: dict[int, list[int]] = {}
+    for proc in psutil.process_iter(["ppid"]):
+        children.setdefault(proc.info["ppid"], []).append(proc.pid)
+    found = {}
+    for pid in pids:
+        if (own := _memory_info(pid)) is None:
+            continue  # the engine itself is gone
+        infos = [own, *(i for member in _family(pid, children) if (i := _memory_info(member)) is not None)]
+        rss = sum(i.rss for i in infos)
+        found[pid] = (rss, max(0, rss - sum(getattr(i, "shared", 0) for i in infos)))
+    return found
+
+
+def _family(pid: int, children: dict[int, list[int]]) -> list[int]:
+    """Every descendant of `pid`."""
+    family, todo = [], list(children.get(pid, ()))
+    while todo:
+        member = todo.pop()
+        family.append(member)
+        todo.extend(children.get(member, ()))
+    return family
+
+
+def _memory_info(pid: int):  # type: ignore[no-untyped-def]
     try:
-        proc = psutil.Process(pid)
-        infos = [p.memory_info() for p in (proc, *proc.children(recursive=True))]
+        return psutil.Process(pid).memory_info()
     except psutil.Error:
         return None
-    rss = sum(i.rss for i in infos)
-    shared = sum(getattr(i, "shared", 0) for i in infos)
-    return rss, max(0, rss - shared)

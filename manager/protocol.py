@@ -14,7 +14,7 @@ import msgspec
 
 # Bumped on any change that an older peer could not decode. Sent in the hello;
 # the manager refuses a peer that speaks another version.
-PROTOCOL = 1
+PROTOCOL = 2
 
 
 class PeerRole(enum.StrEnum):
@@ -48,6 +48,9 @@ class LeaseOutcome(enum.StrEnum):
     OK = "ok"
     CLIENT_GONE = "client_gone"
     UPSTREAM_ERROR = "upstream_error"
+    # The engine refused or reset the connection before any response byte: it is
+    # gone, whatever the manager has heard so far. The manager fails its slot at once.
+    ENGINE_GONE = "engine_gone"
 
 
 class ErrorCode(enum.StrEnum):
@@ -124,8 +127,10 @@ class SlotInfo(msgspec.Struct, kw_only=True, frozen=True):
     expires_at: float | None = None
     last_used_at: float = 0.0
     loaded_at: float | None = None
-    estimate_bytes: int = 0
-    actual_bytes: int | None = None
+    estimate_bytes: int = 0  # before the load: the header's figure, or what the last load taught us
+    measured_bytes: int | None = None  # what the engine holds now (RSS on CPU, per-process VRAM on GPU)
+    charged_bytes: int = 0  # what the budget counts: measured plus what it will still grow by
+    adopted: bool = False  # started by an earlier manager and taken over after it crashed
     ctx_size: int = 0
     gpu_layers: int = 0
     waiting: int = 0  # acquires parked on this slot while it loads
@@ -174,6 +179,7 @@ class ManagerStatus(msgspec.Struct, kw_only=True, frozen=True):
     last_errors: dict[str, LoadError]
     peers: tuple[PeerInfo, ...] = ()
     hardware: HardwareSnapshot | None = None
+    loop_lag_max_ms: float = 0.0  # the manager loop's worst scheduling lag over the last minute
 
 
 # ----------------------------------------------------------------------------
@@ -203,10 +209,23 @@ class Event(msgspec.Struct, tag=True, kw_only=True, frozen=True):
 # --- requests and replies ---
 
 
+class HeldLease(msgspec.Struct, kw_only=True, frozen=True):
+    """A lease a peer still holds, declared in each hello so the manager can reconcile."""
+
+    lease_id: str
+    model: str
+    kind: SlotKind
+    generation: int
+
+
 class HelloRequest(Request):
     role: PeerRole
     pid: int
     protocol: int = PROTOCOL
+    # Every lease the peer holds right now: the manager drops the ones of this
+    # role it holds that are not declared, and takes over the declared ones it
+    # does not know (leases of engines it adopted after a restart).
+    leases: tuple[HeldLease, ...] = ()
 
 
 class HelloReply(Reply):
@@ -225,11 +244,12 @@ class AcquireRequest(Request):
 
 
 class AcquireReply(Reply):
-    lease_id: int
+    lease_id: str  # "<epoch>:<n>": unique across manager restarts
     model: str
     kind: SlotKind
     base_url: str
     engine: str
+    generation: int = 0
     load_s: float = 0.0  # time this request spent waiting for a load; 0 when warm
     queue_position: int = 0
 
@@ -270,6 +290,14 @@ class ListModelsRequest(Request):
     pass
 
 
+class PingRequest(Request):
+    """Answered by the loop itself: proof that the manager hears and answers, not only beats."""
+
+
+class PingReply(Reply):
+    epoch: str
+
+
 class ListModelsReply(Reply):
     models: tuple[ModelEntry, ...]
 
@@ -284,7 +312,9 @@ class ErrorReply(Reply):
 
 
 class ReleaseNotice(Notice):
-    lease_id: int
+    """Honoured only from the peer that holds the lease."""
+
+    lease_id: str
     outcome: LeaseOutcome = LeaseOutcome.OK
 
 
@@ -320,6 +350,9 @@ class HardwareEvent(Event):
 class HeartbeatEvent(Event):
     epoch: str
     time: float
+    # When this manager began taking requests: a peer that sees a new epoch knows
+    # that what it sent before then went to the old manager and is lost.
+    serving_since: float = 0.0
 
 
 class ManagerStoppingEvent(Event):

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -22,6 +23,10 @@ from manager.protocol import Severity
 from manager.slots import SlotKey
 
 log = logging.getLogger("lmforge.runner")
+
+# An engine using at least this share of one core between two probes is computing,
+# not hung: an idle llama-server uses next to nothing.
+BUSY_CPU_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class RunnerConfig:
     health_path: str
     log_path: Path
     pid_dir: Path
+    about: dict[str, object] | None = None  # written into the engine's record, for adoption
 
 
 Command = Callable[[int, bool], Awaitable[list[str]]]  # (port, no_repack) -> argv
@@ -78,7 +84,7 @@ class EngineRunner:
     """Runs one slot generation's engine; see the module docstring."""
 
     def __init__(
-        self, key: SlotKey, generation: int, command: Command, config: RunnerConfig,
+        self, key: SlotKey, generation: int, command: Command | None, config: RunnerConfig,
         session: aiohttp.ClientSession, stop_event: asyncio.Event, post: Callable[[object], None],
     ) -> None:
         self.key, self.generation = key, generation
@@ -86,13 +92,15 @@ class EngineRunner:
         self.stop_event, self.post = stop_event, post
         self.proc: EngineProcess | None = None
 
-    async def run(self) -> None:
+    async def run(self, adopted_port: int | None = None) -> None:
+        """Start the engine and supervise it; with `adopted_port`, supervise `self.proc`, already ready."""
         try:
-            port = await self._start()
+            port = adopted_port or await self._start()
             if port is None:
                 self.post(EngineStopped(self.key, self.generation))
                 return
-            self.post(EngineReady(self.key, self.generation))
+            if adopted_port is None:
+                self.post(EngineReady(self.key, self.generation))
             failure = await self._supervise(port)
         except LoadFailure as exc:
             self.post(EngineFailed(self.key, self.generation, str(exc), exc.severity, exc.tail))
@@ -111,12 +119,14 @@ class EngineRunner:
 
     async def _start(self) -> int | None:
         """Spawn and wait until healthy; None if a stop was asked for meanwhile."""
+        assert self.command is not None
         no_repack = False
         for _attempt in range(3):
             port = free_port()
             argv = await self.command(port, no_repack)
+            about = {**(self.config.about or {}), "port": port}
             self.proc = proc = await EngineProcess.spawn(
-                argv, log_path=self.config.log_path, pid_dir=self.config.pid_dir
+                argv, log_path=self.config.log_path, pid_dir=self.config.pid_dir, about=about
             )
             self.post(EngineSpawned(self.key, self.generation, proc.pid, port))
             url = f"http://127.0.0.1:{port}{self.config.health_path}"
@@ -148,10 +158,16 @@ class EngineRunner:
         raise LoadFailure("engine could not bind a port after 3 tries", Severity.TRANSIENT)
 
     async def _supervise(self, port: int) -> EngineFailed | None:
-        """Wait for a stop request, an exit, or a run of failed health probes."""
+        """Wait for a stop request, an exit, or a run of failed health probes.
+
+        A probe that fails while the engine's CPU time still grows is not a hang: a
+        busy engine on a small machine can be slow to answer /health while its
+        requests still stream tokens.
+        """
         assert self.proc is not None
         proc, failures = self.proc, 0
         url = f"http://127.0.0.1:{port}{self.config.health_path}"
+        cpu, at = await asyncio.to_thread(proc.cpu_seconds), time.monotonic()
         while True:
             exited = asyncio.ensure_future(proc.wait())
             stop = asyncio.ensure_future(self.stop_event.wait())
@@ -162,9 +178,12 @@ class EngineRunner:
             if self.stop_event.is_set():
                 await proc.stop(self.config.stop_grace_s)
                 return None
-            if proc.returncode is not None:
+            if proc.exited:
                 return self._failed(f"engine died ({describe_exit(proc.returncode)})", proc)
-            failures = 0 if await self._probe(url) else failures + 1
+            healthy = await self._probe(url)
+            (before, since), (cpu, at) = (cpu, at), (await asyncio.to_thread(proc.cpu_seconds), time.monotonic())
+            working = before is not None and cpu is not None and cpu - before >= BUSY_CPU_SHARE * (at - since)
+            failures = 0 if healthy or working else failures + 1
             if failures >= self.config.health_failures:
                 await proc.stop(0)
                 return self._failed(f"engine stopped answering its health probe ({failures} in a row); killed it", proc)

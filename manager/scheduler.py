@@ -43,6 +43,7 @@ class Evict:
 @dataclass(frozen=True)
 class Wait:
     reason: str
+    busy: tuple[Hashable, ...] = ()  # the busy slots whose requests it waits for, to go idle then leave
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,20 @@ def plan_admission(
     if freed >= deficit and len(victims) >= excess:
         return Evict(tuple(r.key for r in victims))
 
-    busy = [r for r in residents if r.state in (SlotState.LOADING, SlotState.READY) and not r.idle]
-    if freed + sum(r.reserved for r in busy) >= deficit and len(victims) + len(busy) >= excess:
-        return Wait(f"waiting for {len(busy)} busy model(s) to finish their requests")
+    busy = sorted((r for r in residents if r.state == SlotState.READY and not r.idle),
+                  key=lambda r: (r.pinned, r.last_used_at))
+    loading = [r for r in residents if r.state == SlotState.LOADING]
+    needed: list[Resident] = []
+    for r in busy:  # the fewest busy slots that make room, least recently used first
+        if freed >= deficit and len(victims) + len(needed) >= excess:
+            break
+        needed.append(r)
+        freed += r.reserved
+    if freed >= deficit and len(victims) + len(needed) >= excess:
+        return Wait(f"waiting for {len(needed)} busy model(s) to finish their requests",
+                    tuple(r.key for r in needed))
+    if loading and freed + sum(r.reserved for r in loading) >= deficit:
+        return Wait(f"waiting for {len(loading)} loading model(s)")
     free = max(0, budget - used)
     why = f"needs {fmt_bytes(need)} but only {fmt_bytes(free)} of {fmt_bytes(budget)} is free"
     if excess > 0 and freed >= deficit:

@@ -1,19 +1,24 @@
-"""ManagerService: the single-writer loop that owns the slot table.
+"""ManagerService: the manager process's loop, sockets and tasks around the slot table.
 
-Everything that changes a slot arrives in one inbox (peer messages, engine runner
-reports, ticks) and is handled synchronously, one item at a time; slow work
-(spawn, health wait, stop) runs in EngineRunner tasks that report back.
+Everything that changes a slot arrives in one inbox (peer messages, runner reports,
+off-loop reads, ticks) and is handed to the SlotTable, one item at a time; the
+service then carries out the table's effects. Slow work (engines, header and store
+reads, memory readings) runs in tasks and threads that report back to the inbox.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import os
 import signal
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import aiohttp
 import msgspec
@@ -22,54 +27,34 @@ import zmq.asyncio
 
 from catalog.store import ModelStore, StoreError
 from manager import budget as budgets
+from manager.adoption import adopt_engines
 from manager.config import Paths, Settings
+from manager.engines import llamacpp_build
+from manager.engines.base import EngineMissing
 from manager.engines.llamacpp import LlamaCppAdapter
 from manager.ipc import EventPublisher, endpoints, ensure_runtime_dir, make_socket, remove_endpoints
-from manager.keepalive import KeepAliveError, parse_keep_alive
-from manager.leases import DEFAULT, LeaseTable
-from manager.process import group_memory, sweep_recorded
+from manager.lag import LoopLag
+from manager.memory import MemoryLedger
+from manager.readings import read_engines
+from manager.startup import watch_parent
 from manager.protocol import (
-    PROTOCOL,
-    AcquireReply,
-    AcquireRequest,
-    BudgetInfo,
-    ErrorCode,
-    ErrorReply,
-    HardwareEvent,
-    HardwareNotice,
-    HeartbeatEvent,
-    HelloReply,
-    HelloRequest,
-    ListModelsReply,
-    ListModelsRequest,
-    LoadReply,
-    LoadRequest,
-    ManagerStatus,
-    ManagerStoppingEvent,
-    PeerInfo,
-    ReleaseNotice,
-    Reply,
-    SlotState,
-    SnapshotReply,
-    SnapshotRequest,
-    UnloadReply,
-    UnloadRequest,
-    encoder,
-    to_manager_decoder,
+    AcquireRequest, ErrorCode, ErrorReply, HardwareNotice, HeartbeatEvent, HelloRequest, ListModelsReply,
+    ListModelsRequest, LoadProgressEvent, LoadRequest, ManagerStoppingEvent, PingReply, PingRequest, ReleaseNotice,
+    Reply, Severity, SnapshotReply, SnapshotRequest, UnloadRequest, encoder, to_manager_decoder,
 )
-from manager.runner import EngineFailed, EngineReady, EngineSpawned, EngineStopped
-from manager.lifecycle import SlotLifecycle
-from manager.slots import HOLDS_MEMORY, Slot, SlotKey, Waiter
-from prober.probes.nvidia import gpu_memory_by_pid
+from manager.runner import (
+    EngineFailed, EngineReady, EngineRunner, EngineSpawned, EngineStopped, LoadFailure, RunnerConfig,
+)
+from manager.slots import Slot
+from manager.effects import Learn, Plan, Publish, Send, Spawn, Stop
+from manager.table import SlotTable
 
 log = logging.getLogger("lmforge.manager")
 
 HEARTBEAT_S = 1.0
 TICK_S = 0.25
 MEASURE_S = 1.0
-
-
-REFUSED = object()  # a keep_alive that could not be parsed; the request was answered
+YIELD_EVERY = 64  # inbox items handled before the loop lets its other tasks run
 
 
 @dataclass(frozen=True)
@@ -85,10 +70,18 @@ class Tick:
 
 @dataclass(frozen=True)
 class Shutdown:
-    signal: str
+    reason: str
+    crashed: bool = False  # leave the engines running for the next manager to adopt
 
 
-class ManagerService(SlotLifecycle):
+@dataclass(frozen=True)
+class Done:
+    """Off-loop work finished; `then` runs on the loop with its result."""
+
+    then: Callable[[], None]
+
+
+class ManagerService:
     """See the module docstring. Handlers never await."""
 
     def __init__(self, settings: Settings, paths: Paths) -> None:
@@ -98,105 +91,173 @@ class ManagerService(SlotLifecycle):
         self.adapter = LlamaCppAdapter(settings, paths)
         self.epoch = uuid.uuid4().hex[:12]
         self.started_at = time.time()
-        self.slots: dict[SlotKey, Slot] = {}
-        self.retiring: dict[tuple[SlotKey, int], Slot] = {}  # stopping, off the table
-        self.leases = LeaseTable()
-        self.peers: dict[bytes, PeerInfo] = {}
-        self.hardware = None
+        self.table = SlotTable(settings, self.epoch, engine=self.adapter.name, supports=self.adapter.supports)
+        self.ledger = MemoryLedger(paths.memory_ledger)
         self.inbox: asyncio.Queue[object] = asyncio.Queue()
-        self.stopping = False
-        self._generations = 0
+        self.lag = LoopLag()
+        self._crashed = False
+        self.serving_since = 0.0
+        self._measuring = False
         self._last_measure = 0.0
+        self._binary: asyncio.Future[Path] | None = None
         self._ctx = zmq.asyncio.Context()
         self._router = make_socket(self._ctx, zmq.ROUTER)
         self._pub = make_socket(self._ctx, zmq.PUB)
         self.events = EventPublisher(self._pub)
-        self._session: aiohttp.ClientSession | None = None
-        self._handlers = {
-            HelloRequest: self._on_hello,
-            AcquireRequest: self._on_acquire,
-            ReleaseNotice: self._on_release,
-            LoadRequest: self._on_load,
-            UnloadRequest: self._on_unload,
-            SnapshotRequest: self._on_snapshot,
-            ListModelsRequest: self._on_list_models,
-            HardwareNotice: self._on_hardware,
+        self.session: aiohttp.ClientSession | None = None
+        t = self.table
+        self._handlers: dict[type, Callable[[bytes, object], None]] = {
+            HelloRequest: t.hello,  # type: ignore[dict-item]
+            AcquireRequest: self._on_acquire,  # type: ignore[dict-item]
+            ReleaseNotice: t.release,  # type: ignore[dict-item]
+            LoadRequest: self._on_load,  # type: ignore[dict-item]
+            UnloadRequest: self._on_unload,  # type: ignore[dict-item]
+            SnapshotRequest: self._on_snapshot,  # type: ignore[dict-item]
+            ListModelsRequest: self._on_list_models,  # type: ignore[dict-item]
+            HardwareNotice: lambda peer, n: t.set_hardware(n.snapshot),  # type: ignore[attr-defined]
+            PingRequest: lambda peer, r: self.send(peer, PingReply(req_id=r.req_id, epoch=self.epoch)),  # type: ignore[attr-defined]
         }
-        self._internal = {
-            EngineSpawned: self._on_spawned,
-            EngineReady: self._on_ready,
-            EngineFailed: self._on_failed,
-            EngineStopped: self._on_stopped,
-            Tick: self._on_tick,
+        self._internal: dict[type, Callable[[object], None]] = {
+            EngineSpawned: lambda e: t.spawned(e.key, e.generation, e.pid, e.port),  # type: ignore[attr-defined]
+            EngineReady: lambda e: t.ready(e.key, e.generation),  # type: ignore[attr-defined]
+            EngineFailed: lambda e: t.failed(e.key, e.generation, e.message, e.severity, e.tail),  # type: ignore[attr-defined]
+            EngineStopped: lambda e: t.stopped(e.key, e.generation),  # type: ignore[attr-defined]
+            Tick: lambda _: self._on_tick(),
+            Done: lambda d: d.then(),  # type: ignore[attr-defined]
         }
-        super().__init__()
 
     # --- running ---
 
-    async def run(self) -> None:
-        killed = sweep_recorded(self.paths.engine_pids)
-        if killed:
-            log.warning("killed %d engine(s) left by a previous manager: %s", len(killed), killed)
+    async def run(self) -> int:
+        """Serve until SIGTERM (engines stopped, 0) or a crash of our own (engines left to adopt, exit 1)."""
+        self.session = aiohttp.ClientSession()
+        for slot, runner in await adopt_engines(self):
+            self._run(slot, runner.run(adopted_port=slot.port))
         ensure_runtime_dir(self.paths.runtime)
         ends = endpoints(self.paths)
-        self._router.bind(ends.control)
         self._pub.bind(ends.events)
-        self._session = aiohttp.ClientSession()
+        self.serving_since = time.time()
+        self._router.bind(ends.control)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.inbox.put_nowait, Shutdown(sig.name))
-        tasks = [loop.create_task(c) for c in (self._read(), self._beat(), self._tick())]
+            loop.add_signal_handler(sig, self.post, Shutdown(sig.name))
+        tasks = [loop.create_task(c) for c in (self._read(), self._beat(), self._tick(), self.lag.run())]
+        for task in tasks:
+            task.add_done_callback(self._background_died)
+        watch_parent()  # supervisord gone: our graceful path stops the engines too
         log.info("manager %s (epoch %s) listening on %s", os.getpid(), self.epoch, ends.control)
         self._auto_load()
         try:
-            while not self.stopping:
-                self._dispatch(await self.inbox.get())
+            await self._serve()
         finally:
             for task in tasks:
                 task.cancel()
+            if self._crashed:
+                self._abandon()
             await self._shutdown()
+        return 0
+
+    async def _serve(self) -> None:
+        handled = 0
+        while True:
+            item = await self.inbox.get()
+            if isinstance(item, Shutdown):
+                log.info("[shutdown] manager: %s", item.reason)
+                self._crashed = item.crashed
+                return
+            self._dispatch(item)
+            handled += 1
+            if handled % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # a full inbox never returns from get(): let the other tasks run
 
     def _dispatch(self, item: object) -> None:
         try:
             if isinstance(item, Incoming):
-                self._handlers[type(item.message)](item.peer, item.message)  # type: ignore[operator]
-            elif isinstance(item, Shutdown):
-                log.info("[shutdown] manager: %s received", item.signal)
-                self.stopping = True
+                self._handlers[type(item.message)](item.peer, item.message)
             else:
-                self._internal[type(item)](item)  # type: ignore[operator]
+                self._internal[type(item)](item)
         except Exception:
-            # A bug must not take the loop (and every engine) down with it.
+            # A bug in one handler must not take the loop (and every engine) down with it.
             log.exception("manager loop failed handling %r", item)
-            if isinstance(item, Incoming) and hasattr(item.message, "req_id"):
-                self.reply(item.peer, ErrorReply(req_id=item.message.req_id, code=ErrorCode.INTERNAL,
-                                                 message="internal manager error; see the manager log"))
+            if isinstance(item, Incoming) and isinstance(getattr(item.message, "req_id", None), int):
+                self.send(item.peer, ErrorReply(req_id=item.message.req_id, code=ErrorCode.INTERNAL,  # type: ignore[attr-defined]
+                                                message="internal manager error; see the manager log"))
+        self.act()
+
+    def act(self) -> None:
+        for effect in self.table.drain():
+            if isinstance(effect, Send):
+                self.send(effect.peer, effect.message)
+            elif isinstance(effect, Publish):
+                self.events.publish(effect.event)
+            elif isinstance(effect, Spawn):
+                self._spawn(effect.slot)
+            elif isinstance(effect, Stop):
+                effect.slot.stop_event.set()
+            elif isinstance(effect, Plan):
+                self._plan(effect.slot)
+            elif isinstance(effect, Learn):
+                self._offload(functools.partial(self.ledger.record, effect.model, effect.kind, effect.ctx_size,
+                                                effect.bytes, basis=effect.basis), lambda _: None)
+
+    def _background_died(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # A deaf or silent manager looks alive to nobody's benefit: exit, and let
+        # supervisord restart us; the engines keep serving and are adopted.
+        log.critical("manager task %s died; exiting so that supervisord restarts the manager",
+                     task.get_coro(), exc_info=task.exception())
+        self.post(Shutdown("a background task died", crashed=True))
 
     async def _read(self) -> None:
+        read = 0
         while True:
-            peer, data = await self._router.recv_multipart()
+            frames = await self._router.recv_multipart()
             try:
-                message = to_manager_decoder.decode(data)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self._refuse_undecodable(peer, data, exc)
-                continue
-            self.inbox.put_nowait(Incoming(peer, message))
+                self._accept(frames)
+            except Exception:  # whatever arrives, the reader goes on
+                log.exception("refused a message that broke its decoding")
+            read += 1
+            if read % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # a queued message is returned without suspending: let the loop run
+
+    def _accept(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            log.warning("refused a message of %d frames from %r", len(frames), frames[0][:64])
+            return
+        peer, data = frames
+        try:
+            message = to_manager_decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("refused an undecodable message (%d bytes) from %r: %s", len(data), peer[:64], exc)
+            self._refuse(peer, data, exc)
+            return
+        self.post(Incoming(peer, message))
+
+    def _refuse(self, peer: bytes, data: bytes, exc: Exception) -> None:
+        try:
+            raw = msgspec.msgpack.decode(data)
+        except msgspec.DecodeError:
+            return
+        if isinstance(raw, dict) and isinstance(raw.get("req_id"), int):
+            self.send(peer, ErrorReply(req_id=raw["req_id"], code=ErrorCode.BAD_REQUEST,
+                                       message=f"undecodable request: {exc}"))
 
     async def _beat(self) -> None:
         while True:
-            self.events.publish(HeartbeatEvent(epoch=self.epoch, time=time.time()))
+            self.events.publish(HeartbeatEvent(epoch=self.epoch, time=time.time(), serving_since=self.serving_since))
             await asyncio.sleep(HEARTBEAT_S)
 
     async def _tick(self) -> None:
         # Its own timer: expiry and deadlines run whatever the traffic.
         while True:
             await asyncio.sleep(TICK_S)
-            self.inbox.put_nowait(Tick())
+            self.post(Tick())
 
     def post(self, item: object) -> None:
         self.inbox.put_nowait(item)
 
-    def reply(self, peer: bytes | None, message: Reply) -> None:
+    def send(self, peer: bytes | None, message: Reply) -> None:
         if peer is None:
             return
         try:
@@ -204,181 +265,177 @@ class ManagerService(SlotLifecycle):
         except zmq.Again:
             log.warning("reply to %r dropped: peer queue full", peer)
 
-    def _refuse_undecodable(self, peer: bytes, data: bytes, exc: Exception) -> None:
-        log.warning("undecodable message from %r: %s", peer, exc)
-        try:
-            raw = msgspec.msgpack.decode(data)
-        except msgspec.DecodeError:
-            return
-        if isinstance(raw, dict) and isinstance(raw.get("req_id"), int):
-            self.reply(peer, ErrorReply(req_id=raw["req_id"], code=ErrorCode.BAD_REQUEST,
-                                        message=f"undecodable request: {exc}"))
+    def _offload(self, work: Callable[[], object], then: Callable[[object], None]) -> None:
+        """Run blocking `work` in a thread; `then(result or exception)` runs on the loop."""
+        async def run() -> None:
+            try:
+                result: object = await asyncio.to_thread(work)
+            except Exception as exc:
+                result = exc
+            self.post(Done(functools.partial(then, result)))
+        asyncio.get_running_loop().create_task(run())
 
-    # --- peer messages ---
+    # --- requests that may need the store, read off the loop ---
 
-    def _on_hello(self, peer: bytes, req: HelloRequest) -> None:
-        if req.protocol != PROTOCOL:
-            self.reply(peer, ErrorReply(
-                req_id=req.req_id, code=ErrorCode.PROTOCOL_MISMATCH,
-                message=f"peer speaks protocol {req.protocol}, manager {PROTOCOL}: restart LMForge "
-                        "so every process runs the same version"))
-            return
-        for old, info in list(self.peers.items()):
-            if info.role == req.role and old != peer:
-                # The peer restarted under a new identity: its leases died with it.
-                del self.peers[old]
-                for lease in self.leases.of_peer(old):
-                    self._return_lease(lease.id)
-        self.peers[peer] = PeerInfo(role=req.role, pid=req.pid, connected_at=time.time())
-        log.info("%s connected (pid %d)", req.role, req.pid)
-        self.reply(peer, HelloReply(req_id=req.req_id, epoch=self.epoch, manager_pid=os.getpid()))
-
-    def _target(self, peer: bytes | None, req: AcquireRequest | LoadRequest) -> tuple[object, Slot] | None:
-        """The request's parsed keep_alive and its slot; None once it was answered with an error."""
-        keep = self._keep_alive(peer, req)
-        slot = None if keep is REFUSED else self._slot_for(peer, req)
-        return None if slot is None else (keep, slot)
-
-    def _park(self, slot: Slot, peer: bytes | None, req: AcquireRequest | LoadRequest, keep: object) -> None:
-        """Answer `req` when the slot is ready or failed; it may need loading first."""
-        slot.waiters.append(Waiter(peer, req, keep))  # type: ignore[arg-type]
-        self.schedule()
+    def _with_entry(self, model: str, then: Callable[[object], None], peer: bytes | None, req_id: int) -> None:
+        def answer(entry: object) -> None:
+            if isinstance(entry, StoreError):
+                self.send(peer, ErrorReply(req_id=req_id, code=ErrorCode.INTERNAL, message=str(entry)))
+            elif isinstance(entry, Exception):
+                raise entry
+            else:
+                then(entry)
+        self._offload(functools.partial(self.store.get, model), answer)
 
     def _on_acquire(self, peer: bytes, req: AcquireRequest) -> None:
-        if (target := self._target(peer, req)) is None:
-            return
-        keep, slot = target
-        if slot.state != SlotState.READY:
-            self._park(slot, peer, req, keep)
-            return
-        lease = self.leases.grant(slot, peer, keep)  # type: ignore[arg-type]
-        self.reply(peer, AcquireReply(req_id=req.req_id, lease_id=lease.id, model=slot.model,
-                                      kind=slot.kind, base_url=slot.base_url, engine=slot.engine))
+        if self.table.live(req.model, req.kind) is not None or self.table.stopping:
+            self.table.acquire(peer, req, None)
+        else:
+            self._with_entry(req.model, lambda e: self.table.acquire(peer, req, e), peer, req.req_id)  # type: ignore[arg-type]
 
     def _on_load(self, peer: bytes | None, req: LoadRequest) -> None:
-        if (target := self._target(peer, req)) is None:
-            return
-        keep, slot = target
-        slot.pinned = slot.pinned or req.pin
-        if keep != DEFAULT:
-            slot.keep_alive_s = keep  # type: ignore[assignment]
-        if slot.state == SlotState.READY:
-            self._refresh_expiry(slot, DEFAULT)
-            self.reply(peer, LoadReply(req_id=req.req_id, slot=slot.info()))
-            self.publish_slot(slot, None)
+        if self.table.live(req.model, req.kind) is not None or self.table.stopping:
+            self.table.load(peer, req, None)
         else:
-            self._park(slot, peer, req, keep)
-
-    def _on_release(self, peer: bytes, notice: ReleaseNotice) -> None:
-        self._return_lease(notice.lease_id)
+            self._with_entry(req.model, lambda e: self.table.load(peer, req, e), peer, req.req_id)  # type: ignore[arg-type]
 
     def _on_unload(self, peer: bytes, req: UnloadRequest) -> None:
-        names = []
-        for slot in list(self.slots.values()):
-            if req.model not in (None, slot.model) or req.kind not in (None, slot.kind):
-                continue
-            names.append(slot.label)
-            self.unload(slot, "unloaded on request")
-        if req.model is not None and not names and self.store.get(req.model) is None:
-            self.reply(peer, ErrorReply(req_id=req.req_id, code=ErrorCode.MODEL_NOT_FOUND,
-                                        message=f"model {req.model!r} is not installed"))
-            return
-        self.reply(peer, UnloadReply(req_id=req.req_id, unloaded=tuple(names)))
-        self.schedule()
+        if req.model is None or any(s.model == req.model for s in self.table.slots.values()):
+            self.table.unload_request(peer, req, installed=True)
+        else:
+            self._with_entry(req.model, lambda e: self.table.unload_request(peer, req, e is not None), peer, req.req_id)
 
     def _on_snapshot(self, peer: bytes, req: SnapshotRequest) -> None:
-        self.reply(peer, SnapshotReply(req_id=req.req_id, seq=self.events.seq, status=self.status()))
+        status = self.table.status(self.started_at, self.lag.worst_ms())
+        self.send(peer, SnapshotReply(req_id=req.req_id, seq=self.events.seq, status=status))
 
     def _on_list_models(self, peer: bytes, req: ListModelsRequest) -> None:
-        try:
-            models = tuple(self.store.list())
-        except StoreError as exc:
-            self.reply(peer, ErrorReply(req_id=req.req_id, code=ErrorCode.INTERNAL, message=str(exc)))
-            return
-        self.reply(peer, ListModelsReply(req_id=req.req_id, models=models))
-
-    def _on_hardware(self, peer: bytes, notice: HardwareNotice) -> None:
-        self.hardware = notice.snapshot
-        self.events.publish(HardwareEvent(snapshot=notice.snapshot))
-        self.schedule()
-
-    # --- helpers for the handlers above ---
-
-    def _keep_alive(self, peer: bytes | None, req: AcquireRequest | LoadRequest) -> object:
-        """The request's keep_alive in seconds (None: forever), DEFAULT if absent, or REFUSED."""
-        if req.keep_alive is None:
-            return DEFAULT
-        try:
-            return parse_keep_alive(req.keep_alive)
-        except KeepAliveError as exc:
-            self.reply(peer, ErrorReply(req_id=req.req_id, code=ErrorCode.BAD_REQUEST, message=str(exc)))
-            return REFUSED
+        def answer(models: object) -> None:
+            if isinstance(models, Exception):
+                self.send(peer, ErrorReply(req_id=req.req_id, code=ErrorCode.INTERNAL, message=str(models)))
+            else:
+                self.send(peer, ListModelsReply(req_id=req.req_id, models=tuple(models)))  # type: ignore[arg-type]
+        self._offload(self.store.list, answer)
 
     def _auto_load(self) -> None:
         for i, name in enumerate(self.settings.auto_load):
             self._on_load(None, LoadRequest(req_id=-(i + 1), model=name, pin=True))
 
-    # --- status ---
+    # --- ticks: expiry, memory readings ---
 
-    def budget(self) -> BudgetInfo:
-        ours = sum(s.private_bytes or 0 for s in self.memory_holders())
-        total, source = budgets.budget_total(self.settings, self.hardware, ours)
-        used = sum(s.reserved for s in self.memory_holders())
-        return BudgetInfo(total_bytes=total, used_bytes=used, source=source,
-                          max_loaded_models=self.settings.max_loaded_models)
+    def _on_tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_measure >= MEASURE_S and not self._measuring:
+            self._last_measure, self._measuring = now, True
+            pids = [s.pid for s in self.table.memory_holders() if s.pid is not None]
+            on_gpu = budgets.is_gpu_host(self.table.hardware)
+            self._offload(functools.partial(read_engines, pids, on_gpu, self.paths.logs, self.settings),
+                          self._measured)
+        self.table.tick()
 
-    def memory_holders(self) -> list[Slot]:
-        return [s for s in [*self.slots.values(), *self.retiring.values()] if s.state in HOLDS_MEMORY]
+    def _measured(self, readings: object) -> None:
+        self._measuring = False
+        if isinstance(readings, Exception):
+            log.warning("reading engine memory failed: %s", readings)
+            return
+        self.table.measured(readings)  # type: ignore[arg-type]
 
-    def status(self) -> ManagerStatus:
-        slots = [*self.slots.values(), *self.retiring.values()]
-        return ManagerStatus(
-            epoch=self.epoch,
-            started_at=self.started_at,
-            slots=tuple(s.info() for s in slots),
-            budget=self.budget(),
-            last_errors=dict(self.last_errors),
-            peers=tuple(self.peers.values()),
-            hardware=self.hardware,
+    # --- engines ---
+
+    def _plan(self, slot: Slot) -> None:
+        vram = self.table.budget().total_bytes if budgets.is_gpu_host(self.table.hardware) else 0
+        hardware = self.table.hardware
+
+        def read() -> tuple[object, int | None]:
+            plan = self.adapter.plan(slot.entry, slot.kind, hardware, vram)
+            return plan, self.ledger.learned(slot.model, slot.kind, plan.ctx_size, basis=plan.total)
+
+        def then(result: object) -> None:
+            if isinstance(result, Exception):  # any exception: that slot fails, every other goes on
+                self.table.planned(slot.key, slot.generation, None, None, str(result) or type(result).__name__)
+            else:
+                plan, learned = result  # type: ignore[misc]
+                self.table.planned(slot.key, slot.generation, plan, learned)
+        self._offload(read, then)
+
+    def runner_config(self, slot: Slot) -> RunnerConfig:
+        s = self.settings
+        plan = slot.plan
+        about = {"model": slot.model, "kind": str(slot.kind), "generation": slot.generation,
+                 "plan": dataclasses.asdict(plan) if plan else None}
+        return RunnerConfig(
+            load_timeout_s=s.load_timeout_s, stop_grace_s=s.stop_grace_s, health_interval_s=s.health_interval_s,
+            health_failures=s.health_failures, health_path=self.adapter.health_path, pid_dir=self.paths.engine_pids,
+            log_path=self.paths.logs / f"engine-{slot.file_slug}.log", about=about,
         )
 
-    def _measure(self) -> None:
-        """Each engine's real footprint, in the unit the budget counts: VRAM on a GPU host, else RAM."""
-        on_gpu = gpu_memory_by_pid() if budgets.is_gpu_host(self.hardware) else None
-        for slot in self.memory_holders():
-            if slot.pid is None:
-                continue
-            if on_gpu is not None:
-                slot.actual_bytes = slot.private_bytes = on_gpu.get(slot.pid)
-            elif (measured := group_memory(slot.pid)) is not None:
-                slot.actual_bytes, slot.private_bytes = measured
+    def _spawn(self, slot: Slot) -> None:
+        assert self.session is not None
+        command = functools.partial(self._command, slot)
+        runner = EngineRunner(slot.key, slot.generation, command, self.runner_config(slot), self.session,
+                              slot.stop_event, self.post)
+        self._run(slot, runner.run())
 
-    def _on_tick(self, _: Tick) -> None:
-        now = time.monotonic()
-        if now - self._last_measure >= MEASURE_S:
-            self._last_measure = now
-            self._measure()
-        self.expire_idle()
-        self.schedule()
+    def _run(self, slot: Slot, coro: object) -> None:
+        slot.task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+
+    async def _command(self, slot: Slot, port: int, no_repack: bool) -> list[str]:
+        assert slot.plan is not None
+        try:
+            binary = self.adapter.find_binary() or await self._install_engine(slot)
+        except EngineMissing as exc:
+            raise LoadFailure(str(exc), Severity.USER_ERROR) from None
+        return await asyncio.to_thread(self.adapter.command, binary, slot.entry, slot.kind, port, slot.plan,
+                                       no_repack=no_repack)
+
+    async def _install_engine(self, slot: Slot) -> Path:
+        """First use: build llama-server once, however many loads wait for it."""
+        if self._binary is None or (self._binary.done() and self._binary.exception()):
+            self._binary = asyncio.ensure_future(self._build(slot))
+        return await asyncio.shield(self._binary)
+
+    async def _build(self, slot: Slot) -> Path:
+        from prober.detect import take_snapshot
+
+        loop = asyncio.get_running_loop()
+        hardware = self.table.hardware or await asyncio.to_thread(take_snapshot)
+
+        def progress(pct: float | None, line: str) -> None:
+            detail = f"{pct:.0f}% {line}" if pct is not None else line
+            event = LoadProgressEvent(model=slot.model, kind=slot.kind, stage="installing_engine", detail=detail)
+            loop.call_soon_threadsafe(self.events.publish, event)
+
+        version = self.settings.llama_cpp.version
+        return await asyncio.to_thread(llamacpp_build.install, self.paths, version, hardware, progress)
 
     # --- shutdown ---
 
+    def _abandon(self) -> None:
+        """Exit now as a crash would, leaving the engines serving for the next manager to adopt."""
+        log.critical("[shutdown] manager: exiting with %d engine(s) left running for the next manager",
+                     len(self.table.slots) + len(self.table.retiring))
+        logging.shutdown()
+        os._exit(1)  # no cleanup: asyncio's would cancel the runners, and they stop their engines
+
     async def _shutdown(self) -> None:
-        log.info("[shutdown] manager: stopping %d engine(s)", len(self.slots) + len(self.retiring))
+        log.info("[shutdown] manager: stopping %d engine(s)", len(self.table.slots) + len(self.table.retiring))
         self.events.publish(ManagerStoppingEvent(epoch=self.epoch))
-        for slot in list(self.slots.values()):
-            self.fail_waiters(slot, ErrorCode.SHUTTING_DOWN, "LMForge is shutting down")
-            self.unload(slot, "manager shutting down", force=True)
-        runners = [s.task for s in self.retiring.values() if s.task is not None]
+        self.table.shutdown()
+        self.act()
+        runners = [s.task for s in self.table.retiring.values() if s.task is not None]
         if runners:
             await asyncio.wait(runners, timeout=self.settings.stop_grace_s + 2.0)
         for task in runners:
             task.cancel()
-        if self._session is not None:
-            await self._session.close()
+        if self.session is not None:
+            await self.session.close()
         self._pub.setsockopt(zmq.LINGER, 200)  # let the stopping event out
+        self.close()
+        remove_endpoints(self.paths)
+        log.info("[shutdown] manager: done")
+
+    def close(self) -> None:
+        """Close the sockets and their context (the last step of every shutdown)."""
         self._router.close()
         self._pub.close()
         self._ctx.term()
-        remove_endpoints(self.paths)
-        log.info("[shutdown] manager: done")

@@ -7,6 +7,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from manager import memory
 from manager.engines.base import MemoryPlan
 from manager.protocol import (
     AcquireRequest,
@@ -42,7 +43,7 @@ class Waiter:
     peer: bytes | None  # None: the manager's own request (auto_load)
     request: AcquireRequest | LoadRequest
     keep_alive: float | None | str  # parsed; "default" means the model's own
-    since: float = field(default_factory=time.monotonic)
+    since: float = 0.0  # monotonic, from the table's clock
 
 
 @dataclass
@@ -57,19 +58,31 @@ class Slot:
     pinned: bool = False
     state: SlotState = SlotState.PENDING
     plan: MemoryPlan | None = None
+    planning: bool = False  # the header is being read off the loop
+    on_gpu: bool = False  # measured and charged in VRAM
     port: int | None = None
     pid: int | None = None
     inflight: int = 0
+    # Ollama semantics: the keep_alive of the latest request, applied when the last one ends.
+    next_keep: float | None | str = "default"
     last_used_at: float = field(default_factory=time.time)
     expires_at: float | None = None
     loaded_at: float | None = None
     load_started: float = field(default_factory=time.monotonic)
     wait_deadline: float | None = None  # monotonic; set while a pending slot waits
-    actual_bytes: int | None = None
+    busy_wait_since: float | None = None  # monotonic; while it waits for busy models' memory
+    learned_bytes: int | None = None  # what the last load of this (model, kind, ctx) came to
+    measured_bytes: int | None = None
     private_bytes: int | None = None
+    at_ready_bytes: int | None = None  # the first measurement after ready, before any request
     waiters: list[Waiter] = field(default_factory=list)
     detail: str = ""
-    unload_when_idle: str | None = None  # why, when an unload waits for requests in flight
+    # An explicit unload waiting for requests in flight: no new leases, then stop.
+    draining: str | None = None
+    # Giving a waiting load its turn: in-flight requests finish, new ones queue.
+    yielding_to: str | None = None
+    contended: bool = False  # a load waited for it while it was busy: it has traffic of its own
+    adopted: bool = False
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -94,11 +107,24 @@ class Slot:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def reserved(self) -> int:
-        """Bytes the budget counts for this slot: the estimate, or more if it grew past it."""
-        if self.state not in HOLDS_MEMORY or self.plan is None:
+    def estimate(self) -> int:
+        """Before a load: what the last load of the same model, kind and context came to, else the header's figure."""
+        if self.plan is None:
             return 0
-        return max(self.plan.total, self.actual_bytes or 0)
+        return self.learned_bytes or self.plan.total
+
+    @property
+    def charged(self) -> int:
+        """What the budget counts: the estimate until measured, then the measurement plus what is still to grow."""
+        if self.plan is None:
+            return 0
+        growth = memory.growth_after_ready(self.plan, on_gpu=self.on_gpu)
+        return memory.charge(self.estimate, self.measured_bytes, self.at_ready_bytes, growth)
+
+    @property
+    def reserved(self) -> int:
+        """Bytes the budget counts for this slot now (nothing unless it holds memory)."""
+        return self.charged if self.state in HOLDS_MEMORY else 0
 
     def change_state(self, new: SlotState) -> SlotState:
         old = self.state
@@ -123,8 +149,10 @@ class Slot:
             expires_at=self.expires_at,
             last_used_at=self.last_used_at,
             loaded_at=self.loaded_at,
-            estimate_bytes=plan.total if plan else 0,
-            actual_bytes=self.actual_bytes,
+            estimate_bytes=self.estimate,
+            measured_bytes=self.measured_bytes,
+            charged_bytes=self.charged,
+            adopted=self.adopted,
             ctx_size=plan.ctx_size if plan else 0,
             gpu_layers=plan.gpu_layers if plan else 0,
             waiting=len(self.waiters),

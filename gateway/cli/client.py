@@ -1,4 +1,7 @@
-"""GatewayClient: the CLI's HTTP client for the gateway's native and OpenAI APIs (stdlib only)."""
+"""GatewayClient: the CLI's HTTP client for the gateway's native and OpenAI APIs (stdlib only).
+
+Every way a request can go wrong comes out as a GatewayError whose message is one line for the user.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +10,26 @@ import json
 from typing import Iterator
 
 
-class GatewayDown(Exception):
+class GatewayError(Exception):
+    """No usable answer from the gateway; the message says what happened, in one line."""
+
+
+class GatewayDown(GatewayError):
     """Nothing answers on the gateway's address; the message says how to start it."""
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+class ApiError(GatewayError):
+    """The gateway answered with an HTTP error; `message` is the error body's own message."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.code = code
+
+
+class BadReply(GatewayError):
+    """Something answered, but not as LMForge does: not JSON, not HTTP, or cut short."""
 
 
 class GatewayClient:
@@ -27,7 +41,8 @@ class GatewayClient:
         return f"http://{self.host}:{self.port}"
 
     def _open(self, method: str, path: str, body: object | None, timeout: float | None) -> http.client.HTTPResponse:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout or self.timeout)
+        timeout = timeout or self.timeout
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
         try:
@@ -36,46 +51,92 @@ class GatewayClient:
         except (ConnectionRefusedError, FileNotFoundError) as exc:
             raise GatewayDown(f"LMForge is not running at {self.url} ({exc.strerror}); "
                               "start it with `lmforge start`") from None
+        except TimeoutError:
+            raise GatewayError(f"LMForge at {self.url} did not answer {method} {path} within {timeout:g}s") from None
         except OSError as exc:
             raise GatewayDown(f"LMForge at {self.url} did not answer: {exc}") from None
+        except http.client.HTTPException as exc:
+            raise BadReply(f"{self.url} did not answer as LMForge does ({type(exc).__name__}); "
+                           f"is another program using port {self.port}?") from None
         if resp.status >= 400:
-            raise ApiError(resp.status, _error_message(resp.read()))
+            message, code = _error_of(self._read(resp, path))
+            raise ApiError(resp.status, message or f"{method} {path} failed with HTTP {resp.status}", code)
         return resp
 
-    def get(self, path: str, timeout: float | None = None) -> object:
-        return json.loads(self._open("GET", path, None, timeout).read())
+    def _read(self, resp: http.client.HTTPResponse, path: str) -> bytes:
+        try:
+            return resp.read()
+        except TimeoutError:
+            raise GatewayError(f"LMForge at {self.url} stopped answering {path} midway (timed out)") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise BadReply(f"the answer to {path} was cut short ({type(exc).__name__})") from None
 
-    def post(self, path: str, body: object, timeout: float | None = None) -> object:
-        return json.loads(self._open("POST", path, body, timeout).read())
+    def _json(self, data: bytes, path: str) -> dict:
+        try:
+            value = json.loads(data)
+        except ValueError:
+            raise BadReply(f"LMForge at {self.url} answered {path} with something that is not JSON: "
+                           f"{_preview(data)}") from None
+        if not isinstance(value, dict):
+            raise BadReply(f"LMForge at {self.url} answered {path} with JSON that is not an object: {_preview(data)}")
+        return value
+
+    def get(self, path: str, timeout: float | None = None) -> dict:
+        return self._json(self._read(self._open("GET", path, None, timeout), path), path)
+
+    def post(self, path: str, body: object, timeout: float | None = None) -> dict:
+        return self._json(self._read(self._open("POST", path, body, timeout), path), path)
 
     def stream(self, path: str, body: object, timeout: float | None = None) -> Iterator[dict]:
         """The `data:` payloads of an SSE response, parsed, until [DONE]."""
         resp = self._open("POST", path, body, timeout)
-        for raw in resp:
+        for raw in self._lines(resp, path):
             line = raw.decode("utf-8", errors="replace").strip()
             if not line.startswith("data:"):
                 continue
             payload = line[5:].strip()
             if payload == "[DONE]":
                 return
-            event = json.loads(payload)
+            event = self._json(payload.encode(), path)
             if "error" in event:
-                raise ApiError(502, _error_message(json.dumps(event).encode()))
+                message, code = _error_of(payload.encode())
+                raise ApiError(502, message, code)
             yield event
+
+    def _lines(self, resp: http.client.HTTPResponse, path: str) -> Iterator[bytes]:
+        # Iterating the response reads the socket: a timeout or a dropped
+        # connection mid-stream surfaces here, not in _open.
+        while True:
+            try:
+                raw = resp.readline()
+            except TimeoutError:
+                raise GatewayError(f"LMForge at {self.url} stopped streaming {path} (timed out)") from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise BadReply(f"the stream from {path} was cut short ({type(exc).__name__})") from None
+            if not raw:
+                return
+            yield raw
 
     def healthy(self) -> bool:
         try:
             self.get("/health", timeout=2.0)
             return True
-        except (GatewayDown, ApiError):
+        except GatewayError:
             return False
 
 
-def _error_message(data: bytes) -> str:
+def _error_of(data: bytes) -> tuple[str, str | None]:
+    """(message, code) of an error body: the OpenAI error object, or whatever text came back."""
     try:
         err = json.loads(data).get("error")
     except (ValueError, AttributeError):
-        return data.decode(errors="replace").strip()[:500] or "request failed"
+        return data.decode(errors="replace").strip()[:500], None
     if isinstance(err, dict):
-        return str(err.get("message", err))
-    return str(err)
+        code = err.get("code")
+        return str(err.get("message", err)), None if code is None else str(code)
+    return str(err), None
+
+
+def _preview(data: bytes) -> str:
+    text = data.decode(errors="replace").strip()
+    return repr(text if len(text) <= 80 else text[:77] + "...")

@@ -15,8 +15,9 @@ class Terminal:
         self.verbosity = verbosity
         # Piped output keeps whole lines (rich would wrap tables at 80 columns).
         width = None if sys.stdout.isatty() else 240
-        self.out = Console(highlight=False, markup=False, soft_wrap=True, width=width)
-        self.err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True, width=width)
+        # No markup or emoji codes: model names and server messages are printed as they are.
+        self.out = Console(highlight=False, markup=False, emoji=False, soft_wrap=True, width=width)
+        self.err = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True, width=width)
 
     @property
     def interactive(self) -> bool:
@@ -39,7 +40,8 @@ class Terminal:
             self.err.print(message, style="yellow")
 
     def error(self, message: str) -> None:
-        self.err.print(message, style="bold red")
+        """One line, always: a message from the server or an engine may hold newlines."""
+        self.err.print(one_line(message), style="bold red")
 
     def json(self, data: object) -> None:
         self.out.print_json(json.dumps(data)) if self.out.is_terminal else print(json.dumps(data))
@@ -51,3 +53,7 @@ class Terminal:
         for row in rows:
             table.add_row(*("" if v is None else str(v) for v in row))
         self.out.print(table)
+
+
+def one_line(message: str) -> str:
+    return " ".join(message.split())

@@ -22,6 +22,11 @@ class MemoryPlan:
     compute: int
     ctx_size: int
     gpu_layers: int = 0
+    # What an engine measured right after ready may still grow by as its graph
+    # buffers, checkpoints and host prompt cache fill: in RAM (what a CPU host's
+    # budget counts) and in VRAM (what a GPU host's counts). See manager/memory.py.
+    growth: int = 0
+    growth_gpu: int = 0
 
     @property
     def total(self) -> int:

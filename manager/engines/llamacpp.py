@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from functools import lru_cache
 from pathlib import Path
 
@@ -10,11 +11,12 @@ from manager.budget import is_gpu_host
 from manager.config import Paths, Settings
 from manager.engines.base import EngineMissing, MemoryPlan
 from manager.engines import llamacpp_build
+from manager.engines.llamacpp_memory import GPU_FIRST_USE, Footprint, footprint
 from manager.protocol import HardwareSnapshot, ModelEntry, SlotKind
 
 MiB = 1024**2
-# Code, runtime and thread stacks of an idle llama-server, measured on this build.
-PROCESS_OVERHEAD = 48 * MiB
+# llama-server's default micro-batch (--ubatch-size), which chat slots keep.
+LLAMA_UBATCH = 512
 # Largest embedding/rerank input one request may carry: those need the whole
 # input in one micro-batch.
 MAX_POOLED_BATCH = 4096
@@ -60,21 +62,28 @@ class LlamaCppAdapter:
     ) -> MemoryPlan:
         info = gguf_info(entry.path)
         ctx = min(self.settings.ctx_size, info.context_length or self.settings.ctx_size)
-        kv = info.block_count * ctx * info.head_count_kv * (info.key_length + info.value_length) * 2
-        compute = PROCESS_OVERHEAD + self._compute_bytes(info, kind, ctx)
-        plan = MemoryPlan(weights=entry.size_bytes, kv_cache=kv, compute=compute, ctx_size=ctx)
+        held = self.footprint(info, kind, ctx)
+        plan = MemoryPlan(
+            weights=entry.size_bytes,
+            kv_cache=held.kv,
+            # Everything else the engine will hold at its peak, most of it only
+            # after ready: see manager/engines/llamacpp_memory.py.
+            compute=held.runtime + held.output + held.growth,
+            ctx_size=ctx,
+            growth=held.growth,
+            growth_gpu=GPU_FIRST_USE,
+        )
         return self._place_layers(plan, info.block_count, hardware, vram_budget)
 
-    def _compute_bytes(self, info: GGUFInfo, kind: SlotKind, ctx: int) -> int:
-        per_seq = ctx // self.settings.parallel
-        ubatch = self._pooled_batch(ctx) if kind != SlotKind.CHAT else 512
-        # Activations of one micro-batch, attention scores over the context,
-        # then one row of logits per sequence; plus the host prompt cache.
-        activations = ubatch * info.embedding_length * 4 * 8
-        scores = ubatch * per_seq * max(info.head_count, 1) * 4
-        logits = info.vocab_size * 4 * max(ubatch if kind == SlotKind.CHAT else 1, self.settings.parallel)
-        cache = self.settings.cache_ram_mb * MiB if kind == SlotKind.CHAT else 0
-        return activations + scores + logits + cache
+    def footprint(self, info: GGUFInfo, kind: SlotKind, ctx: int) -> Footprint:
+        """What llama-server will hold for this model, served as `kind` with our command line."""
+        chat = kind == SlotKind.CHAT
+        return footprint(
+            info, ctx=ctx, parallel=self.settings.parallel,
+            ubatch=self._pooled_batch(ctx) if not chat else LLAMA_UBATCH,
+            unified=chat,  # --kv-unified is passed for chat slots only
+            cache_ram_mb=self.settings.cache_ram_mb, chat=chat,
+        )
 
     def _pooled_batch(self, ctx: int) -> int:
         return min(ctx // self.settings.parallel, MAX_POOLED_BATCH)
@@ -94,7 +103,7 @@ class LlamaCppAdapter:
             room = vram_budget - plan.kv_cache - plan.compute
             ngl = max(0, min(layers, int(room // per_layer))) if per_layer else 0
         on_gpu = int(plan.weights * ngl / (layers + 1))
-        return MemoryPlan(on_gpu, plan.kv_cache, plan.compute, plan.ctx_size, gpu_layers=ngl)
+        return dataclasses.replace(plan, weights=on_gpu, gpu_layers=ngl)
 
     def command(
         self, binary: Path, entry: ModelEntry, kind: SlotKind, port: int, plan: MemoryPlan,
@@ -123,7 +132,9 @@ class LlamaCppAdapter:
                 argv += ["--no-jinja", "--chat-template", template]
         else:
             batch = str(self._pooled_batch(plan.ctx_size))
-            argv += ["--batch-size", batch, "--ubatch-size", batch]
+            # No host prompt cache: llama-server's default (8 GiB) would otherwise
+            # fill with the states of past inputs, measured growing without bound.
+            argv += ["--batch-size", batch, "--ubatch-size", batch, "--cache-ram", "0"]
         if kind == SlotKind.EMBED:
             argv += ["--embeddings"]
             if info.pooling in (None, "none", "rank"):

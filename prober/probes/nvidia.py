@@ -1,4 +1,5 @@
-"""NVIDIA GPUs through NVML (pynvml): every device's name, VRAM, driver and compute capability.
+"""NVIDIA GPUs through NVML (pynvml): every device's name, VRAM, driver and compute capability,
+and the VRAM each process holds, read through one long-lived NvmlSession.
 
 No driver, no libnvidia-ml, or no pynvml all mean the same thing here: no NVIDIA GPUs.
 """
@@ -6,13 +7,24 @@ No driver, no libnvidia-ml, or no pynvml all mean the same thing here: no NVIDIA
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from types import ModuleType
+from typing import Any, Callable
 
 import msgspec
 
 from manager.protocol import GpuInfo
 
 log = logging.getLogger("lmforge.prober")
+
+# NVML_VALUE_NOT_AVAILABLE for unsigned long long figures: all bits set.
+NVML_VALUE_NOT_AVAILABLE = 2**64 - 1
+# Errors after which NVML or its device handles are unusable: uninitialised,
+# driver not loaded, GPU lost, reset required, driver/library mismatch, GPU not
+# found, unknown. Others (not supported, no permission) leave the session as it is.
+_SESSION_ENDING = {1, 9, 15, 16, 18, 28, 999}
+_PYNVML = object()  # NvmlSession's default source: the real pynvml, imported on first use
 
 
 def _nvml() -> ModuleType | None:
@@ -108,53 +120,124 @@ def _refreshed(nvml: ModuleType, gpu: GpuInfo) -> GpuInfo:
 
 
 class NvmlSession:
-    """Keeps NVML initialised for a long-lived prober.
+    """One NVML session for a long-lived process, and the per-process VRAM reading.
 
-    NVML counts nvmlInit calls, so while a session is open the init/shutdown pair
-    around each probe is only bookkeeping; without one, every refresh would load
-    the library and set the devices up again.
+    NVML is initialised on first use and kept; it is shut down and initialised
+    again only after an error that leaves it unusable (a GPU lost, a driver
+    reloaded). `nvml` is pynvml by default; tests pass an object with the same
+    functions that replays recorded readings. Thread-safe: the manager reads
+    from a worker thread while the loop may close it.
     """
 
-    def __init__(self) -> None:
-        self._nvml: ModuleType | None = None
+    def __init__(self, nvml: Any = _PYNVML, *, retry_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._source = nvml
+        self._retry_s = retry_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._nvml: Any = None  # set while initialised
+        self._handles: list[object] = []
+        self._failed_at: float | None = None  # last failed init, so a host without a driver is not retried every second
+        self.inits = 0  # successful nvmlInit calls, for tests and logs
 
-    def open(self) -> None:
-        nvml = _nvml()
-        if self._nvml is None and nvml is not None and _init(nvml):
-            self._nvml = nvml
+    def open(self) -> bool:
+        """Initialise NVML unless it already is; False when there is no usable NVML."""
+        with self._lock:
+            return self._open()
 
     def close(self) -> None:
+        """Shut NVML down; idempotent. A later reading opens it again."""
+        with self._lock:
+            self._close()
+
+    def gpu_memory_by_pid(self) -> dict[int, int]:
+        """GPU memory each process holds now, summed over every NVIDIA GPU; {} when unknown.
+
+        The manager's measure of an engine's real footprint on a GPU host (its RSS
+        does not include VRAM). A pid whose figure NVML withholds on any GPU is left
+        out (unknown), never counted as zero.
+        """
+        with self._lock:
+            if not self._open():
+                return {}
+            nvml = self._nvml
+            try:
+                entries = [
+                    (p.pid, _used(p.usedGpuMemory))
+                    for handle in self._handles
+                    for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                ]
+            except nvml.NVMLError as exc:
+                self._on_error(exc)
+                return {}
+        return sum_by_pid(entries)
+
+    def _open(self) -> bool:
+        if self._nvml is not None:
+            return True
+        if self._failed_at is not None and self._clock() - self._failed_at < self._retry_s:
+            return False
+        nvml = _nvml() if self._source is _PYNVML else self._source
+        if nvml is None or not _init(nvml):
+            self._failed_at = self._clock()
+            return False
+        try:
+            self._handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+        except nvml.NVMLError as exc:
+            log.warning("NVML could not list the GPUs: %s", exc)
+            _shutdown(nvml)
+            self._failed_at = self._clock()
+            return False
+        self._nvml, self._failed_at = nvml, None
+        self.inits += 1
+        return True
+
+    def _close(self) -> None:
         if self._nvml is not None:
             _shutdown(self._nvml)
-            self._nvml = None
+        self._nvml, self._handles = None, []
+
+    def _on_error(self, exc: Exception) -> None:
+        if getattr(exc, "value", None) not in _SESSION_ENDING:
+            log.debug("NVML could not list GPU processes: %s", exc)
+            return
+        # Device handles do not survive a lost GPU or a driver reload; the next
+        # reading starts a fresh session (at once, not after retry_s: NVML was
+        # working a moment ago).
+        log.warning("NVML could not list GPU processes (%s); re-initialising it", exc)
+        self._close()
+
+
+def _used(value: int | None) -> int | None:
+    # pynvml turns NVML_VALUE_NOT_AVAILABLE into None (WDDM, some containers,
+    # MIG); older bindings pass the raw all-ones value through.
+    return None if value is None or value >= NVML_VALUE_NOT_AVAILABLE else int(value)
+
+
+_session: NvmlSession | None = None
+_session_lock = threading.Lock()
 
 
 def gpu_memory_by_pid() -> dict[int, int]:
-    """GPU memory each process holds, summed over every NVIDIA GPU; {} without NVML.
-
-    The manager's measure of an engine's real footprint on a GPU host (its RSS
-    does not include VRAM).
-    """
-    nvml = _nvml()
-    if nvml is None or not _init(nvml):
-        return {}
-    try:
-        entries = []
-        for index in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            entries += [(p.pid, p.usedGpuMemory) for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle)]
-        return sum_by_pid(entries)
-    except nvml.NVMLError as exc:
-        log.debug("NVML could not list GPU processes: %s", exc)
-        return {}
-    finally:
-        _shutdown(nvml)
+    """The process-wide session's reading; see NvmlSession.gpu_memory_by_pid."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = NvmlSession()
+    return _session.gpu_memory_by_pid()
 
 
 def sum_by_pid(entries: list[tuple[int, int | None]]) -> dict[int, int]:
-    """One total per pid; NVML reports None for memory it may not disclose (e.g. in containers)."""
+    """One total per pid over every GPU.
+
+    NVML reports None for memory it may not disclose; a pid with such an entry is
+    left out, since a partial sum would undercount it. Zero is no figure either.
+    """
     totals: dict[int, int] = {}
+    unknown: set[int] = set()
     for pid, used in entries:
-        if used:
+        if used is None:
+            unknown.add(pid)
+        elif used:
             totals[pid] = totals.get(pid, 0) + int(used)
-    return totals
+    return {pid: total for pid, total in totals.items() if pid not in unknown}

@@ -14,12 +14,15 @@ import pytest
 from tests.support.instance import Instance, llama_servers_of, wait_until, wait_until_async
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
+# The random "chat" model may sample end-of-text at any token: a test that counts tokens, reads
+# a finish_reason or compares text asks the "cycle" model, which never ends on its own.
+CYCLE = "owner/tiny:cycle"
 
 
 @pytest.fixture
 def inst(make_instance, models_dir: Path) -> Instance:
     models = {"tiny:chat": models_dir / "chat.gguf", "tiny:embed": models_dir / "embed.gguf",
-              "owner/tiny:cycle": models_dir / "cycle.gguf", "tiny:broken": models_dir / "broken.gguf"}
+              CYCLE: models_dir / "cycle.gguf", "tiny:broken": models_dir / "broken.gguf"}
     return make_instance(models=models).start()
 
 
@@ -35,32 +38,38 @@ async def sse_events(resp: aiohttp.ClientResponse) -> list[object]:
 
 async def test_streamed_chat_arrives_as_sse_and_ends_with_done(inst: Instance) -> None:
     async with aiohttp.ClientSession() as http:
-        body = {"model": "tiny:chat", "stream": True, **CHAT}
+        body = {"model": CYCLE, "stream": True, **CHAT}
         async with http.post(inst.url + "/v1/chat/completions", json=body) as resp:
             assert resp.status == 200
             assert resp.headers["Content-Type"].startswith("text/event-stream")
             events = await sse_events(resp)
     assert events[-1] == "[DONE]"
     chunks = [e for e in events[:-1] if e["choices"]]
-    assert all(c["object"] == "chat.completion.chunk" and c["model"] == "tiny:chat" for c in chunks)
+    assert all(c["object"] == "chat.completion.chunk" and c["model"] == CYCLE for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text == " hello world" * 4
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
-    assert inst.slot("tiny:chat")["inflight"] == 0  # the lease came back
+    assert inst.slot(CYCLE)["inflight"] == 0  # the lease came back
 
 
 def test_non_streamed_chat_and_completions(inst: Instance) -> None:
-    code, body = inst.post("/v1/chat/completions", {"model": "tiny:chat", **CHAT})
+    code, body = inst.post("/v1/chat/completions", {"model": CYCLE, **CHAT})
     assert code == 200 and body["object"] == "chat.completion"
-    assert body["usage"]["completion_tokens"] == 8
-    code, body = inst.post("/v1/completions", {"model": "tiny:chat", "prompt": "once upon", "max_tokens": 4})
+    assert body["usage"]["completion_tokens"] == 8 and body["choices"][0]["finish_reason"] == "length"
+    code, body = inst.post("/v1/completions", {"model": CYCLE, "prompt": "once upon", "max_tokens": 4})
     assert code == 200 and body["usage"]["completion_tokens"] == 4
+    assert body["choices"][0]["text"] == " hello world hello world"
+    # The random model serves too; what it says, and when it stops, is up to its sampler.
+    assert inst.post("/v1/chat/completions", {"model": "tiny:chat", **CHAT})[0] == 200
 
 
 async def test_streamed_completions(inst: Instance) -> None:
     async with aiohttp.ClientSession() as http:
-        body = {"model": "tiny:chat", "prompt": "once upon", "max_tokens": 4, "stream": True}
+        body = {"model": CYCLE, "prompt": "once upon", "max_tokens": 4, "stream": True}
         async with http.post(inst.url + "/v1/completions", json=body) as resp:
             events = await sse_events(resp)
-    assert events[-1] == "[DONE]" and len(events) >= 2
+    assert events[-1] == "[DONE]"
+    assert "".join(e["choices"][0]["text"] for e in events[:-1] if e["choices"]) == " hello world hello world"
 
 
 def test_embeddings_of_two_texts(inst: Instance) -> None:

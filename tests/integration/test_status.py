@@ -70,14 +70,15 @@ async def test_load_failures_appear_as_typed_error_events(inst: Instance, models
                     break
 
 
-def test_status_shows_estimate_and_actual_memory_side_by_side(inst: Instance) -> None:
+def test_status_shows_estimate_measured_and_charged_memory_side_by_side(inst: Instance) -> None:
     assert inst.post("/v1/chat/completions", {"model": "a", **CHAT})[0] == 200
-    slot = wait_until(lambda: (s := inst.slot("a")) and s["actual_bytes"] and s, what="a measured size")
-    assert slot["estimate_bytes"] > 0 and slot["actual_bytes"] > 0
+    slot = wait_until(lambda: (s := inst.slot("a")) and s["measured_bytes"] and s, what="a measured size")
+    assert slot["estimate_bytes"] > 0 and slot["measured_bytes"] > 0
+    assert slot["charged_bytes"] >= slot["measured_bytes"]  # what it holds, plus what its KV cache may still add
     assert slot["state"] == "ready" and slot["inflight"] == 0 and slot["idle_s"] >= 0
     assert slot["port"] and slot["pid"] and 0 < slot["expires_in_s"] <= 300
     status = inst.status()
-    assert status["budget"]["used_bytes"] >= slot["estimate_bytes"]
+    assert status["budget"]["used_bytes"] >= slot["charged_bytes"]
     assert status["budget"]["free_bytes"] == status["budget"]["total_bytes"] - status["budget"]["used_bytes"]
     assert {p["role"] for p in status["peers"]} == {"gateway", "prober", "downloader"}
     assert status["hardware"]["ram_total"] > 0
@@ -97,6 +98,7 @@ def test_the_cli_shows_what_is_loaded(inst: Instance) -> None:
     assert inst.post("/v1/chat/completions", {"model": "a", **CHAT})[0] == 200
     ps = inst.lmforge("ps")
     assert ps.returncode == 0 and "a" in ps.stdout and "ready" in ps.stdout
+    assert all(column in ps.stdout for column in ("ESTIMATE", "MEASURED", "CHARGED"))
     listing = json.loads(inst.lmforge("list", "--json").stdout)
     assert {m["name"] for m in listing} == {"a", "e"}
     loaded = json.loads(inst.lmforge("ps", "--json").stdout)
@@ -107,3 +109,17 @@ def test_the_cli_shows_what_is_loaded(inst: Instance) -> None:
     loaded = inst.lmforge("load", "e", "--kind", "embed", "--pin")
     assert loaded.returncode == 0 and "ready" in loaded.stdout
     assert inst.slot("e", "embed")["pinned"]
+
+
+def test_what_a_load_came_to_is_the_next_loads_estimate(inst: Instance) -> None:
+    assert inst.post("/v1/chat/completions", {"model": "a", "max_tokens": 2,
+                                              "messages": [{"role": "user", "content": "hi"}]})[0] == 200
+    first = wait_until(lambda: (s := inst.slot("a")) and s["measured_bytes"] and s, what="a measurement")
+    header = first["estimate_bytes"]
+    assert inst.post("/lf/model/unload", {"model": "a"})[0] == 200
+    wait_until(lambda: inst.slot("a") is None, what="a to unload")
+    wait_until(lambda: (inst.home / "engines" / "memory.json").exists(), what="the ledger to be written")
+    code, body = inst.post("/lf/model/switch", {"model": "a"})
+    assert code == 200
+    learned = body["slot"]["estimate_bytes"]
+    assert learned != header and learned >= first["measured_bytes"]

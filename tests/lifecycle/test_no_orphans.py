@@ -1,4 +1,4 @@
-"""However the manager or gateway dies, no engine outlives it and no lease stays stuck."""
+"""However the manager or gateway stops, no engine is left that no manager owns, and no lease stays stuck."""
 
 from __future__ import annotations
 
@@ -31,13 +31,6 @@ def load_two(inst: Instance) -> list[int]:
     return pids
 
 
-def test_sigkill_of_the_manager_takes_every_engine_with_it(inst: Instance) -> None:
-    pids = load_two(inst)
-    inst.procs["manager"].send_signal(signal.SIGKILL)
-    wait_until(lambda: not any(psutil.pid_exists(p) for p in pids), timeout=10, what="engines to die")
-    assert not llama_servers_of(inst.home)
-
-
 def test_sigterm_stops_the_engines_and_the_manager_exits_cleanly(inst: Instance) -> None:
     pids = load_two(inst)
     started = time.monotonic()
@@ -48,9 +41,9 @@ def test_sigterm_stops_the_engines_and_the_manager_exits_cleanly(inst: Instance)
     assert "[shutdown] manager: done" in inst.log("manager")
 
 
-def test_a_restarted_manager_kills_engines_it_finds_recorded(inst: Instance, llama_server: str,
-                                                              models_dir: Path) -> None:
-    """Stands in for a platform without a parent-death signal: the pid record is the backstop."""
+def test_a_restarted_manager_kills_recorded_engines_it_cannot_adopt(inst: Instance, llama_server: str,
+                                                                     models_dir: Path) -> None:
+    """A record without what adoption needs (an older manager's) names an engine nobody owns."""
     inst.stop("manager")
     stray = subprocess.Popen(
         [llama_server, "--model", str(models_dir / "chat.gguf"), "--host", "127.0.0.1", "--port", str(free_port())],

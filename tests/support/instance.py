@@ -127,6 +127,13 @@ class Instance:
         assert code == 200, body
         return body  # type: ignore[return-value]
 
+    def slot_if_answering(self, model: str, kind: str = "chat") -> dict | None:
+        """The slot, or None while the gateway cannot reach a manager (for waits across a restart)."""
+        code, body = self.get("/lf/status")
+        if code != 200:
+            return None
+        return next((s for s in body["slots"] if s["model"] == model and s["kind"] == kind), None)  # type: ignore[index]
+
     def slot(self, model: str, kind: str = "chat") -> dict | None:
         return next((s for s in self.status()["slots"] if s["model"] == model and s["kind"] == kind), None)
 

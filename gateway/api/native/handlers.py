@@ -29,13 +29,17 @@ PING_S = 15.0
 CLOSE = object()  # put on SSE queues at shutdown
 
 
+HEALTH_PING_S = 2.0
+
+
 async def health(request: web.Request) -> web.Response:
+    """200 only when the manager answers a request now: a manager that beats but is deaf is not up."""
     manager = request.app[MANAGER]
-    if manager.alive:
+    if manager.alive and await manager.ping(HEALTH_PING_S):
         return web.json_response({"status": "ok", "version": VERSION, "manager_epoch": manager.epoch})
     return web.json_response(
         {"status": "unavailable", "version": VERSION,
-         "reason": "the gateway cannot reach a live manager (lmforge status shows the processes)"},
+         "reason": "the gateway cannot reach a manager that answers (lmforge status shows the processes)"},
         status=503, headers={"Retry-After": "2"},
     )
 

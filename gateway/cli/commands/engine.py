@@ -17,7 +17,7 @@ from manager.engines.llamacpp import LlamaCppAdapter
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("engine", help="list or install inference engines")
-    esub = p.add_subparsers(dest="engine_command", required=True)
+    esub = p.add_subparsers(dest="engine_command", required=True, metavar="{install,list}")
     inst = esub.add_parser("install", help="build and install an engine (llama.cpp)")
     inst.add_argument("engine", nargs="?", default="llama.cpp", choices=["llama.cpp"])
     inst.add_argument("--rebuild", action="store_true", help="build again even if a build is cached")
@@ -43,7 +43,7 @@ def list_command(args: argparse.Namespace, ctx: Context) -> int:
     try:
         binary = LlamaCppAdapter(ctx.settings, ctx.paths).find_binary()
     except EngineMissing as exc:
-        raise CommandError(str(exc)) from None
+        raise refusal(ctx, exc) from None
     row = {"engine": "llama.cpp", "installed": binary is not None, "path": str(binary) if binary else None,
            "formats": ["gguf"]}
     if args.json:
@@ -59,7 +59,7 @@ def ensure_engine(ctx: Context) -> Path:
     try:
         found = adapter.find_binary()
     except EngineMissing as exc:
-        raise CommandError(str(exc)) from None
+        raise refusal(ctx, exc) from None
     if found is not None:
         return found
     from prober.detect import take_snapshot
@@ -72,7 +72,15 @@ def ensure_engine(ctx: Context) -> Path:
         with _progress(ctx) as report:
             return llamacpp_build.install(ctx.paths, ctx.settings.llama_cpp.version, hardware, report)
     except EngineMissing as exc:
-        raise CommandError(str(exc)) from None
+        raise refusal(ctx, exc) from None
+
+
+def refusal(ctx: Context, exc: EngineMissing) -> CommandError:
+    """The first line of the reason as the error; a failed build's log tail after it only with -v."""
+    first, *rest = str(exc).splitlines() or [type(exc).__name__]
+    for line in rest:
+        ctx.term.detail(line)
+    return CommandError(first)
 
 
 class _progress:

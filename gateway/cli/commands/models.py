@@ -10,7 +10,7 @@ import msgspec
 
 from catalog.gguf_info import GGUFError
 from catalog.store import ModelStore, StoreError
-from gateway.cli.client import GatewayDown
+from gateway.cli.client import ApiError, GatewayDown
 from gateway.cli.context import CommandError, Context
 from manager.keepalive import describe
 
@@ -45,7 +45,11 @@ def list_models(args: argparse.Namespace, ctx: Context) -> int:
     try:
         models = ctx.client.get("/lf/model/list")["models"]
     except GatewayDown:
-        models = [_builtin(m) for m in ModelStore(ctx.paths).list()]  # the store is readable offline
+        models = _installed(ctx)  # the store is readable without LMForge running
+    except ApiError as exc:
+        if exc.code != "manager_unavailable":
+            raise
+        models = _installed(ctx)
     if args.json:
         ctx.term.json(models)
         return 0
@@ -60,8 +64,11 @@ def list_models(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def _builtin(entry: object) -> dict:
-    return msgspec.to_builtins(entry)
+def _installed(ctx: Context) -> list[dict]:
+    try:
+        return [msgspec.to_builtins(m) for m in ModelStore(ctx.paths).list()]
+    except StoreError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def ps(args: argparse.Namespace, ctx: Context) -> int:
@@ -79,13 +86,19 @@ def print_slots(ctx: Context, state: dict) -> None:
         ctx.term.info("no models loaded")
     else:
         ctx.term.table(
-            ["MODEL", "KIND", "STATE", "PID", "PORT", "IN FLIGHT", "IDLE", "UNLOADS IN", "ESTIMATE", "ACTUAL"],
-            [[s["model"], s["kind"], s["state"] + (" (pinned)" if s["pinned"] else ""), s["pid"], s["port"],
-              s["inflight"], f"{s['idle_s']:.0f}s", _until(s), _gib(s["estimate_bytes"]), _gib(s["actual_bytes"])]
+            ["MODEL", "KIND", "STATE", "PID", "PORT", "IN FLIGHT", "IDLE", "UNLOADS IN", "ESTIMATE", "MEASURED",
+             "CHARGED"],
+            [[s["model"], s["kind"], _state(s), s["pid"], s["port"], s["inflight"], f"{s['idle_s']:.0f}s",
+              _until(s), _gib(s["estimate_bytes"]), _gib(s.get("measured_bytes")), _gib(s.get("charged_bytes"))]
              for s in slots],
         )
     for model, err in state.get("last_errors", {}).items():
         ctx.term.warning(f"last error, {model}: {err['message']} ({err['severity']}, x{err['count']})")
+
+
+def _state(slot: dict) -> str:
+    marks = [mark for mark in ("pinned", "adopted") if slot.get(mark)]
+    return slot["state"] + (f" ({', '.join(marks)})" if marks else "")
 
 
 def _until(slot: dict) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gateway.cli.client import ApiError
+from gateway.cli.client import GatewayError
 from gateway.cli.context import CommandError, Context
 
 HELP = "/bye or Ctrl-D ends the chat, /clear forgets the conversation"
@@ -66,8 +66,9 @@ def _answer(ctx: Context, args: argparse.Namespace, messages: list[dict[str, str
                 parts.append(text)
                 sys.stdout.write(text)
                 sys.stdout.flush()
-    except ApiError as exc:
-        print()
-        raise CommandError(exc.message) from None
+    except GatewayError as exc:
+        if any(parts):
+            print()  # end the half-written answer's line before the error
+        raise CommandError(str(exc)) from None
     print()
     return "".join(parts)

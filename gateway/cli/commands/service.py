@@ -1,4 +1,4 @@
-"""`lmforge start|stop|status`: the four processes under supervisord."""
+"""`lmforge start|stop|status`: the four processes under supervisord, and any this home left without it."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ from contextlib import nullcontext
 
 from catalog.embedded import DEFAULT_MODEL, embedded_available, install_embedded
 from catalog.store import ModelStore, StoreError
-from deploy import supervisord
-from gateway.cli.client import ApiError, GatewayDown
+from deploy import orphans, supervisord
+from gateway.cli.client import GatewayError
 from gateway.cli.commands.engine import ensure_engine
 from gateway.cli.commands.models import print_slots
 from gateway.cli.context import CommandError, Context
-from manager.ipc import remove_endpoints
-from manager.process import read_tail, sweep_recorded
+from manager.process import read_tail
 
 START_TIMEOUT_S = 60.0
 
@@ -37,9 +36,10 @@ def start(args: argparse.Namespace, ctx: Context) -> int:
     if pid is not None:
         ctx.term.info(f"LMForge is already running (supervisord pid {pid}) at {ctx.client.url}")
         return 0
+    _stop_orphans(ctx)
     ensure_engine(ctx)
     _place_default_model(ctx)
-    supervisord.write_config(paths)
+    supervisord.write_config(paths, ctx.settings)
     if args.foreground:
         argv = supervisord.command(paths, foreground=True)
         os.execv(argv[0], argv)
@@ -47,6 +47,18 @@ def start(args: argparse.Namespace, ctx: Context) -> int:
     _wait_healthy(ctx)
     ctx.term.success(f"LMForge is running at {ctx.client.url} (home {paths.home}, logs in {paths.logs})")
     return 0
+
+
+def _stop_orphans(ctx: Context) -> None:
+    """Never a second set beside processes that outlived their supervisord: stop those first."""
+    found = orphans.find(ctx.paths)
+    if not found:
+        return
+    ctx.term.warning(f"this home's processes run without supervisord ({orphans.describe(found)}); "
+                     "stopping them first")
+    stopped = orphans.stop(ctx.paths)
+    supervisord.clean_runtime(ctx.paths)
+    ctx.term.info(f"stopped {orphans.describe(stopped)}")
 
 
 def _place_default_model(ctx: Context) -> None:
@@ -91,12 +103,14 @@ def _explain_failure(ctx: Context) -> None:
 
 
 def stop(args: argparse.Namespace, ctx: Context) -> int:
-    stopped = supervisord.stop_daemon(ctx.paths)
-    leftovers = sweep_recorded(ctx.paths.engine_pids)  # engines of a manager that was SIGKILLed
-    remove_endpoints(ctx.paths)
+    supervised = supervisord.stop_daemon(ctx.paths)
+    # Whatever supervisord did not stop: everything, when it was killed; engines of a killed manager.
+    leftovers = orphans.stop(ctx.paths)
+    supervisord.clean_runtime(ctx.paths)
     if leftovers:
-        ctx.term.warning(f"killed {len(leftovers)} leftover engine process(es): {leftovers}")
-    if stopped:
+        where = "left running beside supervisord" if supervised else "running without supervisord"
+        ctx.term.info(f"stopped this home's processes {where}: {orphans.describe(leftovers)}")
+    if supervised or leftovers:
         ctx.term.success("LMForge stopped")
     else:
         ctx.term.info("LMForge is not running")
@@ -107,12 +121,17 @@ def status(args: argparse.Namespace, ctx: Context) -> int:
     procs = _states(ctx) if supervisord.running_pid(ctx.paths) else []
     try:
         state = ctx.client.get("/lf/status")
-    except (GatewayDown, ApiError) as exc:
+    except GatewayError as exc:
         state = {"error": str(exc)}
     if args.json:
         ctx.term.json({"processes": procs, "url": ctx.client.url, **state})
         return 0 if procs else 1
     if not procs:
+        found = orphans.find(ctx.paths)
+        if found:
+            ctx.term.warning(f"supervisord is not running, but this home's processes are "
+                             f"({orphans.describe(found)}); `lmforge stop` stops them")
+            return 1
         ctx.term.info(f"LMForge is not running (home {ctx.paths.home}); start it with `lmforge start`")
         return 1
     ctx.term.table(["PROCESS", "STATE", "PID", "UPTIME"],

@@ -15,6 +15,7 @@ from catalog.gguf_info import GGUFError
 from catalog.store import ModelStore, StoreError, check_name
 from manager.config import Paths
 from manager.protocol import ModelEntry, SlotKind
+from tests.support.gguf_patches import KV_COUNT_AT, VERSION_AT, alignment_zero, patched, write_small
 
 
 def entry(name: str, **kw: object) -> ModelEntry:
@@ -106,6 +107,37 @@ def test_import_refuses_a_truncated_gguf(store: ModelStore, models_dir: Path, tm
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(GGUFError, match="truncated"):
         store.import_gguf(cut, "cut")
+
+
+def files_under(path: Path) -> list[Path]:
+    return [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
+
+
+MALFORMED = {
+    "bad version": (lambda d: patched(d, VERSION_AT, "I", 7), "GGUF version 7 is not supported"),
+    "zero alignment": (alignment_zero, "general.alignment is 0"),
+    "kv count past the end": (lambda d: patched(d, KV_COUNT_AT, "Q", 2**40), "more than a"),
+    "truncated": (lambda d: d[: len(d) - 100], "truncated"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_import_of_a_malformed_gguf_adds_nothing_to_the_store(store: ModelStore, tmp_path: Path, case: str) -> None:
+    patch, message = MALFORMED[case]
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(patch(write_small(tmp_path / "good.gguf")))
+    with pytest.raises(GGUFError, match=message):
+        store.import_gguf(bad, "bad")
+    assert store.list() == [] and not store.paths.index.exists()
+    assert not store.model_dir("bad").exists() and files_under(store.paths.models) == []
+
+
+def test_an_import_refused_after_placing_the_file_removes_it(store: ModelStore, models_dir: Path) -> None:
+    store.paths.home.mkdir(parents=True)
+    store.paths.index.write_text("{not json")
+    with pytest.raises(StoreError, match="damaged"):
+        store.import_gguf(models_dir / "chat.gguf", "tiny:chat")
+    assert not store.model_dir("tiny:chat").exists() and files_under(store.paths.models) == []
 
 
 def test_import_of_a_missing_file_names_it(store: ModelStore, tmp_path: Path) -> None:

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from deploy.supervisord import render
-from manager.config import Paths
+from manager.config import Paths, Settings
 
 
-def parsed(home: Path) -> configparser.ConfigParser:
+def parsed(home: Path, settings: Settings | None = None) -> configparser.ConfigParser:
     cp = configparser.ConfigParser()  # supervisord's own reader interpolates %(...)s
-    cp.read_string(render(Paths(home)))
+    cp.read_string(render(Paths(home), settings or Settings()))
     return cp
 
 
@@ -41,3 +41,25 @@ def test_percent_signs_in_paths_survive_interpolation(tmp_path: Path) -> None:
 def test_port_override_travels_to_the_programs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LMFORGE_PORT", "12001")
     assert 'LMFORGE_PORT="12001"' in parsed(tmp_path)["program:gateway"]["environment"]
+
+
+def test_every_log_rotates_with_the_configured_size_and_count(tmp_path: Path) -> None:
+    cp = parsed(tmp_path, Settings(log_max_mb=7, log_backups=4))
+    programs = [s for s in cp.sections() if s.startswith("program:")]
+    assert len(programs) == 4
+    for section in programs:
+        assert (cp[section]["stdout_logfile_maxbytes"], cp[section]["stdout_logfile_backups"]) == ("7MB", "4")
+    assert (cp["supervisord"]["logfile_maxbytes"], cp["supervisord"]["logfile_backups"]) == ("7MB", "4")
+
+
+def test_the_rendered_config_is_one_supervisord_accepts(tmp_path: Path) -> None:
+    from supervisor.options import ServerOptions
+
+    (tmp_path / "logs").mkdir()
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(render(Paths(tmp_path), Settings(log_max_mb=1, log_backups=0)))
+    options = ServerOptions()
+    options.realize(args=["-c", str(conf)])
+    logs = {p.name: (p.stdout_logfile_maxbytes, p.stdout_logfile_backups)
+            for group in options.process_group_configs for p in group.process_configs}
+    assert logs == {name: (1024**2, 0) for name in ("manager", "prober", "downloader", "gateway")}

@@ -91,3 +91,26 @@ def test_command_line_per_kind(tmp_path: Path, entries: dict) -> None:
 def test_missing_configured_binary_says_where_it_looked(tmp_path: Path) -> None:
     with pytest.raises(EngineMissing, match="does not exist"):
         adapter(tmp_path, server=str(tmp_path / "nope")).find_binary()
+
+
+def test_pooling_slots_run_without_a_host_prompt_cache(tmp_path: Path, entries: dict) -> None:
+    # llama-server's default cache (8 GiB) grew an embedding engine by 2 MiB per batch, without bound.
+    a = adapter(tmp_path)
+
+    def argv(name: str, kind: SlotKind) -> list[str]:
+        return a.command(Path("/opt/llama-server"), entries[name], kind, 4321, a.plan(entries[name], kind, cpu_host(), 0))
+
+    for name, kind in (("chat", SlotKind.EMBED), ("embed", SlotKind.EMBED), ("rerank", SlotKind.RERANK)):
+        args = argv(name, kind)
+        assert args[args.index("--cache-ram") + 1] == "0"
+    chat = argv("chat", SlotKind.CHAT)
+    assert chat[chat.index("--cache-ram") + 1] == "256"
+
+
+def test_the_plan_says_what_grows_after_ready(tmp_path: Path, entries: dict) -> None:
+    plan = adapter(tmp_path).plan(entries["chat"], SlotKind.CHAT, cpu_host(), 0)
+    # The host prompt cache fills up to --cache-ram after ready; the KV cache is resident from load on.
+    assert 256 * 1024**2 < plan.growth < plan.total - plan.weights - plan.kv_cache
+    assert adapter(tmp_path, cache_ram_mb=0).plan(entries["chat"], SlotKind.CHAT, cpu_host(), 0).growth < 32 * 1024**2
+    on_gpu = adapter(tmp_path).plan(entries["chat"], SlotKind.CHAT, gpu_host(), 10 * GiB)
+    assert on_gpu.growth == plan.growth and 0 < on_gpu.growth_gpu < plan.growth

@@ -41,22 +41,31 @@ def test_every_other_transition_is_refused(old: SlotState, new: SlotState) -> No
     assert slot.state == old
 
 
-def test_reserved_memory_is_the_estimate_or_the_measured_size_if_larger() -> None:
+def test_the_charge_is_the_estimate_until_measured_then_what_it_holds_plus_what_it_will_grow_by() -> None:
     slot = make_slot(S.READY)
-    slot.plan = MemoryPlan(weights=100, kv_cache=50, compute=10, ctx_size=2048)
-    assert slot.reserved == 160
-    slot.actual_bytes = 400
-    assert slot.reserved == 400
+    slot.plan = MemoryPlan(weights=100, kv_cache=50, compute=10, ctx_size=2048, growth=30)
+    assert slot.reserved == 160  # no measurement yet: the header's figure
+    slot.measured_bytes = slot.at_ready_bytes = 90
+    assert slot.reserved == 120  # an estimate too high comes down: 90 held, 30 still to grow
+    slot.measured_bytes = 200
+    assert slot.reserved == 200  # grown past it: what it holds
     slot.state = S.PENDING
     assert slot.reserved == 0  # a pending slot holds nothing yet
 
 
-def test_info_carries_estimate_and_actual_side_by_side() -> None:
+def test_what_an_earlier_load_came_to_is_the_next_estimate() -> None:
     slot = make_slot(S.READY)
     slot.plan = MemoryPlan(weights=100, kv_cache=50, compute=10, ctx_size=2048)
-    slot.actual_bytes = 120
+    slot.learned_bytes = 130
+    assert slot.estimate == 130 and slot.reserved == 130
+
+
+def test_info_carries_estimate_measured_and_charged_side_by_side() -> None:
+    slot = make_slot(S.READY)
+    slot.plan = MemoryPlan(weights=100, kv_cache=50, compute=10, ctx_size=2048, growth=5)
+    slot.measured_bytes = slot.at_ready_bytes = 120
     info = slot.info()
-    assert (info.estimate_bytes, info.actual_bytes, info.ctx_size) == (160, 120, 2048)
+    assert (info.estimate_bytes, info.measured_bytes, info.charged_bytes, info.ctx_size) == (160, 120, 125, 2048)
 
 
 def test_labels_name_the_kind_unless_it_is_chat() -> None:

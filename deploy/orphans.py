@@ -1,0 +1,170 @@
+"""This home's LMForge processes for when supervisord is not there to stop them: the four programs found
+by command line and LMFORGE_HOME, engines by their pid records, and stopping them, the manager first."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import psutil
+
+from manager.config import Paths
+
+# `python -m <module>` -> the program's name in supervisord.conf.tmpl.
+MODULES = {"manager": "manager", "prober": "prober", "catalog": "downloader", "gateway": "gateway"}
+ORDER = ("manager", "prober", "downloader", "gateway", "engine")
+MANAGER_WAIT_S = 30.0  # the manager's stopwaitsecs: its graceful path stops its engines first
+PROGRAM_WAIT_S = 15.0  # the gateway's stopwaitsecs, the longest of the others
+KILL_WAIT_S = 5.0
+# A record names its engine only while the pid's start time matches: pids are recycled.
+START_TOLERANCE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Found:
+    name: str  # a program's name, or "engine"
+    proc: psutil.Process
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+@dataclass(frozen=True)
+class Stopped:
+    name: str
+    pid: int
+    killed: bool  # needed SIGKILL; for an engine, it outlived its manager's stop
+
+
+def find(paths: Paths) -> list[Found]:
+    """Every live program and recorded engine of this home, whoever started it: programs first."""
+    return find_programs(paths) + find_engines(paths)
+
+
+def find_programs(paths: Paths) -> list[Found]:
+    home = os.path.realpath(paths.home)
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        name = program_name(proc.info["cmdline"] or [])
+        if name is None or proc.pid == os.getpid():
+            continue
+        try:
+            if _alive(proc) and home_of(proc.environ(), proc.cwd()) == home:
+                found.append(Found(name, proc))
+        except psutil.Error:
+            pass  # gone meanwhile, or another user's
+    return sorted(found, key=lambda f: ORDER.index(f.name))
+
+
+def program_name(cmdline: list[str]) -> str | None:
+    """`python [options] -m manager` -> "manager"; anything else (`pytest -m gateway` too) -> None."""
+    if "-m" not in cmdline[1:]:
+        return None
+    at = cmdline.index("-m", 1)
+    if at + 1 >= len(cmdline) or not all(arg.startswith("-") for arg in cmdline[1:at]):
+        return None
+    return MODULES.get(cmdline[at + 1])
+
+
+def home_of(env: dict[str, str], cwd: str) -> str:
+    """The home a process with this environment uses, as manager.config.home_dir() would see it."""
+    raw = env.get("LMFORGE_HOME") or "~/.lmforge"
+    if raw == "~" or raw.startswith("~/"):
+        raw = env.get("HOME", "~") + raw[1:]
+    return os.path.realpath(os.path.join(cwd, raw))
+
+
+def find_engines(paths: Paths) -> list[Found]:
+    found = []
+    for record in sorted(paths.engine_pids.glob("*.json")) if paths.engine_pids.is_dir() else []:
+        try:
+            proc = _recorded(record.read_bytes())
+        except OSError:
+            continue  # its manager removed it meanwhile
+        if proc is not None:
+            found.append(Found("engine", proc))
+    return found
+
+
+def _recorded(data: bytes) -> psutil.Process | None:
+    try:
+        entry = json.loads(data)
+        proc = psutil.Process(int(entry["pid"]))
+        if abs(proc.create_time() - float(entry["started"])) < START_TOLERANCE_S and _alive(proc):
+            return proc
+    except (psutil.Error, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def stop(paths: Paths, *, manager_wait: float = MANAGER_WAIT_S, program_wait: float = PROGRAM_WAIT_S,
+         kill_wait: float = KILL_WAIT_S) -> list[Stopped]:
+    """SIGTERM the manager first, so that its graceful path stops its engines, then the other programs, each
+    with a bounded wait; then SIGKILL whatever is left, engines included. Returns what was running."""
+    programs, engines = find_programs(paths), find_engines(paths)
+    managers = [f for f in programs if f.name == "manager"]
+    others = [f for f in programs if f.name != "manager"]
+    for group, wait in ((managers, manager_wait), (others, program_wait)):
+        for f in group:
+            _signal(f.proc, signal.SIGTERM)
+        _wait_gone(group, wait)
+    # A manager that was stopping may have recorded an engine after the first look.
+    engines += [f for f in find_engines(paths) if f.pid not in {e.pid for e in engines}]
+    stubborn = [f for f in programs + engines if _alive(f.proc)]
+    for f in stubborn:
+        _kill(f)
+    _wait_gone(stubborn, kill_wait)
+    _drop_stale_records(paths)
+    return [Stopped(f.name, f.pid, killed=f in stubborn) for f in programs + engines]
+
+
+def describe(items: Sequence[Found | Stopped]) -> str:
+    """`manager 101, gateway 102, engine 103 (SIGKILL)`: for the CLI's one-line reports."""
+    return ", ".join(f"{i.name} {i.pid}" + (" (SIGKILL)" if isinstance(i, Stopped) and i.killed else "")
+                     for i in items)
+
+
+def _signal(proc: psutil.Process, sig: signal.Signals) -> None:
+    try:
+        proc.send_signal(sig)  # psutil refuses a pid that now names another process
+    except psutil.Error:
+        pass
+
+
+def _kill(found: Found) -> None:
+    try:
+        # An engine leads its own process group, with whatever helpers it started.
+        if found.name == "engine" and os.getpgid(found.pid) == found.pid and found.proc.is_running():
+            os.killpg(found.pid, signal.SIGKILL)
+            return
+    except OSError:
+        pass
+    _signal(found.proc, signal.SIGKILL)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    """Running and not a zombie: a process that exited under a parent that has not reaped it is gone."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _wait_gone(found: list[Found], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(_alive(f.proc) for f in found) and time.monotonic() < deadline:
+        time.sleep(0.05)  # poll: these are not our children, so there is no exit to wait on
+
+
+def _drop_stale_records(paths: Paths) -> None:
+    for record in paths.engine_pids.glob("*.json") if paths.engine_pids.is_dir() else []:
+        try:
+            if _recorded(record.read_bytes()) is None:
+                record.unlink()
+        except OSError:
+            pass

@@ -1,0 +1,75 @@
+"""Adoption: a manager that starts after a crash takes over the engines its predecessor left serving.
+
+Each engine's record (pid and start time, port, model, kind, generation, memory
+plan) says what it serves; one that still answers its health check becomes a ready
+slot again, and the gateway's next hello declares the leases it still holds on it.
+Anything else recorded is killed: no engine runs that no manager owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from manager.engines.base import MemoryPlan
+from manager.process import EngineProcess, kill_group, recorded_engines
+from manager.protocol import ModelEntry, SlotKind
+from manager.runner import EngineRunner
+from manager.slots import Slot
+
+if TYPE_CHECKING:
+    from manager.service import ManagerService
+
+log = logging.getLogger("lmforge.manager")
+
+HEALTH_TIMEOUT_S = 2.0
+
+
+async def adopt_engines(service: "ManagerService") -> list[tuple[Slot, EngineRunner]]:
+    """Ready slots and their supervising runners for every healthy recorded engine; the rest are killed."""
+    records = await asyncio.to_thread(recorded_engines, service.paths.engine_pids)
+    checks = [_check(service, path, data) for path, data in records]
+    adopted = []
+    for path, data, found in await asyncio.gather(*checks):
+        pid = int(data["pid"])  # type: ignore[call-overload]
+        if found is None:
+            log.warning("killing engine pid %d left by an earlier manager: it cannot be adopted", pid)
+            kill_group(pid)
+            path.unlink(missing_ok=True)
+            continue
+        entry, plan = found
+        slot = service.table.adopt(entry, SlotKind(data["kind"]), int(data["generation"]),  # type: ignore[call-overload]
+                                   pid, int(data["port"]), plan)  # type: ignore[call-overload]
+        proc = EngineProcess.attach(pid, Path(str(data["log"])), path)
+        runner = EngineRunner(slot.key, slot.generation, None, service.runner_config(slot), service.session,
+                              slot.stop_event, service.post)
+        runner.proc = proc
+        adopted.append((slot, runner))
+        log.info("adopted %s: pid %d on port %d (generation %d)", slot.label, pid, slot.port, slot.generation)
+    service.act()
+    return adopted
+
+
+async def _check(service: "ManagerService", path: Path, data: dict[str, object]
+                 ) -> tuple[Path, dict[str, object], tuple[ModelEntry, MemoryPlan] | None]:
+    """The engine's store entry and memory plan when its record is complete and it answers; else None."""
+    try:
+        model, port = str(data["model"]), int(data["port"])  # type: ignore[call-overload]
+        SlotKind(data["kind"])
+        int(data["generation"])  # type: ignore[call-overload]
+        plan = MemoryPlan(**data["plan"])  # type: ignore[arg-type]
+        entry = await asyncio.to_thread(service.store.get, model)
+    except Exception as exc:  # an old or damaged record, or a store that cannot be read
+        log.warning("engine record %s cannot be adopted: %s", path.name, exc)
+        return path, data, None
+    url = f"http://127.0.0.1:{port}{service.adapter.health_path}"
+    try:
+        async with service.session.get(url, timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as resp:
+            healthy = resp.status == 200
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        healthy = False
+    return path, data, (entry, plan) if healthy and entry is not None else None

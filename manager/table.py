@@ -1,0 +1,572 @@
+"""SlotTable: the manager's state (slots, retiring slots, leases, failures) and every decision on it.
+
+The manager loop, or a test, drives it one message at a time. It never awaits and
+never touches a process, file or socket, and it reads time from its clock. What must
+happen outside (replies, events, starting and stopping runners, reading a model's
+header, remembering a measurement) leaves as effects in `outbox`; the service acts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable
+
+from manager import budget as budgets
+from manager.config import Settings
+from manager.effects import Clock, Effect, Learn, Plan, Publish, Send, Spawn, Stop
+from manager.engines.base import MemoryPlan
+from manager.failures import STABLE_AFTER_S, FailureBook
+from manager.keepalive import KeepAliveError, parse_keep_alive
+from manager.leases import DEFAULT, Lease, LeaseTable
+from manager.protocol import (
+    PROTOCOL, AcquireReply, AcquireRequest, BudgetInfo, ErrorCode, ErrorEvent, ErrorReply, Event, HardwareEvent,
+    HardwareSnapshot, HeldLease, HelloReply, HelloRequest, LeaseOutcome, LoadProgressEvent, LoadReply, LoadRequest,
+    ManagerStatus, ModelEntry, PeerInfo, PeerRole, ReleaseNotice, Reply, Severity, SlotEvent, SlotKind, SlotState,
+    UnloadReply, UnloadRequest,
+)
+from manager.scheduler import Admit, Evict, Reject, Resident, Wait, fmt_bytes, plan_admission
+from manager.slots import HOLDS_MEMORY, Slot, SlotKey, Waiter
+
+log = logging.getLogger("lmforge.manager")
+
+REFUSED = object()  # a keep_alive that could not be parsed; the request was answered
+HOT_S = 0.5  # a contended slot idle for less than this is between two requests of steady traffic
+
+
+class SlotTable:
+    """See the module docstring."""
+
+    def __init__(self, settings: Settings, epoch: str, *, engine: str = "llama.cpp",
+                 supports: Callable[[ModelEntry], bool] = lambda e: e.format == "gguf",
+                 clock: Clock | None = None) -> None:
+        self.settings, self.epoch, self.engine, self.supports = settings, epoch, engine, supports
+        self.clock = clock or Clock()
+        self.slots: dict[SlotKey, Slot] = {}
+        self.retiring: dict[tuple[SlotKey, int], Slot] = {}  # draining or stopping, off the table
+        self.leases = LeaseTable(epoch)
+        self.failures = FailureBook()
+        self.peers: dict[bytes, PeerInfo] = {}
+        self.hardware: HardwareSnapshot | None = None
+        self.stopping = False
+        self.outbox: list[Effect] = []
+        self.generations = 0
+        self.default_keep = parse_keep_alive(settings.keep_alive)
+
+    def drain(self) -> list[Effect]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    def live(self, model: str, kind: SlotKind) -> Slot | None:
+        return self.slots.get((model, kind))
+
+    # --- peers and leases ---
+
+    def hello(self, peer: bytes, req: HelloRequest) -> None:
+        if req.protocol != PROTOCOL:
+            self._error(peer, req.req_id, ErrorCode.PROTOCOL_MISMATCH,
+                        f"peer speaks protocol {req.protocol}, manager {PROTOCOL}: restart LMForge "
+                        "so every process runs the same version")
+            return
+        holders = {peer}
+        if req.role != PeerRole.TOOL:  # one gateway, prober, downloader: a new identity is a restart
+            holders |= {p for p, info in self.peers.items() if info.role == req.role}
+        for old in holders - {peer}:
+            self.peers.pop(old, None)
+        self.peers[peer] = PeerInfo(role=req.role, pid=req.pid, connected_at=self.clock.now())
+        self._reconcile(peer, holders, req.leases)
+        self._send(peer, HelloReply(req_id=req.req_id, epoch=self.epoch, manager_pid=os.getpid()))
+        self.schedule()
+
+    def _reconcile(self, peer: bytes, holders: set[bytes], declared: tuple[HeldLease, ...]) -> None:
+        """The peer's word wins: leases it no longer holds return, ones we did not know are taken over."""
+        held = {d.lease_id: d for d in declared}
+        for lease in self.leases.of_peers(holders):
+            if lease.id not in held:
+                log.info("lease %s of %s is not held by its peer any more; returned", lease.id, lease.key[0])
+                self.leases.pop(lease.id)
+                self._returned(lease, LeaseOutcome.CLIENT_GONE)
+            elif lease.peer != peer:
+                self.leases.move(lease.id, peer)
+        for d in held.values():
+            slot = self._find((d.model, d.kind), d.generation)
+            if d.lease_id not in self.leases and slot is not None and slot.state == SlotState.READY:
+                self.leases.add(d.lease_id, slot, peer, DEFAULT)
+                slot.expires_at = None
+
+    def release(self, peer: bytes, notice: ReleaseNotice) -> None:
+        lease = self.leases.pop(notice.lease_id, peer)
+        if lease is None:
+            log.info("release of unknown lease %s from %r ignored", notice.lease_id, peer)
+            return
+        self._returned(lease, notice.outcome)
+
+    def _returned(self, lease: Lease, outcome: LeaseOutcome) -> None:
+        slot = self._find(lease.key, lease.generation)
+        if slot is None:
+            return  # the engine is gone already (crashed or forced down)
+        slot.inflight -= 1
+        slot.last_used_at = self.clock.now()
+        if outcome == LeaseOutcome.ENGINE_GONE and slot.state == SlotState.READY:
+            self._fail(slot, "the engine refused the gateway's connection: it is gone", Severity.TRANSIENT, "")
+        elif slot.inflight == 0 and slot.state == SlotState.READY:
+            self._went_idle(slot)
+        self.schedule()
+
+    def _went_idle(self, slot: Slot) -> None:
+        if slot.draining:
+            self._stop(slot, slot.draining)
+            return
+        self._refresh_expiry(slot)
+        if slot.expires_at is not None and slot.expires_at <= self.clock.now():
+            self.unload(slot, "keep_alive 0: unloaded after its request")
+
+    def _grant(self, slot: Slot, w: Waiter) -> None:
+        lease = self.leases.grant(slot, w.peer, w.keep_alive)  # type: ignore[arg-type]
+        slot.next_keep, slot.last_used_at, slot.expires_at = w.keep_alive, self.clock.now(), None
+        waited = self.clock.mono() - w.since if w.since else 0.0
+        self._send(w.peer, AcquireReply(req_id=w.request.req_id, lease_id=lease.id, model=slot.model, kind=slot.kind,
+                                        base_url=slot.base_url, engine=slot.engine, generation=slot.generation,
+                                        load_s=waited))
+
+    # --- requests ---
+
+    def acquire(self, peer: bytes, req: AcquireRequest, entry: ModelEntry | None) -> None:
+        """Lease the model's engine now, or park the request until it is ready. `entry`: the store's, when no slot is live."""
+        if (target := self._target(peer, req, entry)) is None:
+            return
+        keep, slot = target
+        waiter = Waiter(peer, req, keep, since=self.clock.mono())
+        if slot.state == SlotState.READY and not slot.yielding_to:
+            self._grant(slot, waiter)
+        else:
+            self._park(slot, waiter)
+
+    def load(self, peer: bytes | None, req: LoadRequest, entry: ModelEntry | None) -> None:
+        if (target := self._target(peer, req, entry)) is None:
+            return
+        keep, slot = target
+        slot.pinned = slot.pinned or req.pin
+        if keep != DEFAULT:
+            slot.keep_alive_s, slot.next_keep = keep, DEFAULT  # type: ignore[assignment]
+        if slot.state == SlotState.READY:
+            self._refresh_expiry(slot)
+            self._send(peer, LoadReply(req_id=req.req_id, slot=slot.info()))
+            self._publish_slot(slot, None)
+        else:
+            self._park(slot, Waiter(peer, req, keep, since=self.clock.mono()))
+
+    def unload_request(self, peer: bytes, req: UnloadRequest, installed: bool) -> None:
+        names = []
+        for slot in list(self.slots.values()):
+            if req.model in (None, slot.model) and req.kind in (None, slot.kind):
+                names.append(slot.label)
+                self.unload(slot, "unloaded on request", explicit=True)
+        if req.model is not None and not names and not installed:
+            self._error(peer, req.req_id, ErrorCode.MODEL_NOT_FOUND, f"model {req.model!r} is not installed")
+            return
+        self._send(peer, UnloadReply(req_id=req.req_id, unloaded=tuple(names)))
+        self.schedule()
+
+    def set_hardware(self, snapshot: HardwareSnapshot) -> None:
+        self.hardware = snapshot
+        for slot in self.slots.values():  # adopted slots came before the first snapshot
+            slot.on_gpu = budgets.is_gpu_host(snapshot)
+        self._publish(HardwareEvent(snapshot=snapshot))
+        self.schedule()
+
+    def _target(self, peer: bytes | None, req: AcquireRequest | LoadRequest,
+                entry: ModelEntry | None) -> tuple[object, Slot] | None:
+        """The request's parsed keep_alive and its slot; None once it was answered with an error."""
+        keep = self._keep_alive(peer, req)
+        slot = None if keep is REFUSED else self._slot_for(peer, req, entry)
+        return None if slot is None else (keep, slot)
+
+    def _keep_alive(self, peer: bytes | None, req: AcquireRequest | LoadRequest) -> object:
+        if req.keep_alive is None:
+            return DEFAULT
+        try:
+            return parse_keep_alive(req.keep_alive)
+        except KeepAliveError as exc:
+            self._error(peer, req.req_id, ErrorCode.BAD_REQUEST, str(exc))
+            return REFUSED
+
+    def _slot_for(self, peer: bytes | None, req: AcquireRequest | LoadRequest, entry: ModelEntry | None) -> Slot | None:
+        if self.stopping:
+            return self._error(peer, req.req_id, ErrorCode.SHUTTING_DOWN, "LMForge is shutting down")
+        if (slot := self.slots.get((req.model, req.kind))) is not None:
+            return slot
+        if entry is None:
+            return self._error(peer, req.req_id, ErrorCode.MODEL_NOT_FOUND,
+                               f"model {req.model!r} is not installed; `lmforge list` shows what is, "
+                               "`lmforge import FILE.gguf --name NAME` adds one")
+        if req.kind not in entry.kinds or not self.supports(entry):
+            can = ", ".join(entry.kinds) or "nothing"
+            return self._error(peer, req.req_id, ErrorCode.NOT_SUPPORTED,
+                               f"model {req.model!r} cannot serve {req.kind}; it serves: {can}")
+        key = (req.model, req.kind)
+        if (left := self.failures.backoff_left(key, self.clock.mono())) > 0:
+            rec = self.failures.counts[key]
+            return self._error(peer, req.req_id, ErrorCode.BACKING_OFF,
+                               f"{req.model} failed {rec.count} times in a row (last: {rec.message}); "
+                               f"next attempt allowed in {left:.0f}s", retry=left)
+        return self._new_slot(entry, req.kind)
+
+    def _new_slot(self, entry: ModelEntry, kind: SlotKind, *, pinned: bool = False,
+                  keep_alive_s: float | None | str = DEFAULT) -> Slot:
+        self.generations += 1
+        keep = self.default_keep if keep_alive_s == DEFAULT else keep_alive_s
+        slot = Slot(entry=entry, kind=kind, generation=self.generations, engine=self.engine,
+                    keep_alive_s=keep, pinned=pinned, load_started=self.clock.mono())  # type: ignore[arg-type]
+        self.slots[slot.key] = slot
+        self._publish_slot(slot, None)
+        return slot
+
+    def _park(self, slot: Slot, waiter: Waiter) -> None:
+        slot.waiters.append(waiter)
+        self.schedule()
+
+    def _requeue(self, old: Slot, waiters: list[Waiter]) -> None:
+        """Requests parked on a slot that is going away wait for a fresh load of the same model."""
+        if not waiters:
+            return
+        fresh = self.slots.get(old.key) or self._new_slot(old.entry, old.kind, pinned=old.pinned,
+                                                           keep_alive_s=old.keep_alive_s)
+        fresh.waiters.extend(waiters)
+
+    # --- admission ---
+
+    def schedule(self) -> None:
+        """Give each pending slot, oldest first, what the policy says: load, evict, wait or refuse."""
+        wanted: dict[tuple[SlotKey, int], str] = {}  # busy slots that must yield, and to whom
+        pending = sorted((s for s in self.slots.values() if s.state == SlotState.PENDING),
+                         key=lambda s: s.load_started)
+        for slot in pending:
+            if self.slots.get(slot.key) is not slot or slot.state != SlotState.PENDING:
+                continue  # an earlier decision in this pass refused or replaced it
+            try:
+                self._schedule_one(slot, wanted)
+            except Exception as exc:  # one slot's bug must not stall every slot behind it
+                log.exception("scheduling %s failed", slot.label)
+                self._fail(slot, f"internal error while scheduling: {exc}", Severity.ENGINE_BUG, "")
+        self._settle_yields(wanted)
+
+    def _schedule_one(self, slot: Slot, wanted: dict[tuple[SlotKey, int], str]) -> None:
+        budget = self.budget()
+        if budget.source == "unknown":
+            return self._wait(slot, "waiting for the hardware prober's first snapshot")
+        if slot.plan is None:
+            if not slot.planning:
+                slot.planning = True
+                self.outbox.append(Plan(slot))
+            return
+        if any(key == slot.key for key, _ in self.retiring):
+            return self._wait(slot, f"waiting for the previous engine of {slot.label} to stop")
+        for _ in range(2):  # after evicting, ask again: a count limit may now allow the load
+            residents = [Resident((s.key, s.generation), s.state, s.reserved, s.inflight or self._hot(s),
+                                  s.last_used_at, s.pinned) for s in self.memory_holders()]
+            decision = plan_admission(slot.estimate, budget.total_bytes, residents, self.settings.max_loaded_models)
+            if isinstance(decision, Admit):
+                return self._start(slot)
+            if not isinstance(decision, Evict):
+                break
+            victims = [v for v in self.memory_holders() if (v.key, v.generation) in decision.victims]
+            for victim in victims:
+                self.unload(victim, f"evicted to make room for {slot.label}")
+            decision = Wait(f"evicting {', '.join(v.label for v in victims)}")
+        if isinstance(decision, Reject):
+            return self._refuse_pending(slot, f"cannot load {slot.label}: {decision.reason}")
+        assert isinstance(decision, Wait)
+        self._wait(slot, decision.reason)
+        for key in decision.busy:
+            if (busy := self._find(*key)) is not None:  # type: ignore[misc]
+                busy.contended = True
+        now = self.clock.mono()
+        if not decision.busy or slot.state != SlotState.PENDING:  # refused by now: nobody to yield to
+            slot.busy_wait_since = None
+        elif slot.busy_wait_since is None:
+            slot.busy_wait_since = now
+        elif now - slot.busy_wait_since >= self.settings.fair_share_s:
+            wanted.update({key: slot.label for key in decision.busy})  # type: ignore[misc]
+
+    def _hot(self, slot: Slot) -> int:
+        """1 while a contended slot is between two requests of steady traffic: not idle enough to evict.
+
+        A slot that another load has waited on while it was busy has traffic of its
+        own; evicting it in the milliseconds between two of its requests would swap
+        the models on every request. It goes when its traffic pauses for HOT_S, or
+        when its fair share is over and it yields.
+        """
+        gap = self.clock.now() - slot.last_used_at
+        return int(slot.contended and not slot.yielding_to and slot.state == SlotState.READY and gap < HOT_S)
+
+    def _settle_yields(self, wanted: dict[tuple[SlotKey, int], str]) -> None:
+        """Mark the busy slots a starved load waits for; unmark (and serve) the ones no load waits for any more."""
+        for slot in list(self.slots.values()):
+            if slot.state != SlotState.READY:
+                continue
+            to = wanted.get((slot.key, slot.generation))
+            if not any(s.state == SlotState.PENDING for s in self.slots.values()):
+                slot.contended = False  # nobody waits for its memory any more
+            if to and slot.yielding_to != to:
+                slot.yielding_to, slot.detail = to, f"finishing its requests so that {to} can load"
+                self._publish_slot(slot, None)
+            elif not to and slot.yielding_to:
+                slot.yielding_to, slot.detail = None, ""
+                waiters, slot.waiters = slot.waiters, []
+                for w in waiters:
+                    self._answer(slot, w)
+                self._publish_slot(slot, None)
+
+    def _wait(self, slot: Slot, reason: str) -> None:
+        now = self.clock.mono()
+        if slot.wait_deadline is None:
+            slot.wait_deadline = now + self.settings.drain_timeout_s
+        elif now >= slot.wait_deadline:
+            budget = self.budget()
+            self._refuse_pending(
+                slot, f"cannot load {slot.label}: it needs {fmt_bytes(slot.estimate)} and "
+                      f"{fmt_bytes(budget.free_bytes)} of {fmt_bytes(budget.total_bytes)} is free; still {reason} "
+                      f"after {self.settings.drain_timeout_s:.0f}s (drain_timeout_s)")
+            return
+        if slot.detail != reason:
+            slot.detail = reason
+            self._publish(LoadProgressEvent(model=slot.model, kind=slot.kind, stage="waiting", detail=reason))
+            self._publish_slot(slot, None)
+
+    def _refuse_pending(self, slot: Slot, message: str, code: ErrorCode = ErrorCode.NO_CAPACITY) -> None:
+        """No room: the waiters get 503, and nothing is recorded against the model."""
+        self._fail_waiters(slot, code, message, retry_after=5.0)
+        slot.detail = message
+        previous = slot.change_state(SlotState.FAILED)
+        del self.slots[slot.key]
+        self._publish_slot(slot, previous)
+
+    def _start(self, slot: Slot) -> None:
+        previous = slot.change_state(SlotState.LOADING)
+        slot.wait_deadline, slot.busy_wait_since, slot.detail = None, None, "starting engine"
+        self.outbox.append(Spawn(slot))
+        self._publish_slot(slot, previous)
+
+    # --- reports from runners and off-loop readers ---
+
+    def planned(self, key: SlotKey, generation: int, plan: MemoryPlan | None, learned: int | None,
+                error: str = "") -> None:
+        slot = self.slots.get(key)
+        if slot is None or slot.generation != generation or slot.state != SlotState.PENDING:
+            return
+        slot.planning = False
+        if plan is None:
+            self._fail(slot, f"cannot read the model file: {error}", Severity.USER_ERROR, "")
+        else:
+            slot.plan, slot.learned_bytes = plan, learned
+            slot.on_gpu = budgets.is_gpu_host(self.hardware)
+        self.schedule()
+
+    def spawned(self, key: SlotKey, generation: int, pid: int, port: int) -> None:
+        if (slot := self._find(key, generation)) is not None:
+            slot.pid, slot.port = pid, port
+            self._publish(LoadProgressEvent(model=slot.model, kind=slot.kind, stage="spawned",
+                                            detail=f"pid {pid} on port {port}"))
+
+    def ready(self, key: SlotKey, generation: int) -> None:
+        slot = self._find(key, generation)
+        if slot is None or slot.state != SlotState.LOADING:
+            return  # unloaded while it started; the runner is stopping it
+        previous = slot.change_state(SlotState.READY)
+        slot.loaded_at, slot.detail = self.clock.now(), ""
+        self.failures.loaded(slot.label)
+        waiters, slot.waiters = slot.waiters, []
+        for w in waiters:
+            self._answer(slot, w)
+        if slot.inflight == 0:
+            self._refresh_expiry(slot)
+        self._publish_slot(slot, previous)
+        self.schedule()  # a load waiting for this memory now waits on a ready, busy slot
+
+    def _answer(self, slot: Slot, w: Waiter) -> None:
+        if isinstance(w.request, AcquireRequest):
+            self._grant(slot, w)
+        else:
+            waited = self.clock.mono() - w.since if w.since else 0.0
+            self._send(w.peer, LoadReply(req_id=w.request.req_id, slot=slot.info(), load_s=waited))
+
+    def failed(self, key: SlotKey, generation: int, message: str, severity: Severity, tail: str) -> None:
+        slot = self._find(key, generation)
+        if slot is None:
+            return
+        if slot.state == SlotState.STOPPING:
+            self.stopped(key, generation)  # it was going anyway
+            return
+        self._fail(slot, message, severity, tail)
+        self.schedule()  # its memory is free again
+
+    def stopped(self, key: SlotKey, generation: int) -> None:
+        slot = self.retiring.pop((key, generation), None)
+        if slot is None:
+            return
+        previous = slot.change_state(SlotState.UNLOADED)
+        self._drop_leases(slot)
+        self._publish_slot(slot, previous)
+        self.schedule()
+
+    def measured(self, readings: dict[int, tuple[int, int]]) -> None:
+        """(resident, private) bytes per engine pid, in the unit the budget counts."""
+        for slot in self.memory_holders():
+            if slot.pid is None or slot.pid not in readings:
+                continue
+            slot.measured_bytes, slot.private_bytes = readings[slot.pid]
+            if slot.at_ready_bytes is None and slot.state == SlotState.READY:
+                slot.at_ready_bytes = slot.measured_bytes
+        self.schedule()
+
+    def adopt(self, entry: ModelEntry, kind: SlotKind, generation: int, pid: int, port: int,
+              plan: MemoryPlan) -> Slot:
+        """An engine an earlier manager started, still healthy: it is ready now, and its leases come with hellos."""
+        slot = Slot(entry=entry, kind=kind, generation=generation, engine=self.engine, keep_alive_s=self.default_keep,
+                    state=SlotState.READY, plan=plan, pid=pid, port=port, adopted=True, loaded_at=self.clock.now(),
+                    on_gpu=budgets.is_gpu_host(self.hardware))
+        self.generations = max(self.generations, generation)
+        self.slots[slot.key] = slot
+        self._refresh_expiry(slot)
+        self._publish_slot(slot, None)
+        return slot
+
+    # --- unloading, expiry, failure ---
+
+    def unload(self, slot: Slot, reason: str, *, force: bool = False, explicit: bool = False) -> None:
+        """Stop a slot's engine. One with requests in flight is drained: it takes no new ones and goes when they end."""
+        if slot.state == SlotState.PENDING:
+            return self._refuse_pending(slot, f"{slot.label} was unloaded before it loaded ({reason})",
+                                        ErrorCode.LOAD_FAILED)
+        if slot.state == SlotState.READY and slot.inflight and not force:
+            if not explicit:
+                return
+            slot.draining, slot.detail = reason, f"unloading after {slot.inflight} request(s) finish"
+            self._retire(slot)
+            self._publish_slot(slot, None)
+            return
+        if slot.state == SlotState.LOADING:
+            self._fail_waiters(slot, ErrorCode.LOAD_FAILED, f"{slot.label} was unloaded before it was ready ({reason})")
+        if slot.state in (SlotState.LOADING, SlotState.READY):
+            self._stop(slot, reason)
+
+    def _retire(self, slot: Slot) -> None:
+        if self.slots.get(slot.key) is slot:
+            del self.slots[slot.key]
+        self.retiring[(slot.key, slot.generation)] = slot
+        waiters, slot.waiters = slot.waiters, []
+        if self.stopping:
+            self._fail_waiters_list(waiters, ErrorCode.SHUTTING_DOWN, "LMForge is shutting down")
+        else:
+            self._requeue(slot, waiters)
+
+    def _stop(self, slot: Slot, reason: str) -> None:
+        if slot.plan is not None and slot.measured_bytes is not None:
+            self.outbox.append(Learn(slot.model, slot.kind, slot.plan.ctx_size, slot.charged, slot.plan.total))
+        previous = slot.change_state(SlotState.STOPPING)
+        slot.detail = reason
+        self._retire(slot)
+        self.outbox.append(Stop(slot))
+        log.info("stopping %s: %s", slot.label, reason)
+        self._publish_slot(slot, previous)
+
+    def tick(self) -> None:
+        now = self.clock.now()
+        for slot in list(self.slots.values()):
+            if slot.state != SlotState.READY:
+                continue
+            if slot.inflight == 0 and slot.expires_at is not None and slot.expires_at <= now:
+                self.unload(slot, "keep_alive expired")
+            elif slot.loaded_at and now - slot.loaded_at > STABLE_AFTER_S:
+                self.failures.stable(slot.key)
+        self.schedule()
+
+    def _refresh_expiry(self, slot: Slot) -> None:
+        """Ollama semantics: the clock starts when the last request ends, with the latest request's keep_alive."""
+        seconds = slot.keep_alive_s if slot.next_keep == DEFAULT else slot.next_keep
+        if slot.inflight or slot.pinned or seconds is None:
+            slot.expires_at = None
+        else:
+            slot.expires_at = self.clock.now() + float(seconds)  # type: ignore[arg-type]
+
+    def _fail(self, slot: Slot, message: str, severity: Severity, tail: str) -> None:
+        error = self.failures.record(slot.key, slot.label, message, severity, tail, self.clock.mono(), self.clock.now())
+        detail = f"{slot.label} failed: {message}"
+        hint = " (the engine's last output is in /lf/status last_errors)" if tail else ""
+        self._fail_waiters(slot, ErrorCode.LOAD_FAILED, detail + hint)
+        slot.detail = message
+        previous = slot.change_state(SlotState.FAILED)
+        if self.slots.get(slot.key) is slot:
+            del self.slots[slot.key]
+        self.retiring.pop((slot.key, slot.generation), None)
+        self._drop_leases(slot)
+        if slot.pid is not None:
+            self.outbox.append(Stop(slot))  # whatever is left of it goes
+        log.warning("%s (%s)", detail, severity)
+        self._publish(ErrorEvent(model=slot.model, kind=slot.kind, error=error))
+        self._publish_slot(slot, previous)
+
+    def _drop_leases(self, slot: Slot) -> None:
+        for lease in self.leases.of_slot(slot.key, slot.generation):
+            self.leases.pop(lease.id)
+
+    def shutdown(self) -> None:
+        """Answer every waiter and stop every engine."""
+        self.stopping = True
+        for slot in [*self.slots.values(), *self.retiring.values()]:
+            self._fail_waiters(slot, ErrorCode.SHUTTING_DOWN, "LMForge is shutting down")
+            if slot.state == SlotState.PENDING:
+                self._refuse_pending(slot, "LMForge is shutting down", ErrorCode.SHUTTING_DOWN)
+            elif slot.state in (SlotState.LOADING, SlotState.READY):
+                self._stop(slot, "manager shutting down")
+
+    # --- status ---
+
+    def budget(self) -> BudgetInfo:
+        holders = self.memory_holders()
+        ours = sum(s.private_bytes or 0 for s in holders)
+        total, source = budgets.budget_total(self.settings, self.hardware, ours)
+        return BudgetInfo(total_bytes=total, used_bytes=sum(s.reserved for s in holders), source=source,
+                          max_loaded_models=self.settings.max_loaded_models)
+
+    def memory_holders(self) -> list[Slot]:
+        return [s for s in [*self.slots.values(), *self.retiring.values()] if s.state in HOLDS_MEMORY]
+
+    def status(self, started_at: float, loop_lag_max_ms: float = 0.0) -> ManagerStatus:
+        return ManagerStatus(
+            epoch=self.epoch, started_at=started_at,
+            slots=tuple(s.info() for s in [*self.slots.values(), *self.retiring.values()]),
+            budget=self.budget(), last_errors=dict(self.failures.last_errors), peers=tuple(self.peers.values()),
+            hardware=self.hardware, loop_lag_max_ms=round(loop_lag_max_ms, 1),
+        )
+
+    # --- helpers ---
+
+    def _find(self, key: SlotKey, generation: int) -> Slot | None:
+        slot = self.slots.get(key)
+        if slot is not None and slot.generation == generation:
+            return slot
+        return self.retiring.get((key, generation))
+
+    def _send(self, peer: bytes | None, message: Reply) -> None:
+        self.outbox.append(Send(peer, message))
+
+    def _error(self, peer: bytes | None, req_id: int, code: ErrorCode, message: str,
+               retry: float | None = None) -> None:
+        self._send(peer, ErrorReply(req_id=req_id, code=code, message=message, retry_after_s=retry))
+
+    def _fail_waiters(self, slot: Slot, code: ErrorCode, message: str, retry_after: float | None = None) -> None:
+        waiters, slot.waiters = slot.waiters, []
+        self._fail_waiters_list(waiters, code, message, retry_after)
+
+    def _fail_waiters_list(self, waiters: list[Waiter], code: ErrorCode, message: str,
+                           retry_after: float | None = None) -> None:
+        for w in waiters:
+            self._error(w.peer, w.request.req_id, code, message, retry_after)
+
+    def _publish(self, event: Event) -> None:
+        self.outbox.append(Publish(event))
+
+    def _publish_slot(self, slot: Slot, previous: SlotState | None) -> None:
+        self._publish(SlotEvent(slot=slot.info(), previous=previous))

@@ -4,6 +4,7 @@ watch on the parent so that no program outlives the supervisord that started it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -13,6 +14,7 @@ import time
 from typing import Callable
 
 from manager.config import ConfigError, Paths, Settings, load_settings
+from manager.process import kill_group
 
 log = logging.getLogger("lmforge.startup")
 
@@ -74,10 +76,23 @@ def run_process(name: str, body: Callable[[Settings, Paths], int | None]) -> int
     """Log setup, settings (exit 2 with the reason when they are invalid), then `body`."""
     setup_logging(name)
     use_fast_event_loop()
-    watch_parent()
     try:
         settings, paths = load_settings()
     except ConfigError as exc:
         print(f"lmforge {name}: {exc}", file=sys.stderr)
         return 2
+    watch_parent(functools.partial(_lmforge_gone, name, paths))
     return body(settings, paths) or 0
+
+
+def _lmforge_gone(name: str, paths: Paths) -> None:
+    """supervisord is gone, so LMForge is: stop. A manager stops its own engines on the way out;
+    the other programs stop the engines of a manager that died with no one to restart it."""
+    if name != "manager":
+        from deploy import orphans  # deploy builds on manager: imported only when it is needed
+
+        if not any(found.name == "manager" for found in orphans.find_programs(paths)):
+            for engine in orphans.find_engines(paths):
+                log.warning("[shutdown] no manager is left: killing its engine pid %d", engine.pid)
+                kill_group(engine.pid)
+    terminate_self()

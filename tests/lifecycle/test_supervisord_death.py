@@ -107,6 +107,19 @@ def test_a_killed_supervisord_takes_every_program_and_engine_with_it(inst: Insta
     wait_until(lambda: not processes_of(inst.home), timeout=10, what="every program and engine to exit")
 
 
+def test_a_manager_killed_with_its_supervisord_leaves_no_engine(inst: Instance) -> None:
+    """Both gone at once: no one restarts the manager, so the other programs stop its engines."""
+    started = inst.lmforge("start")
+    assert started.returncode == 0, started.stderr
+    assert inst.post("/v1/chat/completions", CHAT)[0] == 200
+    engines = llama_servers_of(inst.home)
+    assert engines
+    os.kill(int((inst.home / "supervisord.pid").read_text()), signal.SIGKILL)
+    for manager in programs_of(inst.home)["manager"]:
+        manager.kill()  # before its own watch notices supervisord is gone
+    wait_until(lambda: not processes_of(inst.home), timeout=10, what="every program and engine to exit")
+
+
 def test_stop_without_supervisord_stops_every_program_and_engine(inst: Instance) -> None:
     inst.start()
     assert inst.post("/v1/chat/completions", CHAT)[0] == 200

@@ -3,7 +3,6 @@ by command line and LMFORGE_HOME, engines by their pid records, and stopping the
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -13,6 +12,7 @@ from typing import Sequence
 import psutil
 
 from manager.config import Paths
+from manager.process import kill_group, recorded_engines
 
 # `python -m <module>` -> the program's name in supervisord.conf.tmpl.
 MODULES = {"manager": "manager", "prober": "prober", "catalog": "downloader", "gateway": "gateway"}
@@ -20,8 +20,6 @@ ORDER = ("manager", "prober", "downloader", "gateway", "engine")
 MANAGER_WAIT_S = 30.0  # the manager's stopwaitsecs: its graceful path stops its engines first
 PROGRAM_WAIT_S = 15.0  # the gateway's stopwaitsecs, the longest of the others
 KILL_WAIT_S = 5.0
-# A record names its engine only while the pid's start time matches: pids are recycled.
-START_TOLERANCE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -80,26 +78,14 @@ def home_of(env: dict[str, str], cwd: str) -> str:
 
 
 def find_engines(paths: Paths) -> list[Found]:
+    """Engines whose records still name them (stale records are dropped on the way)."""
     found = []
-    for record in sorted(paths.engine_pids.glob("*.json")) if paths.engine_pids.is_dir() else []:
+    for _, data in recorded_engines(paths.engine_pids):
         try:
-            proc = _recorded(record.read_bytes())
-        except OSError:
-            continue  # its manager removed it meanwhile
-        if proc is not None:
-            found.append(Found("engine", proc))
+            found.append(Found("engine", psutil.Process(int(data["pid"]))))  # type: ignore[call-overload]
+        except psutil.Error:
+            pass  # exited meanwhile
     return found
-
-
-def _recorded(data: bytes) -> psutil.Process | None:
-    try:
-        entry = json.loads(data)
-        proc = psutil.Process(int(entry["pid"]))
-        if abs(proc.create_time() - float(entry["started"])) < START_TOLERANCE_S and _alive(proc):
-            return proc
-    except (psutil.Error, ValueError, KeyError, TypeError):
-        pass
-    return None
 
 
 def stop(paths: Paths, *, manager_wait: float = MANAGER_WAIT_S, program_wait: float = PROGRAM_WAIT_S,
@@ -119,7 +105,7 @@ def stop(paths: Paths, *, manager_wait: float = MANAGER_WAIT_S, program_wait: fl
     for f in stubborn:
         _kill(f)
     _wait_gone(stubborn, kill_wait)
-    _drop_stale_records(paths)
+    recorded_engines(paths.engine_pids)  # drops the records of what just went
     return [Stopped(f.name, f.pid, killed=f in stubborn) for f in programs + engines]
 
 
@@ -137,14 +123,10 @@ def _signal(proc: psutil.Process, sig: signal.Signals) -> None:
 
 
 def _kill(found: Found) -> None:
-    try:
-        # An engine leads its own process group, with whatever helpers it started.
-        if found.name == "engine" and os.getpgid(found.pid) == found.pid and found.proc.is_running():
-            os.killpg(found.pid, signal.SIGKILL)
-            return
-    except OSError:
-        pass
-    _signal(found.proc, signal.SIGKILL)
+    if found.name == "engine":
+        kill_group(found.pid)  # an engine leads its own process group, with whatever helpers it started
+    else:
+        _signal(found.proc, signal.SIGKILL)
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -159,12 +141,3 @@ def _wait_gone(found: list[Found], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while any(_alive(f.proc) for f in found) and time.monotonic() < deadline:
         time.sleep(0.05)  # poll: these are not our children, so there is no exit to wait on
-
-
-def _drop_stale_records(paths: Paths) -> None:
-    for record in paths.engine_pids.glob("*.json") if paths.engine_pids.is_dir() else []:
-        try:
-            if _recorded(record.read_bytes()) is None:
-                record.unlink()
-        except OSError:
-            pass

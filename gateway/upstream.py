@@ -42,32 +42,40 @@ async def proxy(
     request: web.Request, *, model: str, kind: SlotKind, keep_alive: str | float | None,
     path: str, body: bytes, stream: bool,
 ) -> web.StreamResponse:
-    manager = request.app[MANAGER]
-    settings = request.app[SETTINGS]
     trace = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    try:
+        return await _leased(request, model, kind, keep_alive, path, body, stream, trace)
+    except EngineGone as gone:
+        log.warning("engine for %s was gone (%s); retrying on a fresh lease", model, gone.__cause__)
+        try:
+            return await _leased(request, model, kind, keep_alive, path, body, stream, trace)
+        except EngineGone as again:
+            raise _unreachable(model, again.__cause__ or again) from None
+
+
+async def _leased(request: web.Request, model: str, kind: SlotKind, keep_alive: str | float | None,
+                  path: str, body: bytes, stream: bool, trace: str) -> web.StreamResponse:
+    """One attempt: lease the engine, send, and return the lease with how it went."""
+    settings = request.app[SETTINGS]
     # A cold model may need its drain wait and a full load before it answers.
     wait = settings.load_timeout_s + settings.drain_timeout_s + 30
     send = _stream if stream else _whole
-    for attempt in (1, 2):
-        async with manager.lease(model=model, kind=kind, keep_alive=keep_alive, trace_id=trace,
-                                 timeout=wait) as held:
-            try:
-                return await send(request, held.reply, path, body, trace)
-            except EngineGone as gone:
-                held.outcome = LeaseOutcome.ENGINE_GONE  # the manager fails the slot before our next acquire
-                if attempt == 2:
-                    raise _unreachable(held.reply, gone.__cause__ or gone) from None
-                log.warning("engine for %s was gone (%s); retrying on a fresh lease", model, gone.__cause__)
-            except EngineBroke as broke:
-                held.outcome = LeaseOutcome.UPSTREAM_ERROR
-                return broke.response
-            except (asyncio.CancelledError, ConnectionResetError):
-                held.outcome = LeaseOutcome.CLIENT_GONE
-                raise
-            except OpenAIError:
-                held.outcome = LeaseOutcome.UPSTREAM_ERROR
-                raise
-    raise AssertionError("unreachable")
+    async with request.app[MANAGER].lease(model=model, kind=kind, keep_alive=keep_alive, trace_id=trace,
+                                          timeout=wait) as held:
+        try:
+            return await send(request, held.reply, path, body, trace)
+        except EngineGone:
+            held.outcome = LeaseOutcome.ENGINE_GONE  # the manager fails the slot before our next acquire
+            raise
+        except EngineBroke as broke:
+            held.outcome = LeaseOutcome.UPSTREAM_ERROR
+            return broke.response
+        except (asyncio.CancelledError, ConnectionResetError):
+            held.outcome = LeaseOutcome.CLIENT_GONE
+            raise
+        except OpenAIError:
+            held.outcome = LeaseOutcome.UPSTREAM_ERROR
+            raise
 
 
 async def _post(request: web.Request, lease: AcquireReply, path: str, body: bytes,
@@ -77,13 +85,13 @@ async def _post(request: web.Request, lease: AcquireReply, path: str, body: byte
     try:
         return await session.post(lease.base_url + path, data=body, headers=_headers(trace), timeout=TIMEOUT)
     except asyncio.TimeoutError as exc:  # slow is not gone (aiohttp's timeouts are connection errors too)
-        raise _unreachable(lease, exc) from None
+        raise _unreachable(lease.model, exc) from None
     except aiohttp.ClientConnectionError as exc:
         # Refused, reset, or closed before a byte of answer (a dying engine's
         # socket may still accept, then drop what we write): it is gone.
         raise EngineGone() from exc
     except aiohttp.ClientError as exc:
-        raise _unreachable(lease, exc) from None
+        raise _unreachable(lease.model, exc) from None
 
 
 def _headers(trace: str) -> dict[str, str]:
@@ -96,7 +104,7 @@ async def _whole(request: web.Request, lease: AcquireReply, path: str, body: byt
         async with up:
             data = await up.read()
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise _unreachable(lease, exc) from None
+        raise _unreachable(lease.model, exc) from None
     if up.status >= 400:
         return _engine_error(up.status, data, trace)
     return web.Response(body=data, status=up.status, content_type=up.content_type, headers={"X-Request-Id": trace})
@@ -114,7 +122,7 @@ async def _stream(
                 if not up.content.is_eof():
                     up.close()  # closing the socket aborts the engine's generation
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise _unreachable(lease, exc) from None
+        raise _unreachable(lease.model, exc) from None
 
 
 async def _relay(
@@ -148,8 +156,8 @@ def sse_error(message: str, code: str = "engine_failed") -> bytes:
     return f"data: {json.dumps(body)}\n\n".encode()
 
 
-def _unreachable(lease: AcquireReply, exc: BaseException) -> OpenAIError:
-    return OpenAIError(502, f"the engine serving {lease.model} failed: {exc or type(exc).__name__}",
+def _unreachable(model: str, exc: BaseException) -> OpenAIError:
+    return OpenAIError(502, f"the engine serving {model} failed: {exc or type(exc).__name__}",
                        code="engine_unreachable")
 
 

@@ -13,10 +13,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import aiohttp
-
 from manager.engines.base import MemoryPlan
-from manager.process import EngineProcess, kill_group, recorded_engines
+from manager.process import EngineProcess, answers_health, kill_group, recorded_engines
 from manager.protocol import ModelEntry, SlotKind
 from manager.runner import EngineRunner
 from manager.slots import Slot
@@ -67,9 +65,5 @@ async def _check(service: "ManagerService", path: Path, data: dict[str, object]
         log.warning("engine record %s cannot be adopted: %s", path.name, exc)
         return path, data, None
     url = f"http://127.0.0.1:{port}{service.adapter.health_path}"
-    try:
-        async with service.session.get(url, timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as resp:
-            healthy = resp.status == 200
-    except (aiohttp.ClientError, asyncio.TimeoutError):
-        healthy = False
+    healthy = await answers_health(service.session, url, HEALTH_TIMEOUT_S)
     return path, data, (entry, plan) if healthy and entry is not None else None

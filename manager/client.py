@@ -102,8 +102,8 @@ class ManagerClient:
         self._sub = make_socket(self._ctx, zmq.SUB)
         self._sub.setsockopt(zmq.SUBSCRIBE, b"")
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Reply]] = {}
-        self._sent_at: dict[int, float] = {}  # wall clock, to tell which manager a request reached
+        # Each waiting request's future, and when it was sent (wall clock: which manager it reached).
+        self._pending: dict[int, tuple[asyncio.Future[Reply], float]] = {}
         # Requests whose caller stopped waiting, for whatever reason: an acquire's
         # late reply is a lease nobody will use, so it is handed straight back.
         self._abandoned: dict[int, None] = {}
@@ -159,8 +159,7 @@ class ManagerClient:
         req_id = next(self._ids)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._send(cls(req_id=req_id, **fields))
-        self._pending[req_id] = future
-        self._sent_at[req_id] = time.time()
+        self._pending[req_id] = (future, time.time())
         try:
             reply = await asyncio.wait_for(future, timeout or self._request_timeout)
         except asyncio.TimeoutError:
@@ -171,7 +170,6 @@ class ManagerClient:
             raise
         finally:
             self._pending.pop(req_id, None)
-            self._sent_at.pop(req_id, None)
         if isinstance(reply, ErrorReply):
             raise ManagerError(reply.code, reply.message, reply.retry_after_s)
         return reply
@@ -237,7 +235,7 @@ class ManagerClient:
             except msgspec.DecodeError as exc:
                 log.warning("dropping an undecodable reply: %s", exc)
                 continue
-            future = self._pending.get(reply.req_id)
+            future, _ = self._pending.get(reply.req_id, (None, 0.0))
             if future is not None and not future.done():
                 future.set_result(reply)
             elif reply.req_id in self._abandoned:
@@ -336,7 +334,7 @@ class ManagerClient:
             await callback()
 
     def _fail_pending(self, exc: Exception, sent_before: float | None = None) -> None:
-        for req_id, future in self._pending.items():
-            if future.done() or (sent_before is not None and self._sent_at.get(req_id, 0.0) >= sent_before):
+        for future, sent_at in self._pending.values():
+            if future.done() or (sent_before is not None and sent_at >= sent_before):
                 continue
             future.set_exception(exc)

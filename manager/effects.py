@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass
 from typing import Union
 
-from manager.protocol import Event, Reply, SlotKind
-from manager.slots import Slot
+from manager.protocol import ErrorCode, ErrorReply, Event, Reply, SlotEvent, SlotKind, SlotState
+from manager.slots import Slot, Waiter
 
 
 @dataclass(frozen=True)
@@ -54,3 +54,34 @@ class Clock:
 
     def mono(self) -> float:
         return time.monotonic()
+
+
+class Outbox:
+    """The effects of the messages handled so far, in order, until the service takes them."""
+
+    def __init__(self) -> None:
+        self._effects: list[Effect] = []
+
+    def take(self) -> list[Effect]:
+        effects, self._effects = self._effects, []
+        return effects
+
+    def add(self, effect: Effect) -> None:
+        self._effects.append(effect)
+
+    def send(self, peer: bytes | None, message: Reply) -> None:
+        self.add(Send(peer, message))
+
+    def error(self, peer: bytes | None, req_id: int, code: ErrorCode, message: str,
+              retry: float | None = None) -> None:
+        self.send(peer, ErrorReply(req_id=req_id, code=code, message=message, retry_after_s=retry))
+
+    def refuse(self, waiters: list[Waiter], code: ErrorCode, message: str, retry: float | None = None) -> None:
+        for w in waiters:
+            self.error(w.peer, w.request.req_id, code, message, retry)
+
+    def publish(self, event: Event) -> None:
+        self.add(Publish(event))
+
+    def slot(self, slot: Slot, previous: SlotState | None) -> None:
+        self.publish(SlotEvent(slot=slot.info(), previous=previous))

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 from manager.slots import Slot, SlotKey
 
-DEFAULT = "default"  # keep_alive not given: the slot's own default applies
-
 
 @dataclass(frozen=True)
 class Lease:
@@ -50,13 +48,16 @@ class LeaseTable:
             return None
         return self._leases.pop(lease_id)
 
-    def move(self, lease_id: str, peer: bytes) -> None:
-        """The same holder reconnected under another identity."""
-        lease = self._leases[lease_id]
-        self._leases[lease_id] = Lease(lease.id, lease.key, lease.generation, peer, lease.keep_alive)
-
-    def of_peers(self, peers: set[bytes]) -> list[Lease]:
-        return [lease for lease in self._leases.values() if lease.peer in peers]
+    def reconcile(self, peer: bytes, holders: set[bytes], held: set[str]) -> list[Lease]:
+        """`peer` (also known as any of `holders`) holds exactly `held`: its other leases are removed and
+        returned; the held ones move to `peer`, its identity now."""
+        gone = []
+        for lease in [lease for lease in self._leases.values() if lease.peer in holders]:
+            if lease.id not in held:
+                gone.append(self._leases.pop(lease.id))
+            elif lease.peer != peer:
+                self._leases[lease.id] = Lease(lease.id, lease.key, lease.generation, peer, lease.keep_alive)
+        return gone
 
     def of_slot(self, key: SlotKey, generation: int) -> list[Lease]:
         return [lease for lease in self._leases.values() if (lease.key, lease.generation) == (key, generation)]

@@ -88,7 +88,7 @@ class EngineProcess:
         record = pid_dir / f"{proc.pid}.json"
         data = {"pid": proc.pid, "argv0": argv[0], "started": _create_time(proc.pid), "log": str(log_path),
                 **(about or {})}
-        await asyncio.to_thread(_write_atomically, record, json.dumps(data))
+        await asyncio.to_thread(_write_record, record, json.dumps(data))
         log.info("spawned pid %d: %s", proc.pid, " ".join(argv))
         return cls(proc.pid, _watch_exit(proc.wait), log_path, record)
 
@@ -138,12 +138,8 @@ class EngineProcess:
         while True:
             if self.exited:
                 raise EngineExited(self.returncode, self.tail())
-            try:
-                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
-                    if resp.status == 200:
-                        return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                pass
+            if await answers_health(session, url, 2.0):
+                return
             if time.monotonic() > deadline:
                 raise EngineTimeout(f"engine not healthy after {timeout:.0f}s")
             await asyncio.wait([self._exit], timeout=delay)  # wake early if it dies
@@ -165,6 +161,15 @@ class EngineProcess:
                 log.info("pid %d ignored SIGTERM for %.1fs; sending SIGKILL", self.pid, grace)
         _signal_group(self.pid, signal.SIGKILL)  # also reaps helpers left in the group
         await self.wait()
+
+
+async def answers_health(session: aiohttp.ClientSession, url: str, timeout: float) -> bool:
+    """Whether the engine's health URL answers 200 within `timeout`."""
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            return resp.status == 200
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return False
 
 
 def _watch_exit(wait: Callable[[], int | None]) -> "asyncio.Future[int | None]":
@@ -209,7 +214,9 @@ def read_tail(path: Path, lines: int = TAIL_LINES, max_bytes: int = TAIL_BYTES) 
     return "\n".join(data.splitlines()[-lines:])
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_record(path: Path, text: str) -> None:
+    """Atomic, so a reader never sees half a record; not fsynced like the store's index, because a
+    pid means nothing after a reboot and the fsync would lengthen every cold load."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -219,16 +226,19 @@ def recorded_engines(pid_dir: Path) -> list[tuple[Path, dict[str, object]]]:
     """Engines an earlier manager recorded that still run; stale records are removed.
 
     A record is trusted only while its pid still names the process it recorded
-    (same start time), so a recycled pid is never touched.
+    (same start time), so a recycled pid is never touched; an exited engine that
+    nobody reaped yet (a zombie) is gone.
     """
     alive = []
-    for record in sorted(pid_dir.glob("*.json")) if pid_dir.exists() else []:
+    for record in sorted(pid_dir.glob("*.json")) if pid_dir.is_dir() else []:
         try:
             data = json.loads(record.read_text())
             proc = psutil.Process(int(data["pid"]))
-            if abs(proc.create_time() - float(data["started"])) < 1.0:
+            if abs(proc.create_time() - float(data["started"])) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE:
                 alive.append((record, data))
                 continue
+        except FileNotFoundError:
+            continue  # its manager removed it meanwhile
         except (psutil.Error, ValueError, KeyError, OSError, TypeError):
             pass
         record.unlink(missing_ok=True)

@@ -24,8 +24,3 @@ def rotate_engine_logs(logs: Path, settings: Settings) -> None:
     for path in logs.glob("engine-*.log"):
         rotate_if_large(path, settings.log_max_mb * MiB, settings.log_backups)
 
-
-def read_engines(pids: list[int], on_gpu: bool, logs: Path, settings: Settings) -> dict[int, tuple[int, int]]:
-    """Once a second: the engines' memory, and their logs kept to size."""
-    rotate_engine_logs(logs, settings)
-    return engine_memory(pids, on_gpu)

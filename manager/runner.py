@@ -18,7 +18,7 @@ from typing import Awaitable, Callable
 
 import aiohttp
 
-from manager.process import EngineExited, EngineProcess, EngineTimeout, describe_exit
+from manager.process import EngineExited, EngineProcess, EngineTimeout, answers_health, describe_exit
 from manager.protocol import Severity
 from manager.slots import SlotKey
 
@@ -189,12 +189,7 @@ class EngineRunner:
                 return self._failed(f"engine stopped answering its health probe ({failures} in a row); killed it", proc)
 
     async def _probe(self, url: str) -> bool:
-        try:
-            timeout = aiohttp.ClientTimeout(total=max(self.config.health_interval_s, 2.0))
-            async with self.session.get(url, timeout=timeout) as resp:
-                return resp.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            return False
+        return await answers_health(self.session, url, max(self.config.health_interval_s, 2.0))
 
     def _failed(self, message: str, proc: EngineProcess) -> EngineFailed:
         severity = Severity.CPU_FEATURES if proc.returncode == -signal.SIGILL else Severity.TRANSIENT

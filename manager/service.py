@@ -25,7 +25,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from catalog.store import ModelStore, StoreError
+from catalog.store import ModelStore
 from manager import budget as budgets
 from manager.adoption import adopt_engines
 from manager.config import Paths, Settings
@@ -35,11 +35,10 @@ from manager.engines.llamacpp import LlamaCppAdapter
 from manager.ipc import EventPublisher, endpoints, ensure_runtime_dir, make_socket, remove_endpoints
 from manager.lag import LoopLag
 from manager.memory import MemoryLedger
-from manager.readings import read_engines
-from manager.startup import watch_parent
+from manager.readings import engine_memory, rotate_engine_logs
 from manager.protocol import (
     AcquireRequest, ErrorCode, ErrorReply, HardwareNotice, HeartbeatEvent, HelloRequest, ListModelsReply,
-    ListModelsRequest, LoadProgressEvent, LoadRequest, ManagerStoppingEvent, PingReply, PingRequest, ReleaseNotice,
+    ListModelsRequest, LoadProgressEvent, LoadRequest, ManagerStatus, ManagerStoppingEvent, PingReply, PingRequest, ReleaseNotice,
     Reply, Severity, SnapshotReply, SnapshotRequest, UnloadRequest, encoder, to_manager_decoder,
 )
 from manager.runner import (
@@ -54,6 +53,7 @@ log = logging.getLogger("lmforge.manager")
 HEARTBEAT_S = 1.0
 TICK_S = 0.25
 MEASURE_S = 1.0
+ROTATE_S = 30.0  # how often engine logs are checked against log_max_mb
 YIELD_EVERY = 64  # inbox items handled before the loop lets its other tasks run
 
 
@@ -98,7 +98,7 @@ class ManagerService:
         self._crashed = False
         self.serving_since = 0.0
         self._measuring = False
-        self._last_measure = 0.0
+        self._last_measure = self._last_rotate = 0.0
         self._binary: asyncio.Future[Path] | None = None
         self._ctx = zmq.asyncio.Context()
         self._router = make_socket(self._ctx, zmq.ROUTER)
@@ -144,7 +144,6 @@ class ManagerService:
         tasks = [loop.create_task(c) for c in (self._read(), self._beat(), self._tick(), self.lag.run())]
         for task in tasks:
             task.add_done_callback(self._background_died)
-        watch_parent()  # supervisord gone: our graceful path stops the engines too
         log.info("manager %s (epoch %s) listening on %s", os.getpid(), self.epoch, ends.control)
         self._auto_load()
         try:
@@ -279,10 +278,9 @@ class ManagerService:
 
     def _with_entry(self, model: str, then: Callable[[object], None], peer: bytes | None, req_id: int) -> None:
         def answer(entry: object) -> None:
-            if isinstance(entry, StoreError):
-                self.send(peer, ErrorReply(req_id=req_id, code=ErrorCode.INTERNAL, message=str(entry)))
-            elif isinstance(entry, Exception):
-                raise entry
+            if isinstance(entry, Exception):  # a store that cannot be read: say so, never leave it unanswered
+                self.send(peer, ErrorReply(req_id=req_id, code=ErrorCode.INTERNAL,
+                                           message=f"cannot read the model store: {entry}"))
             else:
                 then(entry)
         self._offload(functools.partial(self.store.get, model), answer)
@@ -306,7 +304,13 @@ class ManagerService:
             self._with_entry(req.model, lambda e: self.table.unload_request(peer, req, e is not None), peer, req.req_id)
 
     def _on_snapshot(self, peer: bytes, req: SnapshotRequest) -> None:
-        status = self.table.status(self.started_at, self.lag.worst_ms())
+        t = self.table
+        status = ManagerStatus(
+            epoch=self.epoch, started_at=self.started_at,
+            slots=tuple(s.info() for s in [*t.slots.values(), *t.retiring.values()]),
+            budget=t.budget(), last_errors=dict(t.failures.last_errors), peers=tuple(t.peers.values()),
+            hardware=t.hardware, loop_lag_max_ms=round(self.lag.worst_ms(), 1),
+        )
         self.send(peer, SnapshotReply(req_id=req.req_id, seq=self.events.seq, status=status))
 
     def _on_list_models(self, peer: bytes, req: ListModelsRequest) -> None:
@@ -329,8 +333,10 @@ class ManagerService:
             self._last_measure, self._measuring = now, True
             pids = [s.pid for s in self.table.memory_holders() if s.pid is not None]
             on_gpu = budgets.is_gpu_host(self.table.hardware)
-            self._offload(functools.partial(read_engines, pids, on_gpu, self.paths.logs, self.settings),
-                          self._measured)
+            self._offload(functools.partial(engine_memory, pids, on_gpu), self._measured)
+        if now - self._last_rotate >= ROTATE_S:
+            self._last_rotate = now
+            self._offload(functools.partial(rotate_engine_logs, self.paths.logs, self.settings), lambda _: None)
         self.table.tick()
 
     def _measured(self, readings: object) -> None:

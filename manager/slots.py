@@ -28,6 +28,8 @@ _ALLOWED: dict[SlotState, set[SlotState]] = {
     SlotState.UNLOADED: set(),
     SlotState.FAILED: set(),
 }
+DEFAULT_KEEP = "default"  # keep_alive not given: the slot's own default applies
+HOT_S = 0.5  # a contended slot idle for less than this is between two requests of steady traffic
 # States in which a slot holds memory (or is about to).
 HOLDS_MEMORY = {SlotState.LOADING, SlotState.READY, SlotState.STOPPING}
 
@@ -43,7 +45,7 @@ class Waiter:
     peer: bytes | None  # None: the manager's own request (auto_load)
     request: AcquireRequest | LoadRequest
     keep_alive: float | None | str  # parsed; "default" means the model's own
-    since: float = 0.0  # monotonic, from the table's clock
+    since: float  # monotonic, from the table's clock
 
 
 @dataclass
@@ -64,7 +66,7 @@ class Slot:
     pid: int | None = None
     inflight: int = 0
     # Ollama semantics: the keep_alive of the latest request, applied when the last one ends.
-    next_keep: float | None | str = "default"
+    next_keep: float | None | str = DEFAULT_KEEP
     last_used_at: float = field(default_factory=time.time)
     expires_at: float | None = None
     loaded_at: float | None = None
@@ -125,6 +127,25 @@ class Slot:
     def reserved(self) -> int:
         """Bytes the budget counts for this slot now (nothing unless it holds memory)."""
         return self.charged if self.state in HOLDS_MEMORY else 0
+
+    def refresh_expiry(self, now: float) -> None:
+        """Ollama semantics: the clock starts when the last request ends, with the latest request's keep_alive."""
+        seconds = self.keep_alive_s if self.next_keep == DEFAULT_KEEP else self.next_keep
+        if self.inflight or self.pinned or seconds is None:
+            self.expires_at = None
+        else:
+            self.expires_at = now + float(seconds)  # type: ignore[arg-type]
+
+    def between_requests(self, now: float) -> bool:
+        """A contended slot idle for a moment between two requests of steady traffic: not idle enough to evict.
+
+        A slot that another load has waited on while it was busy has traffic of its
+        own; evicting it in the milliseconds between two of its requests would swap
+        the models on every request. It goes when its traffic pauses for HOT_S, or
+        when its fair share is over and it yields.
+        """
+        gap = now - self.last_used_at
+        return self.contended and not self.yielding_to and self.state == SlotState.READY and gap < HOT_S
 
     def change_state(self, new: SlotState) -> SlotState:
         old = self.state

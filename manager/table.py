@@ -14,24 +14,23 @@ from typing import Callable
 
 from manager import budget as budgets
 from manager.config import Settings
-from manager.effects import Clock, Effect, Learn, Plan, Publish, Send, Spawn, Stop
+from manager.effects import Clock, Effect, Learn, Outbox, Plan, Spawn, Stop
 from manager.engines.base import MemoryPlan
 from manager.failures import STABLE_AFTER_S, FailureBook
 from manager.keepalive import KeepAliveError, parse_keep_alive
-from manager.leases import DEFAULT, Lease, LeaseTable
+from manager.leases import Lease, LeaseTable
 from manager.protocol import (
-    PROTOCOL, AcquireReply, AcquireRequest, BudgetInfo, ErrorCode, ErrorEvent, ErrorReply, Event, HardwareEvent,
+    PROTOCOL, AcquireReply, AcquireRequest, BudgetInfo, ErrorCode, ErrorEvent, HardwareEvent,
     HardwareSnapshot, HeldLease, HelloReply, HelloRequest, LeaseOutcome, LoadProgressEvent, LoadReply, LoadRequest,
-    ManagerStatus, ModelEntry, PeerInfo, PeerRole, ReleaseNotice, Reply, Severity, SlotEvent, SlotKind, SlotState,
+    ModelEntry, PeerInfo, PeerRole, ReleaseNotice, Severity, SlotKind, SlotState,
     UnloadReply, UnloadRequest,
 )
+from manager.refusals import refuse_new_slot
 from manager.scheduler import Admit, Evict, Reject, Resident, Wait, fmt_bytes, plan_admission
-from manager.slots import HOLDS_MEMORY, Slot, SlotKey, Waiter
+from manager.slots import DEFAULT_KEEP as DEFAULT, HOLDS_MEMORY, Slot, SlotKey, Waiter
 
 log = logging.getLogger("lmforge.manager")
 
-REFUSED = object()  # a keep_alive that could not be parsed; the request was answered
-HOT_S = 0.5  # a contended slot idle for less than this is between two requests of steady traffic
 
 
 class SlotTable:
@@ -49,13 +48,12 @@ class SlotTable:
         self.peers: dict[bytes, PeerInfo] = {}
         self.hardware: HardwareSnapshot | None = None
         self.stopping = False
-        self.outbox: list[Effect] = []
+        self.out = Outbox()
         self.generations = 0
         self.default_keep = parse_keep_alive(settings.keep_alive)
 
     def drain(self) -> list[Effect]:
-        out, self.outbox = self.outbox, []
-        return out
+        return self.out.take()
 
     def live(self, model: str, kind: SlotKind) -> Slot | None:
         return self.slots.get((model, kind))
@@ -64,9 +62,9 @@ class SlotTable:
 
     def hello(self, peer: bytes, req: HelloRequest) -> None:
         if req.protocol != PROTOCOL:
-            self._error(peer, req.req_id, ErrorCode.PROTOCOL_MISMATCH,
-                        f"peer speaks protocol {req.protocol}, manager {PROTOCOL}: restart LMForge "
-                        "so every process runs the same version")
+            self.out.error(peer, req.req_id, ErrorCode.PROTOCOL_MISMATCH,
+                           f"peer speaks protocol {req.protocol}, manager {PROTOCOL}: restart LMForge "
+                           "so every process runs the same version")
             return
         holders = {peer}
         if req.role != PeerRole.TOOL:  # one gateway, prober, downloader: a new identity is a restart
@@ -75,20 +73,15 @@ class SlotTable:
             self.peers.pop(old, None)
         self.peers[peer] = PeerInfo(role=req.role, pid=req.pid, connected_at=self.clock.now())
         self._reconcile(peer, holders, req.leases)
-        self._send(peer, HelloReply(req_id=req.req_id, epoch=self.epoch, manager_pid=os.getpid()))
+        self.out.send(peer, HelloReply(req_id=req.req_id, epoch=self.epoch, manager_pid=os.getpid()))
         self.schedule()
 
     def _reconcile(self, peer: bytes, holders: set[bytes], declared: tuple[HeldLease, ...]) -> None:
         """The peer's word wins: leases it no longer holds return, ones we did not know are taken over."""
-        held = {d.lease_id: d for d in declared}
-        for lease in self.leases.of_peers(holders):
-            if lease.id not in held:
-                log.info("lease %s of %s is not held by its peer any more; returned", lease.id, lease.key[0])
-                self.leases.pop(lease.id)
-                self._returned(lease, LeaseOutcome.CLIENT_GONE)
-            elif lease.peer != peer:
-                self.leases.move(lease.id, peer)
-        for d in held.values():
+        for lease in self.leases.reconcile(peer, holders, {d.lease_id for d in declared}):
+            log.info("lease %s of %s is not held by its peer any more; returned", lease.id, lease.key[0])
+            self._returned(lease, LeaseOutcome.CLIENT_GONE)
+        for d in declared:
             slot = self._find((d.model, d.kind), d.generation)
             if d.lease_id not in self.leases and slot is not None and slot.state == SlotState.READY:
                 self.leases.add(d.lease_id, slot, peer, DEFAULT)
@@ -117,17 +110,17 @@ class SlotTable:
         if slot.draining:
             self._stop(slot, slot.draining)
             return
-        self._refresh_expiry(slot)
+        slot.refresh_expiry(self.clock.now())
         if slot.expires_at is not None and slot.expires_at <= self.clock.now():
             self.unload(slot, "keep_alive 0: unloaded after its request")
 
     def _grant(self, slot: Slot, w: Waiter) -> None:
         lease = self.leases.grant(slot, w.peer, w.keep_alive)  # type: ignore[arg-type]
         slot.next_keep, slot.last_used_at, slot.expires_at = w.keep_alive, self.clock.now(), None
-        waited = self.clock.mono() - w.since if w.since else 0.0
-        self._send(w.peer, AcquireReply(req_id=w.request.req_id, lease_id=lease.id, model=slot.model, kind=slot.kind,
-                                        base_url=slot.base_url, engine=slot.engine, generation=slot.generation,
-                                        load_s=waited))
+        waited = self.clock.mono() - w.since
+        self.out.send(w.peer, AcquireReply(req_id=w.request.req_id, lease_id=lease.id, model=slot.model,
+                                           kind=slot.kind, base_url=slot.base_url, engine=slot.engine,
+                                           generation=slot.generation, load_s=waited))
 
     # --- requests ---
 
@@ -150,9 +143,9 @@ class SlotTable:
         if keep != DEFAULT:
             slot.keep_alive_s, slot.next_keep = keep, DEFAULT  # type: ignore[assignment]
         if slot.state == SlotState.READY:
-            self._refresh_expiry(slot)
-            self._send(peer, LoadReply(req_id=req.req_id, slot=slot.info()))
-            self._publish_slot(slot, None)
+            slot.refresh_expiry(self.clock.now())
+            self.out.send(peer, LoadReply(req_id=req.req_id, slot=slot.info()))
+            self.out.slot(slot, None)
         else:
             self._park(slot, Waiter(peer, req, keep, since=self.clock.mono()))
 
@@ -163,54 +156,33 @@ class SlotTable:
                 names.append(slot.label)
                 self.unload(slot, "unloaded on request", explicit=True)
         if req.model is not None and not names and not installed:
-            self._error(peer, req.req_id, ErrorCode.MODEL_NOT_FOUND, f"model {req.model!r} is not installed")
+            self.out.error(peer, req.req_id, ErrorCode.MODEL_NOT_FOUND, f"model {req.model!r} is not installed")
             return
-        self._send(peer, UnloadReply(req_id=req.req_id, unloaded=tuple(names)))
+        self.out.send(peer, UnloadReply(req_id=req.req_id, unloaded=tuple(names)))
         self.schedule()
 
     def set_hardware(self, snapshot: HardwareSnapshot) -> None:
         self.hardware = snapshot
         for slot in self.slots.values():  # adopted slots came before the first snapshot
             slot.on_gpu = budgets.is_gpu_host(snapshot)
-        self._publish(HardwareEvent(snapshot=snapshot))
+        self.out.publish(HardwareEvent(snapshot=snapshot))
         self.schedule()
 
     def _target(self, peer: bytes | None, req: AcquireRequest | LoadRequest,
                 entry: ModelEntry | None) -> tuple[object, Slot] | None:
         """The request's parsed keep_alive and its slot; None once it was answered with an error."""
-        keep = self._keep_alive(peer, req)
-        slot = None if keep is REFUSED else self._slot_for(peer, req, entry)
-        return None if slot is None else (keep, slot)
-
-    def _keep_alive(self, peer: bytes | None, req: AcquireRequest | LoadRequest) -> object:
-        if req.keep_alive is None:
-            return DEFAULT
         try:
-            return parse_keep_alive(req.keep_alive)
+            keep = DEFAULT if req.keep_alive is None else parse_keep_alive(req.keep_alive)
         except KeepAliveError as exc:
-            self._error(peer, req.req_id, ErrorCode.BAD_REQUEST, str(exc))
-            return REFUSED
-
-    def _slot_for(self, peer: bytes | None, req: AcquireRequest | LoadRequest, entry: ModelEntry | None) -> Slot | None:
+            return self.out.error(peer, req.req_id, ErrorCode.BAD_REQUEST, str(exc))
         if self.stopping:
-            return self._error(peer, req.req_id, ErrorCode.SHUTTING_DOWN, "LMForge is shutting down")
-        if (slot := self.slots.get((req.model, req.kind))) is not None:
-            return slot
-        if entry is None:
-            return self._error(peer, req.req_id, ErrorCode.MODEL_NOT_FOUND,
-                               f"model {req.model!r} is not installed; `lmforge list` shows what is, "
-                               "`lmforge import FILE.gguf --name NAME` adds one")
-        if req.kind not in entry.kinds or not self.supports(entry):
-            can = ", ".join(entry.kinds) or "nothing"
-            return self._error(peer, req.req_id, ErrorCode.NOT_SUPPORTED,
-                               f"model {req.model!r} cannot serve {req.kind}; it serves: {can}")
-        key = (req.model, req.kind)
-        if (left := self.failures.backoff_left(key, self.clock.mono())) > 0:
-            rec = self.failures.counts[key]
-            return self._error(peer, req.req_id, ErrorCode.BACKING_OFF,
-                               f"{req.model} failed {rec.count} times in a row (last: {rec.message}); "
-                               f"next attempt allowed in {left:.0f}s", retry=left)
-        return self._new_slot(entry, req.kind)
+            return self.out.error(peer, req.req_id, ErrorCode.SHUTTING_DOWN, "LMForge is shutting down")
+        if (slot := self.slots.get((req.model, req.kind))) is None:
+            refusal = refuse_new_slot(req.model, req.kind, entry, self.supports, self.failures, self.clock.mono())
+            if refusal is not None:
+                return self.out.error(peer, req.req_id, *refusal)
+            slot = self._new_slot(entry, req.kind)  # type: ignore[arg-type]
+        return keep, slot
 
     def _new_slot(self, entry: ModelEntry, kind: SlotKind, *, pinned: bool = False,
                   keep_alive_s: float | None | str = DEFAULT) -> Slot:
@@ -219,7 +191,7 @@ class SlotTable:
         slot = Slot(entry=entry, kind=kind, generation=self.generations, engine=self.engine,
                     keep_alive_s=keep, pinned=pinned, load_started=self.clock.mono())  # type: ignore[arg-type]
         self.slots[slot.key] = slot
-        self._publish_slot(slot, None)
+        self.out.slot(slot, None)
         return slot
 
     def _park(self, slot: Slot, waiter: Waiter) -> None:
@@ -258,12 +230,12 @@ class SlotTable:
         if slot.plan is None:
             if not slot.planning:
                 slot.planning = True
-                self.outbox.append(Plan(slot))
+                self.out.add(Plan(slot))
             return
         if any(key == slot.key for key, _ in self.retiring):
             return self._wait(slot, f"waiting for the previous engine of {slot.label} to stop")
         for _ in range(2):  # after evicting, ask again: a count limit may now allow the load
-            residents = [Resident((s.key, s.generation), s.state, s.reserved, s.inflight or self._hot(s),
+            residents = [Resident((s.key, s.generation), s.state, s.reserved, s.inflight or s.between_requests(self.clock.now()),
                                   s.last_used_at, s.pinned) for s in self.memory_holders()]
             decision = plan_admission(slot.estimate, budget.total_bytes, residents, self.settings.max_loaded_models)
             if isinstance(decision, Admit):
@@ -289,17 +261,6 @@ class SlotTable:
         elif now - slot.busy_wait_since >= self.settings.fair_share_s:
             wanted.update({key: slot.label for key in decision.busy})  # type: ignore[misc]
 
-    def _hot(self, slot: Slot) -> int:
-        """1 while a contended slot is between two requests of steady traffic: not idle enough to evict.
-
-        A slot that another load has waited on while it was busy has traffic of its
-        own; evicting it in the milliseconds between two of its requests would swap
-        the models on every request. It goes when its traffic pauses for HOT_S, or
-        when its fair share is over and it yields.
-        """
-        gap = self.clock.now() - slot.last_used_at
-        return int(slot.contended and not slot.yielding_to and slot.state == SlotState.READY and gap < HOT_S)
-
     def _settle_yields(self, wanted: dict[tuple[SlotKey, int], str]) -> None:
         """Mark the busy slots a starved load waits for; unmark (and serve) the ones no load waits for any more."""
         for slot in list(self.slots.values()):
@@ -310,13 +271,13 @@ class SlotTable:
                 slot.contended = False  # nobody waits for its memory any more
             if to and slot.yielding_to != to:
                 slot.yielding_to, slot.detail = to, f"finishing its requests so that {to} can load"
-                self._publish_slot(slot, None)
+                self.out.slot(slot, None)
             elif not to and slot.yielding_to:
                 slot.yielding_to, slot.detail = None, ""
                 waiters, slot.waiters = slot.waiters, []
                 for w in waiters:
                     self._answer(slot, w)
-                self._publish_slot(slot, None)
+                self.out.slot(slot, None)
 
     def _wait(self, slot: Slot, reason: str) -> None:
         now = self.clock.mono()
@@ -331,8 +292,8 @@ class SlotTable:
             return
         if slot.detail != reason:
             slot.detail = reason
-            self._publish(LoadProgressEvent(model=slot.model, kind=slot.kind, stage="waiting", detail=reason))
-            self._publish_slot(slot, None)
+            self.out.publish(LoadProgressEvent(model=slot.model, kind=slot.kind, stage="waiting", detail=reason))
+            self.out.slot(slot, None)
 
     def _refuse_pending(self, slot: Slot, message: str, code: ErrorCode = ErrorCode.NO_CAPACITY) -> None:
         """No room: the waiters get 503, and nothing is recorded against the model."""
@@ -340,13 +301,13 @@ class SlotTable:
         slot.detail = message
         previous = slot.change_state(SlotState.FAILED)
         del self.slots[slot.key]
-        self._publish_slot(slot, previous)
+        self.out.slot(slot, previous)
 
     def _start(self, slot: Slot) -> None:
         previous = slot.change_state(SlotState.LOADING)
         slot.wait_deadline, slot.busy_wait_since, slot.detail = None, None, "starting engine"
-        self.outbox.append(Spawn(slot))
-        self._publish_slot(slot, previous)
+        self.out.add(Spawn(slot))
+        self.out.slot(slot, previous)
 
     # --- reports from runners and off-loop readers ---
 
@@ -366,8 +327,8 @@ class SlotTable:
     def spawned(self, key: SlotKey, generation: int, pid: int, port: int) -> None:
         if (slot := self._find(key, generation)) is not None:
             slot.pid, slot.port = pid, port
-            self._publish(LoadProgressEvent(model=slot.model, kind=slot.kind, stage="spawned",
-                                            detail=f"pid {pid} on port {port}"))
+            self.out.publish(LoadProgressEvent(model=slot.model, kind=slot.kind, stage="spawned",
+                                               detail=f"pid {pid} on port {port}"))
 
     def ready(self, key: SlotKey, generation: int) -> None:
         slot = self._find(key, generation)
@@ -380,16 +341,16 @@ class SlotTable:
         for w in waiters:
             self._answer(slot, w)
         if slot.inflight == 0:
-            self._refresh_expiry(slot)
-        self._publish_slot(slot, previous)
+            slot.refresh_expiry(self.clock.now())
+        self.out.slot(slot, previous)
         self.schedule()  # a load waiting for this memory now waits on a ready, busy slot
 
     def _answer(self, slot: Slot, w: Waiter) -> None:
         if isinstance(w.request, AcquireRequest):
             self._grant(slot, w)
         else:
-            waited = self.clock.mono() - w.since if w.since else 0.0
-            self._send(w.peer, LoadReply(req_id=w.request.req_id, slot=slot.info(), load_s=waited))
+            waited = self.clock.mono() - w.since
+            self.out.send(w.peer, LoadReply(req_id=w.request.req_id, slot=slot.info(), load_s=waited))
 
     def failed(self, key: SlotKey, generation: int, message: str, severity: Severity, tail: str) -> None:
         slot = self._find(key, generation)
@@ -407,7 +368,7 @@ class SlotTable:
             return
         previous = slot.change_state(SlotState.UNLOADED)
         self._drop_leases(slot)
-        self._publish_slot(slot, previous)
+        self.out.slot(slot, previous)
         self.schedule()
 
     def measured(self, readings: dict[int, tuple[int, int]]) -> None:
@@ -428,8 +389,8 @@ class SlotTable:
                     on_gpu=budgets.is_gpu_host(self.hardware))
         self.generations = max(self.generations, generation)
         self.slots[slot.key] = slot
-        self._refresh_expiry(slot)
-        self._publish_slot(slot, None)
+        slot.refresh_expiry(self.clock.now())
+        self.out.slot(slot, None)
         return slot
 
     # --- unloading, expiry, failure ---
@@ -444,7 +405,7 @@ class SlotTable:
                 return
             slot.draining, slot.detail = reason, f"unloading after {slot.inflight} request(s) finish"
             self._retire(slot)
-            self._publish_slot(slot, None)
+            self.out.slot(slot, None)
             return
         if slot.state == SlotState.LOADING:
             self._fail_waiters(slot, ErrorCode.LOAD_FAILED, f"{slot.label} was unloaded before it was ready ({reason})")
@@ -457,19 +418,19 @@ class SlotTable:
         self.retiring[(slot.key, slot.generation)] = slot
         waiters, slot.waiters = slot.waiters, []
         if self.stopping:
-            self._fail_waiters_list(waiters, ErrorCode.SHUTTING_DOWN, "LMForge is shutting down")
+            self.out.refuse(waiters, ErrorCode.SHUTTING_DOWN, "LMForge is shutting down")
         else:
             self._requeue(slot, waiters)
 
     def _stop(self, slot: Slot, reason: str) -> None:
         if slot.plan is not None and slot.measured_bytes is not None:
-            self.outbox.append(Learn(slot.model, slot.kind, slot.plan.ctx_size, slot.charged, slot.plan.total))
+            self.out.add(Learn(slot.model, slot.kind, slot.plan.ctx_size, slot.charged, slot.plan.total))
         previous = slot.change_state(SlotState.STOPPING)
         slot.detail = reason
         self._retire(slot)
-        self.outbox.append(Stop(slot))
+        self.out.add(Stop(slot))
         log.info("stopping %s: %s", slot.label, reason)
-        self._publish_slot(slot, previous)
+        self.out.slot(slot, previous)
 
     def tick(self) -> None:
         now = self.clock.now()
@@ -481,14 +442,6 @@ class SlotTable:
             elif slot.loaded_at and now - slot.loaded_at > STABLE_AFTER_S:
                 self.failures.stable(slot.key)
         self.schedule()
-
-    def _refresh_expiry(self, slot: Slot) -> None:
-        """Ollama semantics: the clock starts when the last request ends, with the latest request's keep_alive."""
-        seconds = slot.keep_alive_s if slot.next_keep == DEFAULT else slot.next_keep
-        if slot.inflight or slot.pinned or seconds is None:
-            slot.expires_at = None
-        else:
-            slot.expires_at = self.clock.now() + float(seconds)  # type: ignore[arg-type]
 
     def _fail(self, slot: Slot, message: str, severity: Severity, tail: str) -> None:
         error = self.failures.record(slot.key, slot.label, message, severity, tail, self.clock.mono(), self.clock.now())
@@ -502,10 +455,10 @@ class SlotTable:
         self.retiring.pop((slot.key, slot.generation), None)
         self._drop_leases(slot)
         if slot.pid is not None:
-            self.outbox.append(Stop(slot))  # whatever is left of it goes
+            self.out.add(Stop(slot))  # whatever is left of it goes
         log.warning("%s (%s)", detail, severity)
-        self._publish(ErrorEvent(model=slot.model, kind=slot.kind, error=error))
-        self._publish_slot(slot, previous)
+        self.out.publish(ErrorEvent(model=slot.model, kind=slot.kind, error=error))
+        self.out.slot(slot, previous)
 
     def _drop_leases(self, slot: Slot) -> None:
         for lease in self.leases.of_slot(slot.key, slot.generation):
@@ -533,14 +486,6 @@ class SlotTable:
     def memory_holders(self) -> list[Slot]:
         return [s for s in [*self.slots.values(), *self.retiring.values()] if s.state in HOLDS_MEMORY]
 
-    def status(self, started_at: float, loop_lag_max_ms: float = 0.0) -> ManagerStatus:
-        return ManagerStatus(
-            epoch=self.epoch, started_at=started_at,
-            slots=tuple(s.info() for s in [*self.slots.values(), *self.retiring.values()]),
-            budget=self.budget(), last_errors=dict(self.failures.last_errors), peers=tuple(self.peers.values()),
-            hardware=self.hardware, loop_lag_max_ms=round(loop_lag_max_ms, 1),
-        )
-
     # --- helpers ---
 
     def _find(self, key: SlotKey, generation: int) -> Slot | None:
@@ -549,24 +494,6 @@ class SlotTable:
             return slot
         return self.retiring.get((key, generation))
 
-    def _send(self, peer: bytes | None, message: Reply) -> None:
-        self.outbox.append(Send(peer, message))
-
-    def _error(self, peer: bytes | None, req_id: int, code: ErrorCode, message: str,
-               retry: float | None = None) -> None:
-        self._send(peer, ErrorReply(req_id=req_id, code=code, message=message, retry_after_s=retry))
-
     def _fail_waiters(self, slot: Slot, code: ErrorCode, message: str, retry_after: float | None = None) -> None:
         waiters, slot.waiters = slot.waiters, []
-        self._fail_waiters_list(waiters, code, message, retry_after)
-
-    def _fail_waiters_list(self, waiters: list[Waiter], code: ErrorCode, message: str,
-                           retry_after: float | None = None) -> None:
-        for w in waiters:
-            self._error(w.peer, w.request.req_id, code, message, retry_after)
-
-    def _publish(self, event: Event) -> None:
-        self.outbox.append(Publish(event))
-
-    def _publish_slot(self, slot: Slot, previous: SlotState | None) -> None:
-        self._publish(SlotEvent(slot=slot.info(), previous=previous))
+        self.out.refuse(waiters, code, message, retry_after)

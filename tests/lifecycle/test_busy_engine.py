@@ -37,8 +37,9 @@ async def test_a_busy_engine_slow_to_answer_health_is_kept_and_a_hung_one_is_kil
             (tmp_path / "busy").touch()
             start = probes(tmp_path)
             # Several probes go unanswered while it computes: more than health_failures in a row.
-            await wait_until_async(lambda: _true(probes(tmp_path) >= start + 4), timeout=30,
-                                   what="four unanswered probes")
+            async def four_unanswered() -> bool:
+                return probes(tmp_path) >= start + 4
+            await wait_until_async(four_unanswered, timeout=30, what="four unanswered probes")
             assert not any(isinstance(r, EngineFailed) for r in reports)
             (tmp_path / "busy").unlink()  # it stops computing and still does not answer: a hang
             await wait_until_async(lambda: _any(reports, EngineFailed), timeout=30, what="the hang to be noticed")
@@ -51,7 +52,3 @@ async def test_a_busy_engine_slow_to_answer_health_is_kept_and_a_hung_one_is_kil
 
 async def _any(reports: list[object], kind: type) -> bool:
     return any(isinstance(r, kind) for r in reports)
-
-
-async def _true(value: bool) -> bool:
-    return value

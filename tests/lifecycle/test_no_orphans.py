@@ -12,7 +12,7 @@ import aiohttp
 import psutil
 import pytest
 
-from tests.support.instance import Instance, free_port, llama_servers_of, wait_until
+from tests.support.instance import Instance, free_port, wait_until
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
 

@@ -21,7 +21,7 @@ MODULES = {"manager": "manager", "prober": "prober", "catalog": "downloader", "g
 
 # Stops through its SIGTERM handler, which notes that it ran; its parent is whoever started it.
 WATCHER = """\
-import pathlib, signal, sys, time
+import pathlib, signal, sys
 from manager.startup import watch_parent
 def on_term(*_):
     pathlib.Path(sys.argv[1]).write_text("sigterm")
@@ -29,9 +29,9 @@ def on_term(*_):
 signal.signal(signal.SIGTERM, on_term)
 watch_parent(interval_s=0.05)
 print("watching", flush=True)
-time.sleep(60)
+signal.pause()  # live until signalled: the parent's death brings the SIGTERM
 """
-PARENT = "import subprocess, sys, time; subprocess.Popen(sys.argv[1:]); time.sleep(60)"
+PARENT = "import signal, subprocess, sys; subprocess.Popen(sys.argv[1:]); signal.pause()"  # until killed
 
 
 def processes_of(home: Path) -> list[psutil.Process]:

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 DIR = Path(sys.argv[1]) if __name__ == "__main__" else Path()
+NEVER = threading.Event()  # never set
 hung = threading.Event()  # set once /health first goes unanswered: it never answers again
 
 
@@ -27,7 +28,7 @@ class Handler(BaseHTTPRequestHandler):
             f.write("probe\n")
         if (DIR / "busy").exists() or hung.is_set():
             hung.set()
-            time.sleep(3600)  # unanswered: the client's timeout ends it
+            NEVER.wait()  # unanswered: the client's timeout ends it
         self.send_response(200)
         self.send_header("Content-Length", "2")
         self.end_headers()

@@ -17,7 +17,7 @@ from manager.config import Paths
 
 # Stands in for `python -m manager` and the others: notes its SIGTERM in a shared file, then exits.
 FAKE_MAIN = """\
-import os, signal, sys, time
+import os, signal, sys
 def on_term(*_):
     with open(os.environ["FAKE_TERMS"], "a") as f:
         f.write(os.environ["FAKE_NAME"] + "\\n")
@@ -25,7 +25,7 @@ def on_term(*_):
 signal.signal(signal.SIGTERM, signal.SIG_IGN if os.environ.get("FAKE_IGNORE_TERM") else on_term)
 print("ready", flush=True)
 while True:
-    time.sleep(60)
+    signal.pause()  # live until signalled, as the real program does
 """
 
 

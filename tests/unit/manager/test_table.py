@@ -6,7 +6,7 @@ import pytest
 
 from manager.config import Settings
 from manager.engines.base import MemoryPlan
-from manager.leases import DEFAULT
+from manager.slots import DEFAULT_KEEP as DEFAULT
 from manager.protocol import (
     AcquireReply, AcquireRequest, ErrorCode, ErrorReply, HeldLease, HelloRequest, LeaseOutcome, LoadReply,
     LoadRequest, ModelEntry, PeerRole, ReleaseNotice, Severity, SlotKind, SlotState, UnloadReply, UnloadRequest,
@@ -161,7 +161,7 @@ def test_a_release_from_a_peer_that_does_not_hold_the_lease_is_ignored() -> None
 def test_a_hello_returns_the_leases_its_peer_no_longer_declares() -> None:
     """The seen leak: the gateway gave up on an acquire while the manager stalled, then the grant came."""
     d = Driver()
-    lease = d.warm("a")
+    d.warm("a")
     d.hello(GATEWAY, leases=())
     assert d.inflight("a") == 0
     assert d.table.slots[("a", CHAT)].expires_at is not None  # idle again: keep_alive runs

@@ -1,0 +1,30 @@
+"""Why a request may not have a new slot for its model: the code and a message that says what to do next."""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+from manager.failures import FailureBook
+from manager.protocol import ErrorCode, ModelEntry, SlotKind
+
+
+class Refusal(NamedTuple):
+    code: ErrorCode
+    message: str
+    retry_after_s: float | None = None
+
+
+def refuse_new_slot(model: str, kind: SlotKind, entry: ModelEntry | None, supports: Callable[[ModelEntry], bool],
+                    failures: FailureBook, mono: float) -> Refusal | None:
+    """None when a slot may be created: the model is installed, serves `kind`, and is not backing off."""
+    if entry is None:
+        return Refusal(ErrorCode.MODEL_NOT_FOUND, f"model {model!r} is not installed; `lmforge list` shows what "
+                       "is, `lmforge import FILE.gguf --name NAME` adds one")
+    if kind not in entry.kinds or not supports(entry):
+        can = ", ".join(entry.kinds) or "nothing"
+        return Refusal(ErrorCode.NOT_SUPPORTED, f"model {model!r} cannot serve {kind}; it serves: {can}")
+    if (left := failures.backoff_left((model, kind), mono)) > 0:
+        rec = failures.counts[(model, kind)]
+        return Refusal(ErrorCode.BACKING_OFF, f"{model} failed {rec.count} times in a row (last: {rec.message}); "
+                       f"next attempt allowed in {left:.0f}s", left)
+    return None

@@ -20,9 +20,10 @@ from typing import Iterator
 
 import msgspec
 
+from catalog.capabilities import PROJECTOR_ARCH, capabilities_of, is_projector
 from catalog.gguf_info import GGUFInfo, read_gguf_info
 from manager.config import Paths
-from manager.protocol import ModelEntry, SlotKind
+from manager.protocol import ModelEntry
 
 SCHEMA_VERSION = 1
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}$")
@@ -30,6 +31,10 @@ NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}$")
 
 class StoreError(Exception):
     """A store operation was refused; the message says why and what to do."""
+
+
+class ModelNotFound(StoreError):
+    """The model named is not in the index."""
 
 
 class Index(msgspec.Struct, kw_only=True):
@@ -47,16 +52,6 @@ def check_name(name: str) -> str:
             "(at most 128 characters, starting with a letter or digit)"
         )
     return name
-
-
-def kinds_for(info: GGUFInfo) -> tuple[SlotKind, ...]:
-    """What a model can serve, from the pooling its header declares."""
-    if info.pooling == "rank":
-        return (SlotKind.RERANK,)
-    if info.pooling in ("mean", "cls", "last"):
-        return (SlotKind.EMBED,)
-    # A generative model; llama.cpp can also pool it into embeddings.
-    return (SlotKind.CHAT, SlotKind.EMBED)
 
 
 class ModelStore:
@@ -104,13 +99,16 @@ class ModelStore:
         return entry
 
     def remove(self, name: str) -> ModelEntry:
+        """Drop the entry, then its directory, unless another entry still names a file in it."""
         with self._locked() as index:
             entry = next((m for m in index.models if m.name == name), None)
             if entry is None:
-                raise StoreError(f"model {name!r} is not installed")
-            self._write(Index(models=[m for m in index.models if m.name != name]))
+                raise ModelNotFound(f"model {name!r} is not installed")
+            rest = [m for m in index.models if m.name != name]
+            self._write(Index(models=rest))
         model_dir = Path(entry.path).parent
-        if model_dir.parent == self.paths.models:
+        shared = any(Path(p).parent == model_dir for m in rest for p in (m.path, m.mmproj) if p)
+        if model_dir.parent == self.paths.models and not shared:
             shutil.rmtree(model_dir, ignore_errors=True)
         return entry
 
@@ -126,30 +124,96 @@ class ModelStore:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
         return self.paths.models / f"{slug}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
-    def import_gguf(self, source: Path, name: str, *, source_label: str = "import") -> ModelEntry:
-        """Check a GGUF file, place it in the store and index it under `name`."""
+    def import_gguf(self, source: Path, name: str, *, mmproj: Path | None = None,
+                    source_label: str = "import") -> ModelEntry:
+        """Check a GGUF file (and its vision projector), place it in the store and index it under `name`."""
         check_name(name)
-        source = source.expanduser().absolute()
-        if not source.is_file():
-            raise StoreError(f"{source} does not exist or is not a file")
+        source = _existing_file(source)
         info = read_gguf_info(source)  # GGUFError names what is wrong with the file
-        target = self.model_dir(name) / source.name
-        if source == target:
-            return self.add(entry_for(name, target, info, sha256_file(target), source_label))
-        created_dir, created_file = not target.parent.exists(), not target.exists()
-        place_file(source, target)
-        try:
-            return self.add(entry_for(name, target, info, sha256_file(target), source_label))
-        except BaseException:
-            # A refused import leaves the store as it was: no file, no directory, no entry.
-            if created_file:
-                target.unlink(missing_ok=True)
-            if created_dir:
-                shutil.rmtree(target.parent, ignore_errors=True)
-            raise
+        if is_projector(info):
+            raise StoreError(f"{source.name} is a vision projector (mmproj), not a model: import the model's "
+                             "GGUF and pass this file as its mmproj")
+        target_dir = self.model_dir(name)
+        files = [(source, target_dir / source.name)]
+        projector = None
+        if mmproj is not None:
+            mmproj = _existing_file(mmproj)
+            projector = read_gguf_info(mmproj)
+            if not is_projector(projector):
+                raise StoreError(f"{mmproj.name} is not a vision projector: its architecture is "
+                                 f"{projector.architecture!r}, not {PROJECTOR_ARCH!r}")
+            files.append((mmproj, target_dir / _projector_name(mmproj)))
+        with _placed(files):
+            target = files[0][1]
+            entry = entry_for(name, target, info, sha256_file(target), source_label,
+                              mmproj=files[1][1] if projector else None, projector=projector)
+            return self._replace(entry)
+
+    def copy(self, source: str, destination: str) -> ModelEntry:
+        """`destination` names the same files (hard links in its own directory, so either may be deleted)."""
+        check_name(destination)
+        entry = self.get(source)
+        if entry is None:
+            raise ModelNotFound(f"model {source!r} is not installed")
+        if destination == source:
+            return entry
+        target_dir = self.model_dir(destination)
+        files = [(Path(p), target_dir / Path(p).name) for p in (entry.path, entry.mmproj) if p]
+        with _placed(files):
+            copied = msgspec.structs.replace(
+                entry, name=destination, path=str(files[0][1]), added_at=time.time(),
+                mmproj=str(files[1][1]) if entry.mmproj else "")
+            return self._replace(copied)
+
+    def _replace(self, entry: ModelEntry) -> ModelEntry:
+        """Index `entry`; files a former model of that name left in its directory go."""
+        self.add(entry)
+        model_dir = Path(entry.path).parent
+        if model_dir.parent != self.paths.models:
+            return entry
+        keep = {Path(entry.path).name, Path(entry.mmproj).name if entry.mmproj else ""}
+        for stale in model_dir.iterdir():
+            if stale.is_file() and stale.name not in keep and not stale.name.startswith("."):
+                stale.unlink(missing_ok=True)
+        return entry
 
 
-def entry_for(name: str, path: Path, info: GGUFInfo, sha256: str, source: str) -> ModelEntry:
+def _existing_file(path: Path) -> Path:
+    path = path.expanduser().absolute()
+    if not path.is_file():
+        raise StoreError(f"{path} does not exist or is not a file")
+    return path
+
+
+def _projector_name(mmproj: Path) -> str:
+    """Its own name in the model's directory, never the model file's."""
+    return mmproj.name if mmproj.name.startswith("mmproj") else f"mmproj-{mmproj.name}"
+
+
+@contextlib.contextmanager
+def _placed(files: list[tuple[Path, Path]]) -> Iterator[None]:
+    """Place each (source, target); a refused import or copy leaves no file and no directory it created."""
+    created: list[Path] = []
+    try:
+        for source, target in files:
+            for path in (target.parent, target):
+                if not path.exists() and path not in created:
+                    created.append(path)
+            if source != target:
+                place_file(source, target)
+        yield
+    except BaseException:
+        for path in reversed(created):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        raise
+
+
+def entry_for(name: str, path: Path, info: GGUFInfo, sha256: str, source: str, *,
+              mmproj: Path | None = None, projector: GGUFInfo | None = None) -> ModelEntry:
+    can = capabilities_of(info, projector)
     return ModelEntry(
         name=name,
         path=str(path),
@@ -158,11 +222,16 @@ def entry_for(name: str, path: Path, info: GGUFInfo, sha256: str, source: str) -
         sha256=sha256,
         added_at=time.time(),
         source=source,
-        kinds=kinds_for(info),
+        kinds=can.kinds,
         architecture=info.architecture,
         context_length=info.context_length,
         parameters=info.parameters,
         quantization=info.quantization,
+        tools=can.tools,
+        thinking=can.thinking,
+        vision=can.vision,
+        mmproj=str(mmproj) if mmproj else "",
+        chat_template=can.chat_template,
     )
 
 

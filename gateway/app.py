@@ -7,9 +7,13 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from gateway.api.anthropic.routes import setup_anthropic_routes
 from gateway.api.native.routes import setup_native_routes
+from gateway.api.ollama.index_handlers import setup_index_routes
+from gateway.api.ollama.routes import setup_ollama_routes
 from gateway.api.openai.routes import setup_openai_routes
-from gateway.keys import MANAGER, PATHS, SETTINGS, STREAMS, UPSTREAM
+from catalog.store import ModelStore
+from gateway.keys import MANAGER, PATHS, SETTINGS, STORE, STREAMS, UPSTREAM
 from gateway.middleware.errors import setup_errors
 from manager.client import ManagerClient
 from manager.config import Paths, Settings
@@ -23,6 +27,7 @@ def make_app(settings: Settings, paths: Paths) -> web.Application:
     app[SETTINGS] = settings
     app[PATHS] = paths
     app[STREAMS] = set()
+    app[STORE] = ModelStore(paths)
     # Middlewares, outermost first:
     #   errors: every failure leaves in the calling API's own error format.
     setup_errors(app)
@@ -30,6 +35,9 @@ def make_app(settings: Settings, paths: Paths) -> web.Application:
     app.cleanup_ctx.append(_upstream_ctx)
     setup_native_routes(app)
     setup_openai_routes(app)
+    setup_anthropic_routes(app)
+    setup_index_routes(app)
+    setup_ollama_routes(app)
     return app
 
 

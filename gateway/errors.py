@@ -1,7 +1,13 @@
-"""HTTP error bodies: the OpenAI error object, and how manager error codes map to statuses."""
+"""HTTP errors: one exception for every API, rendered in the caller's own dialect.
+
+Handlers raise `ApiError(status, message, code=..., param=...)`; the error
+middleware renders it as the OpenAI error object, Ollama's `{"error": "..."}`
+or Anthropic's `{"type": "error", "error": {...}}`, chosen by the route.
+"""
 
 from __future__ import annotations
 
+import enum
 import json
 
 from aiohttp import web
@@ -23,9 +29,28 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INTERNAL: 500,
 }
 
+# Anthropic's error types by status (https://docs.anthropic.com/en/api/errors).
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                   503: "overloaded_error", 529: "overloaded_error"}
 
-class OpenAIError(Exception):
-    """Raised by handlers; rendered by the error middleware as an OpenAI error object."""
+
+class Dialect(enum.StrEnum):
+    OPENAI = "openai"
+    OLLAMA = "ollama"
+    ANTHROPIC = "anthropic"
+
+
+def dialect_of(path: str) -> Dialect:
+    if path.startswith("/api/"):
+        return Dialect.OLLAMA
+    if path.startswith("/v1/messages"):
+        return Dialect.ANTHROPIC
+    return Dialect.OPENAI
+
+
+class ApiError(Exception):
+    """Raised by handlers; rendered by the error middleware in the route's own dialect."""
 
     def __init__(
         self, status: int, message: str, *, code: str | None = None, param: str | None = None,
@@ -41,15 +66,24 @@ class OpenAIError(Exception):
             return "authentication_error"
         return "invalid_request_error" if self.status < 500 else "server_error"
 
-    def body(self) -> dict[str, object]:
+    def body(self, dialect: Dialect = Dialect.OPENAI) -> dict[str, object]:
+        if dialect == Dialect.OLLAMA:
+            return {"error": self.message}
+        if dialect == Dialect.ANTHROPIC:
+            kind = ANTHROPIC_TYPES.get(self.status, "api_error")
+            return {"type": "error", "error": {"type": kind, "message": self.message}}
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> web.Response:
+    def response(self, dialect: Dialect = Dialect.OPENAI) -> web.Response:
         headers = {"Retry-After": str(max(1, round(self.retry_after)))} if self.retry_after else None
-        return web.json_response(self.body(), status=self.status, headers=headers, dumps=json.dumps)
+        return web.json_response(self.body(dialect), status=self.status, headers=headers, dumps=json.dumps)
 
 
-def from_manager(exc: ManagerError | ManagerUnavailable) -> OpenAIError:
+# The name the OpenAI-only gateway used; kept while callers move to ApiError.
+OpenAIError = ApiError
+
+
+def from_manager(exc: ManagerError | ManagerUnavailable) -> ApiError:
     if isinstance(exc, ManagerUnavailable):
-        return OpenAIError(503, f"LMForge manager unavailable: {exc}", code="manager_unavailable", retry_after=2)
-    return OpenAIError(STATUS[exc.code], exc.message, code=exc.code.value, retry_after=exc.retry_after_s)
+        return ApiError(503, f"LMForge manager unavailable: {exc}", code="manager_unavailable", retry_after=2)
+    return ApiError(STATUS[exc.code], exc.message, code=exc.code.value, retry_after=exc.retry_after_s)

@@ -6,8 +6,10 @@ use now (free figures already exclude them, so they are added back).
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from manager.config import Settings
-from manager.protocol import HardwareSnapshot
+from manager.protocol import BudgetInfo, HardwareSnapshot
 
 MiB = 1024**2
 
@@ -29,6 +31,13 @@ def budget_total(
         return int(available * settings.memory_fraction), "unified"
     reserve = settings.ram_reserve_mb * MiB
     return max(0, int((available - reserve) * settings.memory_fraction)), "ram"
+
+
+def budget_info(settings: Settings, hardware: HardwareSnapshot | None, held: Sequence[tuple[int, int]]) -> BudgetInfo:
+    """The budget and its use, from each of our engines' (private bytes in use, bytes charged)."""
+    total, source = budget_total(settings, hardware, sum(private for private, _ in held))
+    return BudgetInfo(total_bytes=total, used_bytes=sum(charged for _, charged in held), source=source,
+                      max_loaded_models=settings.max_loaded_models)
 
 
 def is_gpu_host(hardware: HardwareSnapshot | None) -> bool:

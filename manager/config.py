@@ -52,6 +52,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     auto_load: list[str] = []  # pinned at start
     log_max_mb: int = 20  # each process and engine log rotates past this size
     log_backups: int = 3  # rotated files kept per log
+    # Embedding inputs per engine call: longer lists are split and sent concurrently.
+    embed_batch_size: int = 32
     llama_cpp: LlamaCppSettings = msgspec.field(default_factory=LlamaCppSettings)
 
     def validate(self) -> None:
@@ -64,6 +66,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             (self.fair_share_s > 0, "fair_share_s must be > 0"),
             (self.log_max_mb >= 1, "log_max_mb must be >= 1"),
             (0 <= self.log_backups <= 100, "log_backups must be 0-100"),
+            (1 <= self.embed_batch_size <= 4096, "embed_batch_size must be 1-4096"),
             (self.llama_cpp.ctx_size >= 256, "llama_cpp.ctx_size must be >= 256"),
             (1 <= self.llama_cpp.parallel <= 64, "llama_cpp.parallel must be 1-64"),
         ]

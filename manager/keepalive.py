@@ -21,7 +21,7 @@ class KeepAliveError(ValueError):
 
 def parse_keep_alive(value: str | float | int | None) -> float | None:
     """Seconds to stay loaded after a request; None means forever."""
-    if isinstance(value, bool) or value is None:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise KeepAliveError(f"keep_alive must be a duration or a number, not {value!r}")
     if isinstance(value, (int, float)):
         return _from_seconds(float(value))

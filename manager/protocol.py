@@ -8,7 +8,7 @@ naming rule at import: a message class ends in Request, Reply, Notice or Event.
 from __future__ import annotations
 
 import enum
-from typing import Union
+from typing import Annotated, Union
 
 import msgspec
 
@@ -135,6 +135,7 @@ class SlotInfo(msgspec.Struct, kw_only=True, frozen=True):
     gpu_layers: int = 0
     waiting: int = 0  # acquires parked on this slot while it loads
     detail: str = ""  # why the slot is pending, or why it failed
+    load_reason: str = ""  # why this engine was (re)loaded, e.g. "context 8192 → 16384 asked by a request"
 
 
 class BudgetInfo(msgspec.Struct, kw_only=True, frozen=True):
@@ -169,6 +170,12 @@ class ModelEntry(msgspec.Struct, kw_only=True, frozen=True):
     context_length: int = 0
     parameters: int = 0
     quantization: str = ""
+    # Capabilities, from the GGUF header (catalog/capabilities.py); older index files lack them.
+    tools: bool = False
+    thinking: bool = False
+    vision: bool = False
+    mmproj: str = ""  # the vision projector GGUF imported with the model, absolute; "" when none
+    chat_template: bool = False  # the file carries one, or the engine has one built in for its architecture
 
 
 class ManagerStatus(msgspec.Struct, kw_only=True, frozen=True):
@@ -241,6 +248,9 @@ class AcquireRequest(Request):
     kind: SlotKind = SlotKind.CHAT
     keep_alive: str | float | None = None  # Ollama semantics; None: the model's default
     trace_id: str = ""
+    # Tokens of context the request needs (Ollama's num_ctx); 0: the model's default.
+    # A resident engine with at least this much serves it; a bigger ask reloads it once.
+    num_ctx: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class AcquireReply(Reply):
@@ -261,6 +271,7 @@ class LoadRequest(Request):
     kind: SlotKind = SlotKind.CHAT
     pin: bool = False
     keep_alive: str | float | None = None
+    num_ctx: Annotated[int, msgspec.Meta(ge=0)] = 0  # as in AcquireRequest
 
 
 class LoadReply(Reply):
@@ -300,6 +311,35 @@ class PingReply(Reply):
 
 class ListModelsReply(Reply):
     models: tuple[ModelEntry, ...]
+
+
+class ImportModelRequest(Request):
+    """Index a GGUF file (and its vision projector) under `name`, replacing a model of that name."""
+
+    path: str  # absolute, on the manager's host
+    name: str
+    mmproj: str = ""
+
+
+class CopyModelRequest(Request):
+    """A second name for an installed model; copying onto an existing name replaces it."""
+
+    source: str
+    destination: str
+
+
+class ModelReply(Reply):
+    entry: ModelEntry
+
+
+class DeleteModelRequest(Request):
+    """Unload every slot of the model, then remove its index entry and its files."""
+
+    model: str
+
+
+class DeleteModelReply(Reply):
+    model: str
 
 
 class ErrorReply(Reply):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 from manager.failures import FailureBook
-from manager.protocol import ErrorCode, ModelEntry, SlotKind
+from manager.protocol import BudgetInfo, ErrorCode, ModelEntry, SlotKind
+from manager.scheduler import fmt_bytes
 
 
 class Refusal(NamedTuple):
@@ -28,3 +29,9 @@ def refuse_new_slot(model: str, kind: SlotKind, entry: ModelEntry | None, suppor
         return Refusal(ErrorCode.BACKING_OFF, f"{model} failed {rec.count} times in a row (last: {rec.message}); "
                        f"next attempt allowed in {left:.0f}s", left)
     return None
+
+
+def waited_too_long(label: str, need: int, budget: BudgetInfo, reason: str, timeout_s: float) -> str:
+    """Why a load that waited `drain_timeout_s` for room is refused: what it needs, what is free, what it waited for."""
+    return (f"cannot load {label}: it needs {fmt_bytes(need)} and {fmt_bytes(budget.free_bytes)} of "
+            f"{fmt_bytes(budget.total_bytes)} is free; still {reason} after {timeout_s:.0f}s (drain_timeout_s)")

@@ -32,6 +32,7 @@ from manager.config import Paths, Settings
 from manager.engines import llamacpp_build
 from manager.engines.base import EngineMissing
 from manager.engines.llamacpp import LlamaCppAdapter
+from manager.index import IndexWriter
 from manager.ipc import EventPublisher, endpoints, ensure_runtime_dir, make_socket, remove_endpoints
 from manager.lag import LoopLag
 from manager.memory import MemoryLedger
@@ -117,6 +118,7 @@ class ManagerService:
             HardwareNotice: lambda peer, n: t.set_hardware(n.snapshot),  # type: ignore[attr-defined]
             PingRequest: lambda peer, r: self.send(peer, PingReply(req_id=r.req_id, epoch=self.epoch)),  # type: ignore[attr-defined]
         }
+        self._handlers.update(IndexWriter(self.store, t, self._offload, self.send).handlers())  # import, copy, delete
         self._internal: dict[type, Callable[[object], None]] = {
             EngineSpawned: lambda e: t.spawned(e.key, e.generation, e.pid, e.port),  # type: ignore[attr-defined]
             EngineReady: lambda e: t.ready(e.key, e.generation),  # type: ignore[attr-defined]
@@ -350,10 +352,10 @@ class ManagerService:
 
     def _plan(self, slot: Slot) -> None:
         vram = self.table.budget().total_bytes if budgets.is_gpu_host(self.table.hardware) else 0
-        hardware = self.table.hardware
+        hardware, num_ctx = self.table.hardware, slot.num_ctx  # read on the loop, not in the thread
 
         def read() -> tuple[object, int | None]:
-            plan = self.adapter.plan(slot.entry, slot.kind, hardware, vram)
+            plan = self.adapter.plan(slot.entry, slot.kind, hardware, vram, num_ctx)
             return plan, self.ledger.learned(slot.model, slot.kind, plan.ctx_size, basis=plan.total)
 
         def then(result: object) -> None:

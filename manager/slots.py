@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from manager import memory
+from manager.context import outgrown, reload_reason
 from manager.engines.base import MemoryPlan
 from manager.protocol import (
     AcquireRequest,
@@ -17,6 +18,7 @@ from manager.protocol import (
     SlotKind,
     SlotState,
 )
+from manager.scheduler import Resident
 
 SlotKey = tuple[str, SlotKind]
 
@@ -61,6 +63,10 @@ class Slot:
     state: SlotState = SlotState.PENDING
     plan: MemoryPlan | None = None
     planning: bool = False  # the header is being read off the loop
+    num_ctx: int = 0  # the largest context its requests asked for before it started; 0: the default
+    planned_for: int = 0  # the num_ctx its plan was (or is being) read for: a larger ask since needs a new one
+    load_reason: str = ""  # why it was loaded: shown in /lf/status
+    grew_from: int = 0  # the context of the engine it replaces because a request asked for more
     on_gpu: bool = False  # measured and charged in VRAM
     port: int | None = None
     pid: int | None = None
@@ -147,6 +153,46 @@ class Slot:
         gap = now - self.last_used_at
         return self.contended and not self.yielding_to and self.state == SlotState.READY and gap < HOT_S
 
+    def resident(self, now: float) -> Resident:
+        """How the admission policy sees it: a slot between two requests of steady traffic counts as busy."""
+        busy = self.inflight or self.between_requests(now)
+        return Resident((self.key, self.generation), self.state, self.reserved, busy, self.last_used_at, self.pinned)
+
+    def waited_its_share(self, busy: tuple[object, ...], mono: float, fair_share_s: float) -> bool:
+        """Whether this pending slot has waited `fair_share_s` for busy slots' memory, so they must yield to it."""
+        if not busy or self.state != SlotState.PENDING:  # refused by now: nobody to yield to
+            self.busy_wait_since = None
+        elif self.busy_wait_since is None:
+            self.busy_wait_since = mono
+        return self.busy_wait_since is not None and mono - self.busy_wait_since >= fair_share_s
+
+    def yield_to(self, load: str | None, loads_wait: bool) -> tuple[bool, list[Waiter]]:
+        """Yield to a starved `load` (None: to none); whether that changed, and the queued requests it serves now."""
+        if not loads_wait:
+            self.contended = False  # nobody waits for its memory any more
+        if load and self.yielding_to != load:
+            self.yielding_to, self.detail = load, f"finishing its requests so that {load} can load"
+            return True, []
+        if not load and self.yielding_to:
+            self.yielding_to, self.detail = None, ""
+            served, self.waiters = self.waiters, []
+            return True, served
+        return False, []
+
+    def ask_context(self, asked: int) -> int | None:
+        """The larger context a new engine needs to serve an ask for `asked` tokens; None when this slot serves it.
+
+        A pending slot always serves it: it raises the context it will load with, and a
+        plan already read for a smaller one is dropped, to be read again.
+        """
+        needed = outgrown(self.plan, asked) if self.plan is not None else None
+        if self.state != SlotState.PENDING:
+            return needed
+        self.num_ctx = max(self.num_ctx, asked)
+        if needed is not None:
+            self.plan = self.learned_bytes = None
+        return None
+
     def change_state(self, new: SlotState) -> SlotState:
         old = self.state
         if new not in _ALLOWED[old]:
@@ -178,6 +224,8 @@ class Slot:
             gpu_layers=plan.gpu_layers if plan else 0,
             waiting=len(self.waiters),
             detail=self.detail,
+            # Larger asks may have come while it waited: the reason names the context it got.
+            load_reason=reload_reason(self.grew_from, plan.ctx_size) if self.grew_from and plan else self.load_reason,
         )
 
 

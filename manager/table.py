@@ -14,6 +14,7 @@ from typing import Callable
 
 from manager import budget as budgets
 from manager.config import Settings
+from manager.context import reload_reason
 from manager.effects import Clock, Effect, Learn, Outbox, Plan, Spawn, Stop
 from manager.engines.base import MemoryPlan
 from manager.failures import STABLE_AFTER_S, FailureBook
@@ -25,12 +26,11 @@ from manager.protocol import (
     ModelEntry, PeerInfo, PeerRole, ReleaseNotice, Severity, SlotKind, SlotState,
     UnloadReply, UnloadRequest,
 )
-from manager.refusals import refuse_new_slot
-from manager.scheduler import Admit, Evict, Reject, Resident, Wait, fmt_bytes, plan_admission
+from manager.refusals import refuse_new_slot, waited_too_long
+from manager.scheduler import Admit, Evict, Reject, Wait, plan_admission
 from manager.slots import DEFAULT_KEEP as DEFAULT, HOLDS_MEMORY, Slot, SlotKey, Waiter
 
 log = logging.getLogger("lmforge.manager")
-
 
 
 class SlotTable:
@@ -181,15 +181,33 @@ class SlotTable:
             refusal = refuse_new_slot(req.model, req.kind, entry, self.supports, self.failures, self.clock.mono())
             if refusal is not None:
                 return self.out.error(peer, req.req_id, *refusal)
-            slot = self._new_slot(entry, req.kind)  # type: ignore[arg-type]
-        return keep, slot
+            reason = "auto_load" if peer is None else "a request for it"
+            slot = self._new_slot(entry, req.kind, reason)  # type: ignore[arg-type]
+        return keep, self._fit_context(slot, req.num_ctx)
 
-    def _new_slot(self, entry: ModelEntry, kind: SlotKind, *, pinned: bool = False,
+    def _fit_context(self, slot: Slot, asked: int) -> Slot:
+        """The slot that serves an ask for `asked` tokens of context: this one, or a larger one replacing it as an
+        explicit unload does (its requests in flight end, then the new one loads and serves every waiter)."""
+        if (needed := slot.ask_context(asked)) is None:
+            return slot
+        old_ctx = slot.plan.ctx_size  # type: ignore[union-attr]
+        reason = reload_reason(old_ctx, needed)
+        log.info("reloading %s: %s", slot.label, reason)
+        if slot.state == SlotState.LOADING:
+            self._stop(slot, reason)  # its waiters move to the fresh slot
+        else:
+            self.unload(slot, reason, explicit=True)
+        fresh = self.slots.get(slot.key) or self._new_slot(slot.entry, slot.kind, reason, pinned=slot.pinned,
+                                                           keep_alive_s=slot.keep_alive_s)
+        fresh.num_ctx, fresh.grew_from, fresh.load_reason = max(fresh.num_ctx, asked), old_ctx, reason
+        return fresh
+
+    def _new_slot(self, entry: ModelEntry, kind: SlotKind, reason: str, *, pinned: bool = False,
                   keep_alive_s: float | None | str = DEFAULT) -> Slot:
         self.generations += 1
         keep = self.default_keep if keep_alive_s == DEFAULT else keep_alive_s
-        slot = Slot(entry=entry, kind=kind, generation=self.generations, engine=self.engine,
-                    keep_alive_s=keep, pinned=pinned, load_started=self.clock.mono())  # type: ignore[arg-type]
+        slot = Slot(entry=entry, kind=kind, generation=self.generations, engine=self.engine, pinned=pinned,
+                    keep_alive_s=keep, load_started=self.clock.mono(), load_reason=reason)  # type: ignore[arg-type]
         self.slots[slot.key] = slot
         self.out.slot(slot, None)
         return slot
@@ -202,8 +220,10 @@ class SlotTable:
         """Requests parked on a slot that is going away wait for a fresh load of the same model."""
         if not waiters:
             return
-        fresh = self.slots.get(old.key) or self._new_slot(old.entry, old.kind, pinned=old.pinned,
+        reason = f"asked for while its previous engine stopped ({old.draining or old.detail})"
+        fresh = self.slots.get(old.key) or self._new_slot(old.entry, old.kind, reason, pinned=old.pinned,
                                                            keep_alive_s=old.keep_alive_s)
+        fresh.ask_context(old.num_ctx)  # what its requests asked for still holds
         fresh.waiters.extend(waiters)
 
     # --- admission ---
@@ -229,14 +249,13 @@ class SlotTable:
             return self._wait(slot, "waiting for the hardware prober's first snapshot")
         if slot.plan is None:
             if not slot.planning:
-                slot.planning = True
+                slot.planning, slot.planned_for = True, slot.num_ctx
                 self.out.add(Plan(slot))
             return
         if any(key == slot.key for key, _ in self.retiring):
             return self._wait(slot, f"waiting for the previous engine of {slot.label} to stop")
         for _ in range(2):  # after evicting, ask again: a count limit may now allow the load
-            residents = [Resident((s.key, s.generation), s.state, s.reserved, s.inflight or s.between_requests(self.clock.now()),
-                                  s.last_used_at, s.pinned) for s in self.memory_holders()]
+            residents = [s.resident(self.clock.now()) for s in self.memory_holders()]
             decision = plan_admission(slot.estimate, budget.total_bytes, residents, self.settings.max_loaded_models)
             if isinstance(decision, Admit):
                 return self._start(slot)
@@ -253,30 +272,17 @@ class SlotTable:
         for key in decision.busy:
             if (busy := self._find(*key)) is not None:  # type: ignore[misc]
                 busy.contended = True
-        now = self.clock.mono()
-        if not decision.busy or slot.state != SlotState.PENDING:  # refused by now: nobody to yield to
-            slot.busy_wait_since = None
-        elif slot.busy_wait_since is None:
-            slot.busy_wait_since = now
-        elif now - slot.busy_wait_since >= self.settings.fair_share_s:
+        if slot.waited_its_share(decision.busy, self.clock.mono(), self.settings.fair_share_s):
             wanted.update({key: slot.label for key in decision.busy})  # type: ignore[misc]
 
     def _settle_yields(self, wanted: dict[tuple[SlotKey, int], str]) -> None:
         """Mark the busy slots a starved load waits for; unmark (and serve) the ones no load waits for any more."""
-        for slot in list(self.slots.values()):
-            if slot.state != SlotState.READY:
-                continue
-            to = wanted.get((slot.key, slot.generation))
-            if not any(s.state == SlotState.PENDING for s in self.slots.values()):
-                slot.contended = False  # nobody waits for its memory any more
-            if to and slot.yielding_to != to:
-                slot.yielding_to, slot.detail = to, f"finishing its requests so that {to} can load"
-                self.out.slot(slot, None)
-            elif not to and slot.yielding_to:
-                slot.yielding_to, slot.detail = None, ""
-                waiters, slot.waiters = slot.waiters, []
-                for w in waiters:
-                    self._answer(slot, w)
+        loads_wait = any(s.state == SlotState.PENDING for s in self.slots.values())
+        for slot in [s for s in self.slots.values() if s.state == SlotState.READY]:
+            changed, served = slot.yield_to(wanted.get((slot.key, slot.generation)), loads_wait)
+            for w in served:
+                self._answer(slot, w)
+            if changed:
                 self.out.slot(slot, None)
 
     def _wait(self, slot: Slot, reason: str) -> None:
@@ -284,12 +290,8 @@ class SlotTable:
         if slot.wait_deadline is None:
             slot.wait_deadline = now + self.settings.drain_timeout_s
         elif now >= slot.wait_deadline:
-            budget = self.budget()
-            self._refuse_pending(
-                slot, f"cannot load {slot.label}: it needs {fmt_bytes(slot.estimate)} and "
-                      f"{fmt_bytes(budget.free_bytes)} of {fmt_bytes(budget.total_bytes)} is free; still {reason} "
-                      f"after {self.settings.drain_timeout_s:.0f}s (drain_timeout_s)")
-            return
+            return self._refuse_pending(slot, waited_too_long(slot.label, slot.estimate, self.budget(), reason,
+                                                              self.settings.drain_timeout_s))
         if slot.detail != reason:
             slot.detail = reason
             self.out.publish(LoadProgressEvent(model=slot.model, kind=slot.kind, stage="waiting", detail=reason))
@@ -319,7 +321,7 @@ class SlotTable:
         slot.planning = False
         if plan is None:
             self._fail(slot, f"cannot read the model file: {error}", Severity.USER_ERROR, "")
-        else:
+        elif slot.num_ctx <= slot.planned_for:  # else a larger context was asked meanwhile: read it again
             slot.plan, slot.learned_bytes = plan, learned
             slot.on_gpu = budgets.is_gpu_host(self.hardware)
         self.schedule()
@@ -386,7 +388,7 @@ class SlotTable:
         """An engine an earlier manager started, still healthy: it is ready now, and its leases come with hellos."""
         slot = Slot(entry=entry, kind=kind, generation=generation, engine=self.engine, keep_alive_s=self.default_keep,
                     state=SlotState.READY, plan=plan, pid=pid, port=port, adopted=True, loaded_at=self.clock.now(),
-                    on_gpu=budgets.is_gpu_host(self.hardware))
+                    on_gpu=budgets.is_gpu_host(self.hardware), load_reason="adopted from the previous manager")
         self.generations = max(self.generations, generation)
         self.slots[slot.key] = slot
         slot.refresh_expiry(self.clock.now())
@@ -477,11 +479,8 @@ class SlotTable:
     # --- status ---
 
     def budget(self) -> BudgetInfo:
-        holders = self.memory_holders()
-        ours = sum(s.private_bytes or 0 for s in holders)
-        total, source = budgets.budget_total(self.settings, self.hardware, ours)
-        return BudgetInfo(total_bytes=total, used_bytes=sum(s.reserved for s in holders), source=source,
-                          max_loaded_models=self.settings.max_loaded_models)
+        held = [(s.private_bytes or 0, s.reserved) for s in self.memory_holders()]
+        return budgets.budget_info(self.settings, self.hardware, held)
 
     def memory_holders(self) -> list[Slot]:
         return [s for s in [*self.slots.values(), *self.retiring.values()] if s.state in HOLDS_MEMORY]

@@ -1,7 +1,8 @@
 """Turns every failure into an error body in the calling API's own format.
 
-OpenAI-style routes (and /lf) get the OpenAI error object; Ollama-style /api
-routes get {"error": "..."}. Unexpected exceptions are logged and become 500.
+OpenAI-style routes (and /lf) get the OpenAI error object, Ollama-style /api
+routes {"error": "..."}, Anthropic's /v1/messages its own envelope.
+Unexpected exceptions are logged and become 500.
 """
 
 from __future__ import annotations
@@ -11,40 +12,37 @@ import logging
 
 from aiohttp import web
 
-from gateway.errors import OpenAIError, from_manager
+from gateway.errors import ApiError, dialect_of, from_manager
 from manager.client import ManagerError, ManagerUnavailable
 
 log = logging.getLogger("lmforge.gateway")
 
 
-def render(request: web.Request, err: OpenAIError) -> web.Response:
-    if request.path.startswith("/api/"):
-        headers = {"Retry-After": str(round(err.retry_after))} if err.retry_after else None
-        return web.json_response({"error": err.message}, status=err.status, headers=headers)
-    return err.response()
+def render(request: web.Request, err: ApiError) -> web.Response:
+    return err.response(dialect_of(request.path))
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
     try:
         return await handler(request)
-    except OpenAIError as err:
+    except ApiError as err:
         return render(request, err)
     except (ManagerError, ManagerUnavailable) as exc:
         return render(request, from_manager(exc))
     except web.HTTPRequestEntityTooLarge as exc:
-        return render(request, OpenAIError(413, f"request body is too large ({exc.text})", code="request_too_large"))
+        return render(request, ApiError(413, f"request body is too large ({exc.text})", code="request_too_large"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         message = {404: f"no route {request.method} {request.path}",
                    405: f"method {request.method} is not allowed on {request.path}"}.get(exc.status, exc.reason)
-        return render(request, OpenAIError(exc.status, message, code=exc.reason.lower().replace(" ", "_")))
+        return render(request, ApiError(exc.status, message, code=exc.reason.lower().replace(" ", "_")))
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return render(request, OpenAIError(500, "internal gateway error; see the gateway log", code="internal"))
+        return render(request, ApiError(500, "internal gateway error; see the gateway log", code="internal"))
 
 
 def setup_errors(app: web.Application) -> None:

@@ -22,6 +22,7 @@ class MemoryPlan:
     compute: int
     ctx_size: int
     gpu_layers: int = 0
+    ctx_max: int = 0  # the context the model was trained on; 0: unknown. No ask gets more.
     # What an engine measured right after ready may still grow by as its graph
     # buffers, checkpoints and host prompt cache fill: in RAM (what a CPU host's
     # budget counts) and in VRAM (what a GPU host's counts). See manager/memory.py.
@@ -41,9 +42,10 @@ class EngineAdapter(Protocol):
         """Whether this engine can run the model's weight format."""
 
     def plan(
-        self, entry: ModelEntry, kind: SlotKind, hardware: HardwareSnapshot | None, vram_budget: int
+        self, entry: ModelEntry, kind: SlotKind, hardware: HardwareSnapshot | None, vram_budget: int,
+        num_ctx: int = 0,
     ) -> MemoryPlan:
-        """Estimate memory and choose context size and GPU layers for a load."""
+        """Estimate memory and choose context size (at least `num_ctx`, see manager/context.py) and GPU layers."""
 
     def command(self, binary: Path, entry: ModelEntry, kind: SlotKind, port: int, plan: MemoryPlan) -> list[str]:
         """The argv that serves `entry` as `kind` on 127.0.0.1:`port`."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from catalog.gguf_info import GGUFInfo, read_gguf_info
 from manager.budget import is_gpu_host
 from manager.config import Paths, Settings
+from manager.context import start_ctx
 from manager.engines.base import EngineMissing, MemoryPlan
 from manager.engines import llamacpp_build
 from manager.engines.llamacpp_memory import GPU_FIRST_USE, Footprint, footprint
@@ -58,18 +59,21 @@ class LlamaCppAdapter:
         return llamacpp_build.installed_binary(self.paths)
 
     def plan(
-        self, entry: ModelEntry, kind: SlotKind, hardware: HardwareSnapshot | None, vram_budget: int
+        self, entry: ModelEntry, kind: SlotKind, hardware: HardwareSnapshot | None, vram_budget: int,
+        num_ctx: int = 0,
     ) -> MemoryPlan:
         info = gguf_info(entry.path)
-        ctx = min(self.settings.ctx_size, info.context_length or self.settings.ctx_size)
+        ctx = start_ctx(self.settings.ctx_size, num_ctx, info.context_length or 0)
         held = self.footprint(info, kind, ctx)
+        projector = Path(entry.mmproj).stat().st_size if entry.mmproj and kind == SlotKind.CHAT else 0
         plan = MemoryPlan(
-            weights=entry.size_bytes,
+            weights=entry.size_bytes + projector,  # a chat slot loads the vision projector too
             kv_cache=held.kv,
             # Everything else the engine will hold at its peak, most of it only
             # after ready: see manager/engines/llamacpp_memory.py.
             compute=held.runtime + held.output + held.growth,
             ctx_size=ctx,
+            ctx_max=info.context_length or 0,
             growth=held.growth,
             growth_gpu=GPU_FIRST_USE,
         )
@@ -125,6 +129,8 @@ class LlamaCppAdapter:
         if kind == SlotKind.CHAT:
             # One KV cache shared by all sequences: a single long chat may use the whole context.
             argv += ["--kv-unified", "--cache-ram", str(self.settings.cache_ram_mb)]
+            if entry.mmproj:
+                argv += ["--mmproj", entry.mmproj]  # the vision projector imported with the model
             template = BUILTIN_TEMPLATES.get(info.architecture)
             if template and "tokenizer.chat_template" not in info.metadata:
                 # Built-in names only work through the non-Jinja formatter; with Jinja

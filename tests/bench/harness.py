@@ -24,10 +24,9 @@ import aiohttp
 import msgspec
 import psutil
 
-from catalog.store import ModelStore
 from manager.config import Paths
 from manager.engines.llamacpp_build import installed_binary
-from tests.support.instance import Instance, free_port, llama_servers_of
+from tests.support.instance import Instance, free_port, running_instance
 
 TEST_CACHE = Path(os.environ.get("LMFORGE_TEST_CACHE", Path.home() / ".cache" / "lmforge-tests"))
 RESULTS = Path(__file__).parent / "results"
@@ -82,16 +81,8 @@ def temp_dir(prefix: str) -> Iterator[Path]:
 @contextmanager
 def bench_instance(home: Path, models: dict[str, Path], config: str = "") -> Iterator[Instance]:
     """A started Instance with `models` imported; every process it started is gone afterwards."""
-    inst = Instance(home, llama_server_binary(), config)
-    store = ModelStore(Paths(home))
-    for name, path in models.items():
-        store.import_gguf(path, name)
-    try:
-        yield inst.start()
-    finally:
-        inst.stop()
-        for proc in llama_servers_of(home):  # an engine must not outlive its manager's home
-            proc.kill()
+    with running_instance(home, llama_server_binary(), models, config) as inst:
+        yield inst
 
 
 def engine_slot(inst: Instance, model: str) -> dict | None:
@@ -122,6 +113,7 @@ class Stream:
     first_token_s: float  # request sent -> first token event
     tokens: int  # completion tokens (usage when the engine sends it)
     total_s: float
+    deltas: int = 0  # events that carried text, as the client counted them
 
 
 def _is_token_event(chunk: dict) -> bool:
@@ -140,7 +132,7 @@ async def stream_chat(session: aiohttp.ClientSession, base_url: str, body: bytes
     except aiohttp.ClientError as exc:
         raise StreamFailed(f"{base_url}: {type(exc).__name__}: {exc}") from None
     tokens = usage["completion_tokens"] if usage else counted
-    return Stream(first, tokens, time.perf_counter() - started)
+    return Stream(first, tokens, time.perf_counter() - started, counted)
 
 
 async def _read_stream(session: aiohttp.ClientSession, base_url: str, body: bytes,
@@ -232,6 +224,20 @@ def engine_argv(pid: int) -> list[str]:
         return psutil.Process(pid).cmdline()
     except psutil.Error as exc:
         raise BenchError(f"cannot read the engine's command line (pid {pid}): {exc}") from None
+
+
+# --- interleaving and CPU ---
+
+def rotation(items: list, i: int) -> list:  # type: ignore[type-arg]
+    """Round i's order: each side goes first equally often, none always on another's leftovers."""
+    k = i % len(items)
+    return items[k:] + items[:k]
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    """User + system CPU the process has used so far."""
+    times = proc.cpu_times()
+    return times.user + times.system
 
 
 # --- figures and reports ---

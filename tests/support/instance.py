@@ -8,7 +8,9 @@ free port, and stopped with SIGTERM; tests that need supervisord itself use
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shutil
 import os
 import signal
 import socket
@@ -18,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 
@@ -159,3 +162,22 @@ def llama_servers_of(home: Path) -> list[psutil.Process]:
         if cmd and cmd[0].endswith("llama-server") and any(str(home) in part for part in cmd):
             found.append(proc)
     return found
+
+
+@contextlib.contextmanager
+def running_instance(home: Path, llama_server: str, models: dict[str, Path], config: str = "") -> Iterator[Instance]:
+    """A started Instance with `models` imported (for fixtures wider than one test); all it started is stopped."""
+    from catalog.store import ModelStore
+    from manager.config import Paths
+
+    inst = Instance(home, llama_server, config)
+    store = ModelStore(Paths(home))
+    for name, path in models.items():
+        store.import_gguf(path, name)
+    try:
+        yield inst.start()
+    finally:
+        inst.stop()
+        for proc in llama_servers_of(home):  # nothing of ours may outlive the tests
+            proc.kill()
+        shutil.rmtree(Paths(home).runtime, ignore_errors=True)

@@ -263,17 +263,80 @@ def _add_tokenizer(writer: gguf.GGUFWriter, vocab: Vocab) -> None:
     writer.add_chat_template(CHATML_TEMPLATE)
 
 
+MMPROJ_IMAGE = 32  # pixels a side
+MMPROJ_PATCH = 8
+MMPROJ_WIDTH = 32
+MMPROJ_FF = 64
+MMPROJ_BLOCKS = 2
+MMPROJ_TOKENS = (MMPROJ_IMAGE // MMPROJ_PATCH) ** 2  # the prompt tokens one image becomes
+
+
+def write_mmproj(path: str | Path, *, seed: int = 0) -> Path:
+    """A random-weight LLaVA-1.5-style vision projector (architecture `clip`) for the chat models.
+
+    `llama-server -m chat.gguf --mmproj mmproj.gguf` then answers chats with
+    `image_url` parts; each image costs MMPROJ_TOKENS prompt tokens. Its output
+    width (mm.2) is the text model's embedding length, as llama.cpp requires.
+    """
+    path = Path(path)
+    writer = gguf.GGUFWriter(path, "clip")
+    writer.add_name("tiny-mmproj")
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_bool("clip.has_llava_projector", True)
+    writer.add_string("clip.projector_type", "mlp")
+    writer.add_bool("clip.use_gelu", True)
+    for key, value in (("image_size", MMPROJ_IMAGE), ("patch_size", MMPROJ_PATCH),
+                       ("embedding_length", MMPROJ_WIDTH), ("feed_forward_length", MMPROJ_FF),
+                       ("projection_dim", N_EMBD), ("attention.head_count", N_HEAD),
+                       ("block_count", MMPROJ_BLOCKS)):
+        writer.add_uint32(f"clip.vision.{key}", value)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-5)
+    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+    for name, array in _mmproj_weights(np.random.default_rng(seed)).items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _mmproj_weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def matrix(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
+
+    def norm(prefix: str, width: int) -> dict[str, np.ndarray]:
+        return {f"{prefix}.weight": np.ones(width, np.float32), f"{prefix}.bias": np.zeros(width, np.float32)}
+
+    w = MMPROJ_WIDTH
+    weights = {"v.patch_embd.weight": matrix(w, 3, MMPROJ_PATCH, MMPROJ_PATCH),
+               "v.position_embd.weight": matrix(MMPROJ_TOKENS, w), **norm("v.pre_ln", w)}
+    linear = {"attn_q": (w, w), "attn_k": (w, w), "attn_v": (w, w), "attn_out": (w, w),
+              "ffn_up": (MMPROJ_FF, w), "ffn_down": (w, MMPROJ_FF)}
+    shapes = {f"v.blk.{i}.{n}": s for i in range(MMPROJ_BLOCKS) for n, s in linear.items()}
+    shapes |= {"mm.0": (N_EMBD, w), "mm.2": (N_EMBD, N_EMBD)}  # the projector; mm.1 is the GELU between
+    for i in range(MMPROJ_BLOCKS):
+        weights |= norm(f"v.blk.{i}.ln1", w) | norm(f"v.blk.{i}.ln2", w)
+    for name, shape in shapes.items():
+        weights[f"{name}.weight"] = matrix(*shape)
+        weights[f"{name}.bias"] = np.zeros(shape[0], np.float32)
+    return weights
+
+
 WRITERS = {
     "chat.gguf": write_chat_model,
     "embed.gguf": write_embedding_model,
     "rerank.gguf": write_rerank_model,
     "cycle.gguf": write_cycle_model,
     "broken.gguf": write_duplicate_token_model,
+    "mmproj.gguf": write_mmproj,
 }
 
 
 def write_all(outdir: str | Path) -> dict[str, Path]:
-    """Every model into `outdir`, keyed by file stem (chat, embed, rerank, cycle, broken)."""
+    """Every model into `outdir`, keyed by file stem (chat, embed, rerank, cycle, broken, mmproj)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     return {Path(name).stem: write(outdir / name) for name, write in WRITERS.items()}

@@ -8,16 +8,22 @@ import time
 import msgspec
 from aiohttp import web
 
-from gateway.api.native.schemas import SwitchBody, UnloadBody, parse_body
+from gateway.api.native.schemas import ImportBody, SwitchBody, UnloadBody, parse_body
+from gateway.errors import ApiError
 from gateway.keys import MANAGER, SETTINGS, STREAMS
+from gateway.openapi import openapi_document
 from gateway.sse import PING, SSE_HEADERS, frame
 from manager.client import RESYNC, ManagerUnavailable
 from manager.protocol import (
     TOPICS,
+    DeleteModelReply,
+    DeleteModelRequest,
+    ImportModelRequest,
     ListModelsRequest,
     LoadReply,
     LoadRequest,
     ManagerStatus,
+    ModelReply,
     SnapshotReply,
     SnapshotRequest,
     UnloadReply,
@@ -59,6 +65,10 @@ def status_json(status: ManagerStatus) -> dict[str, object]:
 
 async def _snapshot(request: web.Request) -> SnapshotReply:
     return await request.app[MANAGER].request(SnapshotRequest)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(VERSION))
 
 
 async def status(request: web.Request) -> web.Response:
@@ -115,7 +125,7 @@ async def model_switch(request: web.Request) -> web.Response:
     body: SwitchBody = parse_body(await request.read(), SwitchBody)
     settings = request.app[SETTINGS]
     reply: LoadReply = await request.app[MANAGER].request(
-        LoadRequest, model=body.model, kind=body.kind, pin=body.pin, keep_alive=body.keep_alive,
+        LoadRequest, model=body.model, kind=body.kind, pin=body.pin, keep_alive=body.keep_alive, num_ctx=body.num_ctx,
         timeout=settings.load_timeout_s + settings.drain_timeout_s + 30,
     )
     return web.json_response({"status": "ready", "model": body.model, "load_s": round(reply.load_s, 3),
@@ -132,3 +142,32 @@ async def model_unload(request: web.Request) -> web.Response:
 async def model_list(request: web.Request) -> web.Response:
     reply = await request.app[MANAGER].request(ListModelsRequest)
     return web.json_response({"models": msgspec.to_builtins(reply.models)})
+
+
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+IMPORT_TIMEOUT_S = 3600.0  # hashing (or copying, across filesystems) a large GGUF takes a while
+
+
+def require_loopback(request: web.Request, what: str) -> None:
+    """`what` reads files on this machine by path: only a caller on this machine may ask."""
+    if request.remote not in LOOPBACK:
+        raise ApiError(403, f"{what} reads files on the LMForge machine and is allowed from that machine only",
+                       code="forbidden")
+
+
+async def model_import(request: web.Request) -> web.Response:
+    require_loopback(request, "model import")
+    body: ImportBody = parse_body(await request.read(), ImportBody)
+    for field in ("path", "mmproj"):
+        value = getattr(body, field)
+        if value and not value.startswith("/"):
+            raise ApiError(400, f"{field} must be an absolute path, got {value!r}", code="invalid_request", param=field)
+    reply: ModelReply = await request.app[MANAGER].request(
+        ImportModelRequest, path=body.path, name=body.name, mmproj=body.mmproj, timeout=IMPORT_TIMEOUT_S)
+    return web.json_response({"status": "imported", "model": msgspec.to_builtins(reply.entry)})
+
+
+async def model_delete(request: web.Request) -> web.Response:
+    """Unloads the model, then removes it from the index and its files from the store."""
+    reply: DeleteModelReply = await request.app[MANAGER].request(DeleteModelRequest, model=request.match_info["name"])
+    return web.json_response({"status": "deleted", "model": reply.model})

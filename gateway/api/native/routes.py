@@ -9,10 +9,13 @@ from gateway.api.native import handlers
 
 def setup_native_routes(app: web.Application) -> None:
     app.router.add_get("/health", handlers.health)
+    app.router.add_get("/openapi.json", handlers.openapi)
     app.router.add_get("/lf/status", handlers.status)
     app.router.add_get("/lf/status/stream", handlers.status_stream)
     app.router.add_get("/lf/hardware", handlers.hardware)
     app.router.add_get("/lf/model/list", handlers.model_list)
     app.router.add_post("/lf/model/switch", handlers.model_switch)
     app.router.add_post("/lf/model/unload", handlers.model_unload)
+    app.router.add_post("/lf/model/import", handlers.model_import)
+    app.router.add_delete("/lf/model/delete/{name:.+}", handlers.model_delete)
     app.on_shutdown.append(handlers.close_streams)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from gateway.errors import OpenAIError
@@ -13,11 +15,19 @@ class SwitchBody(msgspec.Struct):
     pin: bool = False
     keep_alive: str | float | None = None
     kind: SlotKind = SlotKind.CHAT
+    # Tokens of context to load with (at least; capped by the model's trained context); 0: the default.
+    num_ctx: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class UnloadBody(msgspec.Struct):
     model: str | None = None  # None: every loaded model
     kind: SlotKind | None = None
+
+
+class ImportBody(msgspec.Struct):
+    path: str  # a GGUF file on the gateway's machine, absolute
+    name: str
+    mmproj: str = ""  # its vision projector, absolute; "" for none
 
 
 def parse_body(raw: bytes, cls: type, *, empty_ok: bool = False):  # type: ignore[no-untyped-def]

@@ -1,47 +1,88 @@
-"""OpenAI-compatible /v1 handlers: models, chat, completions, embeddings."""
+"""OpenAI-compatible /v1 handlers: models, chat and completions (byte relay), embeddings."""
 
 from __future__ import annotations
 
+import base64
+import struct
+
+import msgspec
 from aiohttp import web
 
-from gateway.api.openai.schemas import parse_inference
-from gateway.errors import OpenAIError
-from gateway.keys import MANAGER
+from gateway.api.openai.schemas import relay_body
+from gateway.dataplane.embed import embed_inputs, embedding_inputs
+from gateway.dataplane.gates import can_do, find_model, require_kind, require_vision
+from gateway.dataplane.validate import Rule, check, read_json, require
+from gateway.errors import ApiError
+from gateway.keys import STORE
 from gateway.upstream import proxy
-from manager.protocol import ListModelsReply, ListModelsRequest, ModelEntry, SlotKind
+from manager.protocol import ModelEntry, SlotKind
 
 
-async def _forward(request: web.Request, kind: SlotKind, path: str) -> web.StreamResponse:
-    fields, body = parse_inference(await request.read())
-    stream = fields.stream and kind != SlotKind.EMBED
-    return await proxy(request, model=fields.model, kind=kind, keep_alive=fields.keep_alive,
-                       path=path, body=body, stream=stream)
+async def _forward(request: web.Request, path: str, *, chat: bool) -> web.StreamResponse:
+    relay = relay_body(await request.read(), chat=chat)
+    entry = find_model(request, relay.model)
+    require_kind(entry, SlotKind.CHAT)
+    if chat:
+        require_vision(entry, relay.body["messages"])
+    return await proxy(request, model=entry.name, kind=SlotKind.CHAT, keep_alive=relay.keep_alive,
+                       path=path, body=relay.raw, stream=relay.stream)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _forward(request, SlotKind.CHAT, "/v1/chat/completions")
+    return await _forward(request, "/v1/chat/completions", chat=True)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    return await _forward(request, SlotKind.CHAT, "/v1/completions")
+    return await _forward(request, "/v1/completions", chat=False)
 
 
-async def embeddings(request: web.Request) -> web.StreamResponse:
-    return await _forward(request, SlotKind.EMBED, "/v1/embeddings")
+EMBED_RULES = {"model": Rule("str"), "encoding_format": Rule("str"), "dimensions": Rule("int", 1, 2**20),
+               "user": Rule("str"), "keep_alive": Rule("duration")}
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    check(body, EMBED_RULES)
+    require(body, "model", "input")
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise ApiError(400, "encoding_format must be 'float' or 'base64'", param="encoding_format",
+                       code="invalid_request")
+    inputs = embedding_inputs(body["input"])
+    entry = find_model(request, body["model"])
+    require_kind(entry, SlotKind.EMBED)
+    done = await embed_inputs(request, entry, inputs, keep_alive=body.get("keep_alive"),
+                              dimensions=body.get("dimensions"))
+    data = [{"object": "embedding", "index": i, "embedding": _b64(v) if encoding == "base64" else v}
+            for i, v in enumerate(done.vectors)]
+    reply = {"object": "list", "data": data, "model": body["model"],
+             "usage": {"prompt_tokens": done.prompt_tokens, "total_tokens": done.prompt_tokens}}
+    # msgspec: json.dumps of thousands of floats was most of the gateway's cost per embedding call.
+    return web.Response(body=msgspec.json.encode(reply), content_type="application/json")
+
+
+def _b64(vector: list[float]) -> str:
+    """OpenAI's base64 form: the float32 values, little-endian."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 def model_object(entry: ModelEntry) -> dict[str, object]:
+    chat = SlotKind.CHAT in entry.kinds
     return {
         "id": entry.name,
         "object": "model",
         "created": int(entry.added_at),
         "owned_by": "lmforge",
         "capabilities": {
-            "chat": SlotKind.CHAT in entry.kinds,
-            "completion": SlotKind.CHAT in entry.kinds,
+            "chat": chat,
+            "completion": chat,
             "embeddings": SlotKind.EMBED in entry.kinds,
             "reranking": SlotKind.RERANK in entry.kinds,
+            "tools": chat and entry.tools,
+            "thinking": chat and entry.thinking,
+            "vision": chat and entry.vision,
         },
+        "can_do": can_do(entry),
         "format": entry.format,
         "size_bytes": entry.size_bytes,
         "context_length": entry.context_length,
@@ -50,18 +91,10 @@ def model_object(entry: ModelEntry) -> dict[str, object]:
     }
 
 
-async def _models(request: web.Request) -> tuple[ModelEntry, ...]:
-    reply: ListModelsReply = await request.app[MANAGER].request(ListModelsRequest)
-    return reply.models
-
-
 async def list_models(request: web.Request) -> web.Response:
-    return web.json_response({"object": "list", "data": [model_object(m) for m in await _models(request)]})
+    models = request.app[STORE].list()
+    return web.json_response({"object": "list", "data": [model_object(m) for m in models]})
 
 
 async def get_model(request: web.Request) -> web.Response:
-    name = request.match_info["id"]
-    for entry in await _models(request):
-        if entry.name == name:
-            return web.json_response(model_object(entry))
-    raise OpenAIError(404, f"model {name!r} is not installed", param="model", code="model_not_found")
+    return web.json_response(model_object(find_model(request, request.match_info["id"])))

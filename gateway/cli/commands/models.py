@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import", help="add a local GGUF file to the model store")
     p.add_argument("file", type=Path)
     p.add_argument("--name", required=True, help="the name to serve it under, e.g. mymodel:7b")
+    p.add_argument("--mmproj", type=Path, help="its vision projector (an mmproj GGUF): the model then sees images")
     p.set_defaults(func=import_model)
     p = sub.add_parser("load", help="load a model and keep it warm")
     p.add_argument("model")
@@ -114,13 +115,28 @@ def _gib(n: int | None) -> str:
 
 
 def import_model(args: argparse.Namespace, ctx: Context) -> int:
+    """Through the gateway, so that the manager, the index's one writer, makes the change."""
+    path, mmproj = args.file.expanduser().absolute(), args.mmproj and args.mmproj.expanduser().absolute()
+    body = {"path": str(path), "name": args.name, "mmproj": str(mmproj or "")}
     try:
-        entry = ModelStore(ctx.paths).import_gguf(args.file, args.name)
+        entry = ctx.client.post("/lf/model/import", body, timeout=3600)["model"]
+    except GatewayDown:
+        entry = _import_here(ctx, path, args.name, mmproj)  # nothing runs that could write the index meanwhile
+    except ApiError as exc:
+        if exc.code != "manager_unavailable":
+            raise
+        entry = _import_here(ctx, path, args.name, mmproj)
+    serves = [*entry["kinds"], *(["vision"] if entry.get("vision") else [])]
+    ctx.term.success(f"imported {entry['name']} ({entry['size_bytes'] / GiB:.2f} GiB, {entry['architecture']} "
+                     f"{entry['quantization']}, serves {', '.join(serves)})")
+    return 0
+
+
+def _import_here(ctx: Context, path: Path, name: str, mmproj: Path | None) -> dict:
+    try:
+        return msgspec.to_builtins(ModelStore(ctx.paths).import_gguf(path, name, mmproj=mmproj))
     except (StoreError, GGUFError) as exc:
         raise CommandError(str(exc)) from None
-    ctx.term.success(f"imported {entry.name} ({entry.size_bytes / GiB:.2f} GiB, {entry.architecture} "
-                     f"{entry.quantization}, serves {', '.join(entry.kinds)})")
-    return 0
 
 
 def load(args: argparse.Namespace, ctx: Context) -> int:

@@ -114,3 +114,15 @@ def test_the_plan_says_what_grows_after_ready(tmp_path: Path, entries: dict) -> 
     assert adapter(tmp_path, cache_ram_mb=0).plan(entries["chat"], SlotKind.CHAT, cpu_host(), 0).growth < 32 * 1024**2
     on_gpu = adapter(tmp_path).plan(entries["chat"], SlotKind.CHAT, gpu_host(), 10 * GiB)
     assert on_gpu.growth == plan.growth and 0 < on_gpu.growth_gpu < plan.growth
+
+
+def test_an_asked_context_sizes_the_plan_and_is_capped_by_the_trained_one(tmp_path: Path, entries: dict) -> None:
+    a = adapter(tmp_path, ctx_size=1024)
+    default = a.plan(entries["chat"], SlotKind.CHAT, cpu_host(), 0)
+    asked = a.plan(entries["chat"], SlotKind.CHAT, cpu_host(), 0, num_ctx=4096)
+    assert asked.ctx_size == 4096 and asked.kv_cache == 4 * default.kv_cache  # the estimate holds the larger KV
+    assert a.plan(entries["chat"], SlotKind.CHAT, cpu_host(), 0, num_ctx=512).ctx_size == 1024  # never less
+    capped = a.plan(entries["chat"], SlotKind.CHAT, cpu_host(), 0, num_ctx=10**6)
+    assert capped.ctx_size == capped.ctx_max == entries["chat"].context_length
+    argv = a.command(Path("/opt/llama-server"), entries["chat"], SlotKind.CHAT, 4321, asked)
+    assert argv[argv.index("--ctx-size") + 1] == "4096"

@@ -21,6 +21,8 @@ def sample(cls: type) -> object:
         "snapshot": p.HardwareSnapshot(os="linux", arch="x86_64", cpu_model="cpu", cpu_cores=2, cpu_threads=2,
                                        ram_total=8, ram_available=4),
         "error": p.LoadError(at=1.0, message="boom", severity=p.Severity.TRANSIENT),
+        "path": "/m.gguf", "name": "m", "source": "a", "destination": "b",
+        "entry": p.ModelEntry(name="m", path="/m.gguf", vision=True, mmproj="/mmproj-m.gguf"),
     }
     fields = {f.name: values[f.name] for f in msgspec.structs.fields(cls) if f.required}
     return cls(**fields)

@@ -1,0 +1,19 @@
+"""Routes of the Ollama-compatible /api (the model-index routes are set up by index_handlers)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.api.ollama import chat_handlers, embed_handlers, listing_handlers
+
+
+def setup_ollama_routes(app: web.Application) -> None:
+    app.router.add_get("/", listing_handlers.root)  # HEAD / too: Ollama's liveness check
+    app.router.add_get("/api/version", listing_handlers.version)
+    app.router.add_get("/api/tags", listing_handlers.tags)
+    app.router.add_post("/api/show", listing_handlers.show)
+    app.router.add_get("/api/ps", listing_handlers.ps)
+    app.router.add_post("/api/chat", chat_handlers.chat)
+    app.router.add_post("/api/generate", chat_handlers.generate)
+    app.router.add_post("/api/embed", embed_handlers.embed)
+    app.router.add_post("/api/embeddings", embed_handlers.embeddings)

@@ -1,0 +1,254 @@
+"""The engine client: engine calls made over one lease, and the engine's SSE parsed into events.
+
+`with_engine` leases a model from the manager and runs `work(engine)`; the work
+may make several engine calls on that one lease (embedding chunks, the
+thinking workflow's two calls). An engine that refuses or resets the
+connection before answering is gone: the lease goes back as `engine_gone` (the
+manager fails that slot at once) and the work runs once more on a fresh lease.
+That is safe because no byte has reached the client before an engine answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from gateway.dataplane.model import Event, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
+from gateway.errors import ApiError
+from gateway.keys import MANAGER, SETTINGS, UPSTREAM
+from manager.protocol import AcquireReply, LeaseOutcome, SlotKind
+
+log = logging.getLogger("lmforge.gateway")
+
+TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_read=600)
+T = TypeVar("T")
+_decode = msgspec.json.Decoder().decode
+
+
+class EngineGone(Exception):
+    """The engine refused or reset the connection before answering: it is not there any more."""
+
+
+class EngineBroke(Exception):
+    """The engine stream failed after it started; the client's response must end with this message."""
+
+
+class Engine:
+    """Calls to one leased engine. `failed` is set when a call broke, so the lease says so."""
+
+    def __init__(self, request: web.Request, lease: AcquireReply, trace: str) -> None:
+        self.session: aiohttp.ClientSession = request.app[UPSTREAM]
+        self.lease = lease
+        self.trace = trace
+        self.failed = False
+
+    @property
+    def model(self) -> str:
+        return self.lease.model
+
+    async def post(self, path: str, body: dict[str, Any] | bytes) -> aiohttp.ClientResponse:
+        """Send a request; returns once the engine's response headers are in."""
+        data = body if isinstance(body, bytes) else msgspec.json.encode(body)
+        try:
+            return await self.session.post(self.lease.base_url + path, data=data, timeout=TIMEOUT,
+                                           headers={"Content-Type": "application/json", "X-Request-Id": self.trace})
+        except asyncio.TimeoutError as exc:  # slow is not gone (aiohttp's timeouts are connection errors too)
+            raise self.unreachable(exc) from None
+        except aiohttp.ClientConnectionError as exc:
+            # Refused, reset, or closed before a byte of answer (a dying engine's
+            # socket may still accept, then drop what we write): it is gone.
+            raise EngineGone() from exc
+        except aiohttp.ClientError as exc:
+            raise self.unreachable(exc) from None
+
+    async def read(self, path: str, body: dict[str, Any] | bytes) -> tuple[str, bytes]:
+        """A whole (non-streamed) engine call: (content type, body); an engine error is an ApiError with its status."""
+        up = await self.post(path, body)
+        try:
+            async with up:
+                data = await up.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            self.failed = True
+            raise self.unreachable(exc) from None
+        if up.status >= 400:
+            raise engine_error(up.status, data)
+        return up.content_type, data
+
+    async def json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return _decode((await self.read(path, body))[1])
+
+    async def opened(self, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        """Open a streamed call; an engine error before the stream raises here, as an ApiError."""
+        up = await self.post(path, body)
+        if up.status >= 400:
+            async with up:
+                raise engine_error(up.status, await up.read())
+        return up
+
+    async def chunks(self, up: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+        """The SSE `data:` objects of an opened stream until `[DONE]` or its end.
+
+        An error object from the engine, a dropped connection or an unreadable
+        event raises EngineBroke; the caller ends its client's stream with it.
+        """
+        try:
+            async with up:
+                # Whatever arrived, split on newlines here: aiohttp's line reader cost twice
+                # the rest of a translated token. `rest` is a line still waiting for its end.
+                rest = b""
+                async for data in up.content.iter_any():
+                    lines = (rest + data).split(b"\n")
+                    rest = lines.pop()
+                    for line in lines:
+                        if not line.startswith(b"data:"):
+                            continue
+                        payload = line[5:].strip()
+                        if payload == b"[DONE]":
+                            return
+                        chunk = _decode(payload)
+                        if "error" in chunk:
+                            raise EngineBroke(_message_of(chunk["error"]))
+                        yield chunk
+                if rest.startswith(b"data:") and rest[5:].strip() not in (b"", b"[DONE]"):
+                    raise EngineBroke(f"the engine serving {self.model} ended its stream mid-event")
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            self.failed = True
+            log.warning("engine for %s broke mid-stream: %s", self.model, exc)
+            raise EngineBroke(f"the engine serving {self.model} failed mid-stream: {exc}") from None
+        except msgspec.DecodeError as exc:
+            self.failed = True
+            raise EngineBroke(f"the engine serving {self.model} sent an unreadable event: {exc}") from None
+
+    async def events(self, path: str, body: dict[str, Any]) -> AsyncIterator[Event]:
+        """Open a streamed OpenAI call (errors before the stream raise here) and return its events."""
+        return self._events(await self.opened(path, body))
+
+    async def _events(self, up: aiohttp.ClientResponse) -> AsyncIterator[Event]:
+        """Deltas as they come, then one Usage, then exactly one Finish last.
+
+        llama-server repeats its timings in every chunk and sends usage after the
+        finish reason, so both are held back and read once, from the last chunk that had them.
+        """
+        finish, last = Finish("stop"), None
+        chunks = self.chunks(up)
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                if "usage" in chunk or "timings" in chunk:
+                    last = chunk
+                for event in events_of(chunk):
+                    if isinstance(event, Finish):
+                        finish = event
+                    else:
+                        yield event
+        if last is not None:
+            yield usage_of(last)
+        yield finish
+
+    def unreachable(self, exc: BaseException) -> ApiError:
+        return ApiError(502, f"the engine serving {self.model} failed: {exc or type(exc).__name__}",
+                        code="engine_unreachable")
+
+
+def events_of(chunk: dict[str, Any]) -> list[Event]:
+    """The delta and finish events in one OpenAI stream chunk (chat or text completion), choice 0 only."""
+    out: list[Event] = []
+    for choice in chunk.get("choices") or ():
+        if choice.get("index", 0) != 0:
+            continue
+        delta = choice.get("delta")
+        if delta is None:  # a text completion chunk
+            if choice.get("text"):
+                out.append(TextDelta(choice["text"]))
+        else:
+            if delta.get("reasoning_content"):
+                out.append(ReasoningDelta(delta["reasoning_content"]))
+            if delta.get("content"):
+                out.append(TextDelta(delta["content"]))
+            for call in delta.get("tool_calls") or ():
+                function = call.get("function") or {}
+                out.append(ToolCallDelta(index=call.get("index", 0), id=call.get("id"),
+                                         name=function.get("name"), arguments=function.get("arguments") or ""))
+        if choice.get("finish_reason"):
+            # llama-server names the stop string only in the final chunk of a `verbose` request.
+            verbose = chunk.get("__verbose") or {}
+            out.append(Finish(choice["finish_reason"], verbose.get("stopping_word") or None))
+    return out
+
+
+def usage_of(chunk: dict[str, Any]) -> Usage:
+    """Token counts from OpenAI's usage, times from llama-server's timings (prompt_n counts only uncached tokens)."""
+    usage, timings = chunk.get("usage") or {}, chunk.get("timings") or {}
+    return Usage(prompt_tokens=usage.get("prompt_tokens", timings.get("prompt_n", 0)),
+                 completion_tokens=usage.get("completion_tokens", timings.get("predicted_n", 0)),
+                 prompt_ms=timings.get("prompt_ms", 0.0), predicted_ms=timings.get("predicted_ms", 0.0))
+
+
+async def with_engine(
+    request: web.Request, work: Callable[[Engine], Awaitable[T]], *, model: str, kind: SlotKind,
+    keep_alive: str | float | None = None, num_ctx: int = 0,
+) -> T:
+    """Run `work` on a leased engine for `model`; once more on a fresh lease if the engine was gone."""
+    trace = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    for attempt in (1, 2):
+        try:
+            return await _leased(request, work, trace, model=model, kind=kind, keep_alive=keep_alive,
+                                 num_ctx=num_ctx)
+        except EngineGone as gone:
+            if attempt == 2:
+                raise ApiError(502, f"the engine serving {model} failed: {gone.__cause__ or 'connection lost'}",
+                               code="engine_unreachable") from None
+            log.warning("engine for %s was gone (%s); retrying on a fresh lease", model, gone.__cause__)
+    raise AssertionError("unreachable")
+
+
+async def _leased(request: web.Request, work: Callable[[Engine], Awaitable[T]], trace: str, *, model: str,
+                  kind: SlotKind, keep_alive: str | float | None, num_ctx: int) -> T:
+    settings = request.app[SETTINGS]
+    # A cold model may need its drain wait and a full load before it answers.
+    wait = settings.load_timeout_s + settings.drain_timeout_s + 30
+    async with request.app[MANAGER].lease(model=model, kind=kind, keep_alive=keep_alive, trace_id=trace,
+                                          num_ctx=num_ctx, timeout=wait) as held:
+        engine = Engine(request, held.reply, trace)
+        try:
+            result = await work(engine)
+        except EngineGone:
+            held.outcome = LeaseOutcome.ENGINE_GONE  # the manager fails the slot before our next acquire
+            raise
+        except (asyncio.CancelledError, ConnectionResetError):
+            held.outcome = LeaseOutcome.CLIENT_GONE
+            raise
+        except ApiError:
+            held.outcome = LeaseOutcome.UPSTREAM_ERROR
+            raise
+        if engine.failed:
+            held.outcome = LeaseOutcome.UPSTREAM_ERROR
+        return result
+
+
+def engine_error(status: int, data: bytes) -> ApiError:
+    """The engine's own error, as an ApiError with the engine's status and message."""
+    try:
+        err = json.loads(data).get("error")
+    except (ValueError, AttributeError):
+        err = None
+    if isinstance(err, dict):
+        code, message = err.get("code"), _message_of(err)
+        if status == 500 and message.startswith("Failed to parse"):
+            status = 400  # llama-server answers 500 for request fields it cannot read: the caller's error
+        return ApiError(status, message, code=None if code is None else str(code), param=err.get("param"))
+    text = data.decode(errors="replace").strip()[:500] or "engine error"
+    return ApiError(status, text, code="engine_error")
+
+
+def _message_of(err: object) -> str:
+    if isinstance(err, dict):
+        return str(err.get("message", "engine error"))
+    return str(err)

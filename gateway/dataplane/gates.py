@@ -1,0 +1,64 @@
+"""Which installed model a request names, and whether it can do what is asked: before any engine work.
+
+The gateway reads the store's index itself (every process may read it; the
+manager alone writes it). A name Ollama clients suffix with `:latest` finds
+the model installed without a tag.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from gateway.errors import ApiError
+from gateway.keys import STORE
+from manager.protocol import ModelEntry, SlotKind
+
+IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+WHAT = {SlotKind.CHAT: "chat", SlotKind.EMBED: "embeddings", SlotKind.RERANK: "reranking"}
+
+
+def find_model(request: web.Request, name: str) -> ModelEntry:
+    """The installed model `name` names; 404 model_not_found otherwise."""
+    store = request.app[STORE]
+    entry = store.get(name)
+    if entry is None and name.endswith(":latest"):
+        entry = store.get(name.removesuffix(":latest"))
+    if entry is None:
+        raise ApiError(404, f"model {name!r} is not installed (see /v1/models, or pull it)",
+                       param="model", code="model_not_found")
+    return entry
+
+
+def can_do(entry: ModelEntry) -> list[str]:
+    """What a model can do, in words, for error messages and listings."""
+    found = [WHAT[k] for k in entry.kinds]
+    if SlotKind.CHAT in entry.kinds:
+        found += [name for name, on in (("tools", entry.tools), ("thinking", entry.thinking),
+                                        ("vision", entry.vision)) if on]
+    return found
+
+
+def require_kind(entry: ModelEntry, kind: SlotKind) -> None:
+    """400 naming the model and what it can do, when it cannot serve `kind`."""
+    if kind not in entry.kinds:
+        raise ApiError(400, f"model {entry.name!r} does not support {WHAT[kind]}; it can do: "
+                       f"{', '.join(can_do(entry))}", param="model", code="not_supported")
+
+
+def require_vision(entry: ModelEntry, messages: list[Any]) -> None:
+    """400 vision_not_supported when any message carries an image and the model has no vision."""
+    if not entry.vision and any(has_image(m) for m in messages):
+        raise ApiError(400, f"model {entry.name!r} cannot read images (no vision projector was imported "
+                       f"with it); it can do: {', '.join(can_do(entry))}", param="messages",
+                       code="vision_not_supported")
+
+
+def has_image(message: Any) -> bool:
+    if not isinstance(message, dict):
+        return False
+    if message.get("images"):  # Ollama's form
+        return True
+    content = message.get("content")
+    return isinstance(content, list) and any(isinstance(p, dict) and p.get("type") in IMAGE_PARTS for p in content)

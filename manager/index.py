@@ -1,0 +1,104 @@
+"""IndexWriter: every change to models.json (import, copy, delete), made by the manager alone.
+
+Each change runs in a worker thread, one at a time, and is answered on the loop. The
+slots of a model that a change replaces or removes are unloaded there, so no engine
+goes on serving a file that is gone or no longer the model's.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from catalog.gguf_info import GGUFError
+from catalog.store import ModelNotFound, ModelStore, StoreError
+from manager.protocol import (
+    CopyModelRequest, DeleteModelReply, DeleteModelRequest, ErrorCode, ErrorReply, ImportModelRequest, ModelEntry,
+    ModelReply, Reply,
+)
+from manager.table import SlotTable
+
+log = logging.getLogger("lmforge.manager")
+
+Offload = Callable[[Callable[[], object], Callable[[object], None]], None]
+
+
+def error_of(exc: BaseException) -> tuple[ErrorCode, str]:
+    """The reply for a refused change: the caller's mistake is a 4xx, the store's failure a 500."""
+    if isinstance(exc, ModelNotFound):
+        return ErrorCode.MODEL_NOT_FOUND, str(exc)
+    if isinstance(exc, (StoreError, GGUFError)):
+        return ErrorCode.BAD_REQUEST, str(exc)
+    return ErrorCode.INTERNAL, f"cannot change the model store: {exc}"
+
+
+class IndexWriter:
+    """See the module docstring. Handlers never await; `offload` runs work off the loop."""
+
+    def __init__(self, store: ModelStore, table: SlotTable, offload: Offload,
+                 send: Callable[[bytes | None, Reply], None]) -> None:
+        self.store, self.table, self.offload, self.send = store, table, offload, send
+        # One change at a time: a copy must not link files that a delete is removing.
+        self._lock = threading.Lock()
+
+    def handlers(self) -> dict[type, Callable[[bytes, Any], None]]:
+        return {ImportModelRequest: self.import_model, CopyModelRequest: self.copy_model,
+                DeleteModelRequest: self.delete_model}
+
+    def import_model(self, peer: bytes, req: ImportModelRequest) -> None:
+        paths = [p for p in (req.path, req.mmproj) if p]
+        if not req.path or not all(Path(p).is_absolute() for p in paths):
+            self.send(peer, ErrorReply(req_id=req.req_id, code=ErrorCode.BAD_REQUEST,
+                                       message=f"import paths must be absolute, got {', '.join(map(repr, paths))}"))
+            return
+        work = functools.partial(self.store.import_gguf, Path(req.path), req.name,
+                                 mmproj=Path(req.mmproj) if req.mmproj else None)
+        self._change(peer, req.req_id, work, lambda entry: self._indexed(peer, req.req_id, entry))
+
+    def copy_model(self, peer: bytes, req: CopyModelRequest) -> None:
+        work = functools.partial(self.store.copy, req.source, req.destination)
+        self._change(peer, req.req_id, work, lambda entry: self._indexed(peer, req.req_id, entry))
+
+    def delete_model(self, peer: bytes, req: DeleteModelRequest) -> None:
+        self._unload(req.model, "deleted")
+
+        def deleted(entry: ModelEntry) -> None:
+            # A request may have loaded it again while its files were going: that engine goes too.
+            self._unload(req.model, "deleted")
+            log.info("deleted model %s (%s)", req.model, entry.path)
+            self.send(peer, DeleteModelReply(req_id=req.req_id, model=req.model))
+        self._change(peer, req.req_id, functools.partial(self.store.remove, req.model), deleted)
+
+    def _indexed(self, peer: bytes, req_id: int, entry: ModelEntry) -> None:
+        """A name now means `entry`: engines still serving the file it meant before are unloaded."""
+        if any(s.model == entry.name and _files(s.entry) != _files(entry) for s in self.table.slots.values()):
+            self._unload(entry.name, "replaced by a new model of the same name")
+        log.info("indexed model %s (%s)", entry.name, entry.path)
+        self.send(peer, ModelReply(req_id=req_id, entry=entry))
+
+    def _change(self, peer: bytes, req_id: int, work: Callable[[], Any], then: Callable[[Any], None]) -> None:
+        def one_at_a_time() -> object:
+            with self._lock:
+                return work()
+
+        def answer(result: object) -> None:
+            if isinstance(result, BaseException):
+                code, message = error_of(result)
+                if code == ErrorCode.INTERNAL:
+                    log.error("model store change failed: %s", result)
+                self.send(peer, ErrorReply(req_id=req_id, code=code, message=message))
+            else:
+                then(result)
+        self.offload(one_at_a_time, answer)
+
+    def _unload(self, model: str, reason: str) -> None:
+        for slot in [s for s in self.table.slots.values() if s.model == model]:
+            self.table.unload(slot, reason, explicit=True)  # one with requests in flight drains first
+        self.table.schedule()
+
+
+def _files(entry: ModelEntry) -> tuple[str, str, str]:
+    return entry.path, entry.sha256, entry.mmproj

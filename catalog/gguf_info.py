@@ -13,6 +13,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -115,6 +116,17 @@ class GGUFInfo:
             return LlamaFileType(int(value)).name.removeprefix("MOSTLY_").removeprefix("ALL_")  # type: ignore[arg-type]
         except ValueError:
             return f"type{value}"
+
+
+def cached_gguf_info(path: str | Path) -> GGUFInfo:
+    """read_gguf_info, read once per file version: its size and mtime key the cache, so a replaced file is read again."""
+    stat = os.stat(path)
+    return _cached(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=64)
+def _cached(path: str, mtime_ns: int, size: int) -> GGUFInfo:
+    return read_gguf_info(path)
 
 
 def read_gguf_info(path: str | Path) -> GGUFInfo:

@@ -23,12 +23,12 @@ log = logging.getLogger("lmforge.gateway")
 
 async def proxy(
     request: web.Request, *, model: str, kind: SlotKind, keep_alive: str | float | None,
-    path: str, body: bytes, stream: bool, num_ctx: int = 0,
+    path: str, body: bytes, stream: bool,
 ) -> web.StreamResponse:
     async def send(engine: Engine) -> web.StreamResponse:
         return await (_stream if stream else _whole)(request, engine, path, body)
 
-    return await with_engine(request, send, model=model, kind=kind, keep_alive=keep_alive, num_ctx=num_ctx)
+    return await with_engine(request, send, model=model, kind=kind, keep_alive=keep_alive)
 
 
 async def _whole(request: web.Request, engine: Engine, path: str, body: bytes) -> web.Response:

@@ -35,21 +35,22 @@ class ToolCalls:
                 for i, p in sorted(self._parts.items()) if p["name"]]
 
 
-async def collect(events: AsyncIterator[Event]) -> Completion:
+async def collect(events: AsyncIterator[list[Event]]) -> Completion:
     text: list[str] = []
     reasoning: list[str] = []
     calls = ToolCalls()
     done = Completion()
-    async for event in events:
-        if isinstance(event, TextDelta):
-            text.append(event.text)
-        elif isinstance(event, ReasoningDelta):
-            reasoning.append(event.text)
-        elif isinstance(event, ToolCallDelta):
-            calls.add(event)
-        elif isinstance(event, Usage):
-            done.usage = event
-        elif isinstance(event, Finish):
-            done.finish, done.stop_word = event.reason, event.stop_word
+    async for batch in events:
+        for event in batch:
+            if isinstance(event, TextDelta):
+                text.append(event.text)
+            elif isinstance(event, ReasoningDelta):
+                reasoning.append(event.text)
+            elif isinstance(event, ToolCallDelta):
+                calls.add(event)
+            elif isinstance(event, Usage):
+                done.usage = event
+            elif isinstance(event, Finish):
+                done.finish, done.stop_word = event.reason, event.stop_word
     done.text, done.reasoning, done.tool_calls = "".join(text), "".join(reasoning), calls.calls()
     return done

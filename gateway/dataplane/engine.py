@@ -30,6 +30,8 @@ log = logging.getLogger("lmforge.gateway")
 
 TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_read=600)
 T = TypeVar("T")
+# An engine stream's events, one list per network read (see Engine.chunks).
+Events = AsyncIterator[list[Event]]
 _decode = msgspec.json.Decoder().decode
 
 
@@ -93,30 +95,28 @@ class Engine:
                 raise engine_error(up.status, await up.read())
         return up
 
-    async def chunks(self, up: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
-        """The SSE `data:` objects of an opened stream until `[DONE]` or its end.
+    async def chunks(self, up: aiohttp.ClientResponse) -> AsyncIterator[list[dict[str, Any]]]:
+        """The SSE `data:` objects of an opened stream, one list per network read, until `[DONE]`.
 
-        An error object from the engine, a dropped connection or an unreadable
-        event raises EngineBroke; the caller ends its client's stream with it.
+        One list per read is what lets a dialect answer with one write per read: under
+        load many tokens arrive together and leave together. The bytes are split on
+        newlines here (aiohttp's line reader cost twice the rest of a translated token).
+        An error object from the engine, a dropped connection or an unreadable event
+        raises EngineBroke, after the objects before it; the caller ends its client's stream.
         """
         try:
             async with up:
-                # Whatever arrived, split on newlines here: aiohttp's line reader cost twice
-                # the rest of a translated token. `rest` is a line still waiting for its end.
-                rest = b""
+                rest = b""  # a line still waiting for its end
                 async for data in up.content.iter_any():
                     lines = (rest + data).split(b"\n")
                     rest = lines.pop()
-                    for line in lines:
-                        if not line.startswith(b"data:"):
-                            continue
-                        payload = line[5:].strip()
-                        if payload == b"[DONE]":
-                            return
-                        chunk = _decode(payload)
-                        if "error" in chunk:
-                            raise EngineBroke(_message_of(chunk["error"]))
-                        yield chunk
+                    batch, end = _data_objects(lines)
+                    if batch:
+                        yield batch
+                    if isinstance(end, EngineBroke):
+                        raise end
+                    if end:
+                        return
                 if rest.startswith(b"data:") and rest[5:].strip() not in (b"", b"[DONE]"):
                     raise EngineBroke(f"the engine serving {self.model} ended its stream mid-event")
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
@@ -127,12 +127,12 @@ class Engine:
             self.failed = True
             raise EngineBroke(f"the engine serving {self.model} sent an unreadable event: {exc}") from None
 
-    async def events(self, path: str, body: dict[str, Any]) -> AsyncIterator[Event]:
+    async def events(self, path: str, body: dict[str, Any]) -> Events:
         """Open a streamed OpenAI call (errors before the stream raise here) and return its events."""
         return self._events(await self.opened(path, body))
 
-    async def _events(self, up: aiohttp.ClientResponse) -> AsyncIterator[Event]:
-        """Deltas as they come, then one Usage, then exactly one Finish last.
+    async def _events(self, up: aiohttp.ClientResponse) -> Events:
+        """Deltas as they come, one list per read; the last list ends with one Usage and exactly one Finish.
 
         llama-server repeats its timings in every chunk and sends usage after the
         finish reason, so both are held back and read once, from the last chunk that had them.
@@ -140,21 +140,39 @@ class Engine:
         finish, last = Finish("stop"), None
         chunks = self.chunks(up)
         async with contextlib.aclosing(chunks):
-            async for chunk in chunks:
-                if "usage" in chunk or "timings" in chunk:
-                    last = chunk
-                for event in events_of(chunk):
-                    if isinstance(event, Finish):
-                        finish = event
-                    else:
-                        yield event
-        if last is not None:
-            yield usage_of(last)
-        yield finish
+            async for batch in chunks:
+                out: list[Event] = []
+                for chunk in batch:
+                    if "usage" in chunk or "timings" in chunk:
+                        last = chunk
+                    for event in events_of(chunk):
+                        if isinstance(event, Finish):
+                            finish = event
+                        else:
+                            out.append(event)
+                if out:
+                    yield out
+        yield ([usage_of(last)] if last is not None else []) + [finish]
 
     def unreachable(self, exc: BaseException) -> ApiError:
         return ApiError(502, f"the engine serving {self.model} failed: {exc or type(exc).__name__}",
                         code="engine_unreachable")
+
+
+def _data_objects(lines: list[bytes]) -> tuple[list[dict[str, Any]], bool | EngineBroke]:
+    """The `data:` objects in whole SSE lines, and whether the stream ended there ([DONE] or an engine error)."""
+    out = []
+    for line in lines:
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            return out, True
+        chunk = _decode(payload)
+        if "error" in chunk:
+            return out, EngineBroke(_message_of(chunk["error"]))
+        out.append(chunk)
+    return out, False
 
 
 def events_of(chunk: dict[str, Any]) -> list[Event]:

@@ -26,8 +26,8 @@ def find_model(request: web.Request, name: str) -> ModelEntry:
     if entry is None and name.endswith(":latest"):
         entry = store.get(name.removesuffix(":latest"))
     if entry is None:
-        raise ApiError(404, f"model {name!r} is not installed (see /v1/models, or pull it)",
-                       param="model", code="model_not_found")
+        # Ollama's words, which its clients show as they are; /v1/models lists what is installed.
+        raise ApiError(404, f"model '{name}' not found", param="model", code="model_not_found")
     return entry
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from functools import lru_cache
 from pathlib import Path
 
-from catalog.gguf_info import GGUFInfo, read_gguf_info
+from catalog.gguf_info import GGUFInfo, cached_gguf_info as gguf_info
 from manager.budget import is_gpu_host
 from manager.config import Paths, Settings
 from manager.context import start_ctx
@@ -24,15 +23,6 @@ MAX_POOLED_BATCH = 4096
 # GGUFs without tokenizer.chat_template fall back to ChatML in llama-server, which
 # makes e.g. Gemma talk nonsense; these architectures get their built-in template.
 BUILTIN_TEMPLATES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "llama3": "llama3", "phi3": "phi3"}
-
-
-@lru_cache(maxsize=64)
-def _gguf(path: str, mtime_ns: int) -> GGUFInfo:
-    return read_gguf_info(path)
-
-
-def gguf_info(path: str) -> GGUFInfo:
-    return _gguf(path, Path(path).stat().st_mtime_ns)
 
 
 class LlamaCppAdapter:

@@ -42,6 +42,7 @@ MODELS = {"tiny": "bench:tiny", "gemma": "bench:gemma"}
 TOKEN_RANGES = {"tiny": (0x41, 0x7A), "gemma": (1_000, 200_000)}
 N_PREDICT = {"tiny": 256, "gemma": 64}
 MARGIN = 16  # tokens each sequence leaves free, so four of them fit the unified cache
+STATUS_S = 0.25  # how often /lf/status is read through LMForge
 SAMPLE_S = 0.02
 AIM = 1.25
 MiB = 1024**2
@@ -69,6 +70,9 @@ class Trace:
     rounds: list[dict] = field(default_factory=list)
     lmforge: list[dict] = field(default_factory=list)  # /lf/status slot figures, when through LMForge
 
+    def __post_init__(self) -> None:
+        self.updated = asyncio.Condition()  # notified after each reading; not a field, so not in the results
+
     @property
     def peak(self) -> int:
         return max((rss for _, rss, _ in self.samples), default=self.at_ready)
@@ -91,10 +95,41 @@ async def sample(pid: int, trace: Trace, stop: asyncio.Event) -> None:
         figures = group_memory(pid)
         if figures is not None:
             trace.samples.append((time.monotonic() - started, *figures))
+        await trace_updated(trace)
+        await pause(stop, SAMPLE_S)
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """The interval between two readings, cut short when `stop` is set."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
+
+
+async def trace_updated(trace: Trace) -> None:
+    async with trace.updated:
+        trace.updated.notify_all()
+
+
+async def until(trace: Trace, predicate, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait, on the readings themselves, until `predicate()` holds."""
+    async with trace.updated:
         try:
-            await asyncio.wait_for(stop.wait(), SAMPLE_S)
+            await asyncio.wait_for(trace.updated.wait_for(predicate), timeout)
         except asyncio.TimeoutError:
-            pass
+            raise BenchError(f"timed out after {timeout}s waiting for {what}") from None
+
+
+def caught_up(trace: Trace, held: int) -> bool:
+    """The manager's latest reading (through /lf/status) is within 1% of what the engine holds."""
+    return bool(trace.lmforge) and (trace.lmforge[-1].get("measured_bytes") or 0) >= 0.99 * held
+
+
+async def more_samples(trace: Trace, n: int) -> None:
+    """Wait until the sampler has read the engine `n` more times (its memory after the last round)."""
+    target = len(trace.samples) + n
+    await until(trace, lambda: len(trace.samples) >= target, f"{n} more memory samples")
 
 
 # --- filling every slot ---
@@ -171,7 +206,7 @@ async def by_hand(entry: ModelEntry, key: str, rounds: int, tmp: Path) -> Trace:
             try:
                 await fill_rounds(session, engine.url + "/completion", entry.name, key, plan.ctx_size,
                                   adapter.settings.parallel, rounds, trace)
-                await asyncio.sleep(0.5)
+                await more_samples(trace, 2)
             finally:
                 stop.set()
                 await sampler
@@ -193,14 +228,19 @@ async def through_lmforge(inst: Instance, model: str, key: str, rounds: int) -> 
         while not stop.is_set():
             s = await asyncio.to_thread(engine_slot, inst, model) or {}
             trace.lmforge.append({k: s.get(k) for k in ("estimate_bytes", "measured_bytes", "charged_bytes")})
-            await asyncio.sleep(0.25)
+            await trace_updated(trace)
+            await pause(stop, STATUS_S)
 
     async with aiohttp.ClientSession() as session:
         tasks = [asyncio.create_task(sample(slot["pid"], trace, stop)), asyncio.create_task(read_status())]
         try:
             await fill_rounds(session, inst.url + "/v1/completions", model, key, slot["ctx_size"],
                               Settings().llama_cpp.parallel, rounds, trace)
-            await asyncio.sleep(2.5)  # the manager measures about once a second
+            # The manager measures about once a second: wait for a reading that has caught up with
+            # what the engine holds after the last round.
+            await more_samples(trace, 1)
+            held = trace.samples[-1][1]
+            await until(trace, lambda: caught_up(trace, held), "the manager's reading of the engine after the last round")
         finally:
             stop.set()
             await asyncio.gather(*tasks)

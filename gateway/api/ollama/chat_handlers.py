@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
 from gateway.api.ollama import codec
-from gateway.api.ollama.details import can_insert, find, header
+from gateway.api.ollama.details import can_insert, header
 from gateway.api.ollama.frames import Frames, FrameStream
 from gateway.api.ollama.infill import infill_events
 from gateway.dataplane import respond
-from gateway.dataplane.engine import Engine, with_engine
-from gateway.dataplane.gates import require_kind, require_vision
-from gateway.dataplane.model import ChatRequest, Event, TextRequest, engine_body
+from gateway.dataplane.engine import Engine, Events, with_engine
+from gateway.dataplane.gates import find_model, require_kind, require_vision
+from gateway.dataplane.model import ChatRequest, TextRequest, engine_body
 from gateway.errors import ApiError
 from gateway.keys import MANAGER
 from manager.keepalive import parse_keep_alive
@@ -29,16 +29,20 @@ from manager.protocol import ModelEntry, SlotKind, UnloadRequest
 log = logging.getLogger("lmforge.gateway")
 
 NDJSON = "application/x-ndjson"
-Opener = Callable[[Engine], Awaitable[AsyncIterator[Event]]]
+Opener = Callable[[Engine], Awaitable[Events]]
 
 
-async def chat(request: web.Request) -> web.StreamResponse:
+async def _begin(request: web.Request, *, chat: bool) -> tuple[dict[str, Any], ModelEntry, Frames]:
+    """The checked body, the model it names, and the frames its answer will be written in."""
     started = time.perf_counter_ns()
     body = codec.read_body(await request.read())
     name = codec.model_name(body)
     codec.validate(body)
-    entry = find(request, name)
-    frames = Frames(name, chat=True, started_ns=started)
+    return body, find_model(request, name), Frames(name, chat=chat, started_ns=started)
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    body, entry, frames = await _begin(request, chat=True)
     if not body.get("messages"):
         return await load_or_unload(request, entry, body, frames)
     require_kind(entry, SlotKind.CHAT)
@@ -48,12 +52,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
-    started = time.perf_counter_ns()
-    body = codec.read_body(await request.read())
-    name = codec.model_name(body)
-    codec.validate(body)
-    entry = find(request, name)
-    frames = Frames(name, chat=False, started_ns=started)
+    body, entry, frames = await _begin(request, chat=False)
     for ignored in ("template", "context"):
         if body.get(ignored):
             log.info("ollama generate: %s ignored (the model's own chat template is used)", ignored)

@@ -1,37 +1,21 @@
 """How Ollama describes an installed model: its tagged name, digest, details, capabilities, GGUF header.
 
-The header is read once per file (it skips the tokenizer's arrays, but a large
-vocabulary still takes a moment) and off the event loop.
+The header is read once per file version (catalog/gguf_info.py caches it) and off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
-import os
 from typing import Any
 
-from aiohttp import web
 
-from catalog.gguf_info import GGUFError, GGUFInfo, read_gguf_info
-from gateway.dataplane.gates import find_model
-from gateway.errors import ApiError
+from catalog.gguf_info import GGUFError, GGUFInfo, cached_gguf_info
 from manager.protocol import ModelEntry, SlotKind
 
 # llama.cpp fills in the middle with these tokens; either naming (the newer first) marks a model that can.
 FIM_KEYS = (("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.fim_mid_token_id"),
             ("tokenizer.ggml.prefix_token_id", "tokenizer.ggml.suffix_token_id", "tokenizer.ggml.middle_token_id"))
-
-
-def find(request: web.Request, name: str) -> ModelEntry:
-    """The installed model `name` names; Ollama's 404 otherwise."""
-    try:
-        return find_model(request, name)
-    except ApiError as err:
-        if err.status == 404:
-            raise ApiError(404, f"model '{name}' not found", param="model", code="model_not_found") from None
-        raise
 
 
 def tagged(name: str) -> str:
@@ -79,14 +63,8 @@ def can_insert(info: GGUFInfo) -> bool:
 
 
 async def header(entry: ModelEntry) -> GGUFInfo | None:
-    """The model file's GGUF header; None when the file cannot be read now."""
+    """The model file's GGUF header, read off the event loop; None when the file cannot be read now."""
     try:
-        stat = os.stat(entry.path)
-        return await asyncio.to_thread(_header, entry.path, stat.st_mtime_ns, stat.st_size)
+        return await asyncio.to_thread(cached_gguf_info, entry.path)
     except (OSError, GGUFError):
         return None
-
-
-@functools.lru_cache(maxsize=64)
-def _header(path: str, mtime_ns: int, size: int) -> GGUFInfo:
-    return read_gguf_info(path)  # mtime and size key the cache: a replaced file is read again

@@ -9,11 +9,11 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.ollama import codec
-from gateway.api.ollama.details import find
+
 from gateway.api.ollama.frames import json_reply
-from gateway.dataplane.embed import embed_inputs
+from gateway.dataplane.embed import embed_inputs, embedding_inputs
 from gateway.dataplane.engine import Engine, with_engine
-from gateway.dataplane.gates import require_kind
+from gateway.dataplane.gates import find_model, require_kind
 from gateway.errors import ApiError
 from manager.protocol import ModelEntry, SlotKind
 
@@ -27,12 +27,10 @@ async def embed(request: web.Request) -> web.Response:
     if given is None or given == "" or given == []:  # Ollama's way to load an embedding model
         load_s = await _load(request, entry, body)
         return json_reply({"model": body["model"], "embeddings": [], "load_duration": int(load_s * 1e9)})
-    if isinstance(given, str):
-        inputs = [given]
-    elif isinstance(given, list) and all(isinstance(v, str) for v in given):
-        inputs = given
-    else:
+    if not (isinstance(given, str) or (isinstance(given, list) and all(isinstance(v, str) for v in given))):
+        # Ollama takes text only (no token arrays, unlike OpenAI's embeddings).
         raise ApiError(400, "input must be a string or an array of strings", param="input", code="invalid_request")
+    inputs = embedding_inputs(given)
     if body.get("truncate") is False:
         log.info("ollama embed: truncate=false: inputs longer than the context are the engine's error")
     dimensions = body.get("dimensions")
@@ -61,7 +59,7 @@ async def _checked(request: web.Request) -> tuple[dict[str, Any], ModelEntry]:
     if body.get("options"):
         log.info("ollama embed: options %s ignored (an embedding engine takes none per request)",
                  ", ".join(sorted(body["options"])))
-    entry = find(request, name)
+    entry = find_model(request, name)
     require_kind(entry, SlotKind.EMBED)
     return body, entry
 

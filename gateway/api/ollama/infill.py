@@ -9,11 +9,11 @@ are parsed into events here.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 
-from gateway.dataplane.engine import Engine
+from gateway.dataplane.engine import Engine, Events
 from gateway.dataplane.model import Event, Finish, TextDelta, TextRequest, Usage, engine_body
 from gateway.errors import ApiError
 
@@ -27,7 +27,7 @@ def infill_body(req: TextRequest) -> dict[str, Any]:
     return body
 
 
-async def infill_events(engine: Engine, req: TextRequest) -> AsyncIterator[Event]:
+async def infill_events(engine: Engine, req: TextRequest) -> Events:
     """Open the streamed /infill call (errors before the stream raise here) and return its events."""
     try:
         up = await engine.opened("/infill", infill_body(req))
@@ -39,19 +39,25 @@ async def infill_events(engine: Engine, req: TextRequest) -> AsyncIterator[Event
     return _events(engine, up)
 
 
-async def _events(engine: Engine, up: aiohttp.ClientResponse) -> AsyncIterator[Event]:
-    """Text as it comes, then Usage and one Finish from the chunk marked `stop` (llama-server's own format)."""
-    finish = Finish("stop")
+async def _events(engine: Engine, up: aiohttp.ClientResponse) -> Events:
+    """Text as it comes, one list per read; Usage and one Finish from the chunk marked `stop` (llama-server's own format)."""
+    finish: list[Event] = [Finish("stop")]
     chunks = engine.chunks(up)
     async with contextlib.aclosing(chunks):
-        async for chunk in chunks:
-            if chunk.get("content"):
-                yield TextDelta(chunk["content"])
-            if chunk.get("stop"):
-                timings = chunk.get("timings") or {}
-                yield Usage(prompt_tokens=chunk.get("tokens_evaluated", 0),
-                            completion_tokens=chunk.get("tokens_predicted", 0),
-                            prompt_ms=timings.get("prompt_ms", 0.0), predicted_ms=timings.get("predicted_ms", 0.0))
-                finish = Finish("length" if chunk.get("stop_type") == "limit" else "stop")
+        async for batch in chunks:
+            out: list[Event] = []
+            for chunk in batch:
+                if chunk.get("content"):
+                    out.append(TextDelta(chunk["content"]))
+                if chunk.get("stop"):
+                    timings = chunk.get("timings") or {}
+                    finish = [Usage(prompt_tokens=chunk.get("tokens_evaluated", 0),
+                                    completion_tokens=chunk.get("tokens_predicted", 0),
+                                    prompt_ms=timings.get("prompt_ms", 0.0),
+                                    predicted_ms=timings.get("predicted_ms", 0.0)),
+                              Finish("length" if chunk.get("stop_type") == "limit" else "stop")]
+            if out:
+                yield out
+            if len(finish) == 2:
                 break
     yield finish

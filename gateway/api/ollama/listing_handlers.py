@@ -10,9 +10,10 @@ from aiohttp import web
 from catalog.capabilities import CHAT_TEMPLATE_KEY
 from catalog.gguf_info import GGUFInfo
 from gateway.api.ollama import codec
-from gateway.api.ollama.details import capabilities, details, digest, find, header, tagged
+from gateway.api.ollama.details import capabilities, details, digest, header, tagged
 from gateway.api.ollama.frames import json_reply
 from gateway.api.ollama.times import FOREVER_S, rfc3339
+from gateway.dataplane.gates import find_model
 from gateway.keys import MANAGER, SETTINGS, STORE
 from manager.context import start_ctx
 from manager.protocol import ModelEntry, SlotInfo, SlotKind, SlotState, SnapshotReply, SnapshotRequest
@@ -43,7 +44,7 @@ def listed(entry: ModelEntry) -> dict[str, Any]:
 
 async def show(request: web.Request) -> web.Response:
     body = codec.read_body(await request.read())
-    entry = find(request, codec.model_name(body, legacy=True))
+    entry = find_model(request, codec.model_name(body, legacy=True))
     info = await header(entry)
     template = info.metadata.get(CHAT_TEMPLATE_KEY, "") if info else ""
     return json_reply({

@@ -26,6 +26,9 @@ from manager.config import Paths
 from manager.protocol import ModelEntry
 
 SCHEMA_VERSION = 1
+# The one rule for model names, wherever one comes from (an API route, the CLI, the index). Names
+# never become paths as they are (model_dir() hashes them), and this keeps them from ever looking
+# like one that escapes: no "..", no "//", no leading "/", no "%", NUL, CR or LF, at most 128 characters.
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}$")
 
 
@@ -46,10 +49,11 @@ _decoder = msgspec.json.Decoder(Index)
 
 
 def check_name(name: str) -> str:
-    if not NAME_RULE.match(name) or ".." in name or "//" in name:
+    if not NAME_RULE.fullmatch(name) or ".." in name or "//" in name:
+        shown = repr(name) if len(name) <= 60 else f"{name[:57]!r}..."
         raise StoreError(
-            f"invalid model name {name!r}: use letters, digits and . _ : / + - "
-            "(at most 128 characters, starting with a letter or digit)"
+            f"invalid model name {shown}: use letters, digits and . _ : / + - "
+            "(at most 128 characters, starting with a letter or digit, no '..' or '//')"
         )
     return name
 

@@ -1,12 +1,23 @@
-"""`python -m gateway`: serve the HTTP API on the configured host and port."""
+"""`python -m gateway`: serve the HTTP API on the configured host and port, over TLS when configured.
+
+Not web.run_app: the runner must build each connection's protocol with its
+deadlines (gateway/middleware/deadlines.py), so the serve loop is spelled out
+here, in aiohttp's documented order: setup, site, wait for SIGTERM or SIGINT,
+cleanup (which drains in-flight requests for up to SHUTDOWN_TIMEOUT_S).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import ssl
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
 from gateway.app import make_app
+from gateway.middleware.deadlines import DeadlineRunner
 from manager.config import Paths, Settings
 from manager.startup import run_process
 
@@ -14,17 +25,48 @@ from manager.startup import run_process
 SHUTDOWN_TIMEOUT_S = 10.0
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server side of HTTPS from tls_cert and tls_key (PEM), TLS 1.2 or later; None when they are unset."""
+    if not settings.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(Path(settings.tls_cert).expanduser(), Path(settings.tls_key).expanduser())
+    return context
+
+
+async def run(settings: Settings, paths: Paths, tls: ssl.SSLContext | None) -> None:
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # from the start: a stop asked for during setup is kept
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    runner = DeadlineRunner(make_app(settings, paths), settings, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port, ssl_context=tls).start()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
 def serve(settings: Settings, paths: Paths) -> int:
     try:
-        web.run_app(
-            make_app(settings, paths), host=settings.host, port=settings.port,
-            handler_cancellation=True,  # a client that goes away cancels its upstream request
-            shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None, print=None,
-        )
+        tls = tls_context(settings)
+    except ssl.SSLError as exc:  # before OSError: it is one
+        detail = f" ({exc.reason})" if exc.reason else ""
+        return _refused(f"cannot use tls_cert {settings.tls_cert} and tls_key {settings.tls_key}: they are not "
+                        f"a PEM certificate and its private key{detail}")
     except OSError as exc:
-        print(f"lmforge gateway: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
-        return 1
+        return _refused(f"cannot use tls_cert {settings.tls_cert} and tls_key {settings.tls_key}: {exc.strerror}")
+    try:
+        asyncio.run(run(settings, paths, tls))
+    except OSError as exc:
+        return _refused(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
     return 0
+
+
+def _refused(why: str) -> int:
+    print(f"lmforge gateway: {why}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

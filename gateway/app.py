@@ -14,23 +14,39 @@ from gateway.api.ollama.routes import setup_ollama_routes
 from gateway.api.openai.routes import setup_openai_routes
 from catalog.store import ModelStore
 from gateway.keys import MANAGER, PATHS, SETTINGS, STORE, STREAMS, UPSTREAM
+from gateway.middleware.auth import setup_auth
+from gateway.middleware.body_limit import setup_body_limit
+from gateway.middleware.deadlines import setup_connection, setup_deadlines
 from gateway.middleware.errors import setup_errors
+from gateway.middleware.host import setup_host
+from gateway.middleware.origin import setup_origin
 from manager.client import ManagerClient
 from manager.config import Paths, Settings
 from manager.protocol import PeerRole
 
-MAX_BODY = 32 * 1024**2
-
 
 def make_app(settings: Settings, paths: Paths) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=settings.max_body_mb * 1024**2)
     app[SETTINGS] = settings
     app[PATHS] = paths
     app[STREAMS] = set()
     app[STORE] = ModelStore(paths)
-    # Middlewares, outermost first:
-    #   errors: every failure leaves in the calling API's own error format.
+    # Middlewares, outermost first (SPEC.md, "Gateway policy"):
+    #   connection: the request's headers are in, so its connection's header deadline is over;
+    setup_connection(app)
+    #   errors: every failure, a refusal by the middlewares below included, leaves in the route's own format;
     setup_errors(app)
+    #   origin: a browser page from a foreign origin is refused; CORS preflights only for allowed origins;
+    setup_origin(app)
+    #   host: a Host header that names someone else's domain (DNS rebinding) is refused;
+    setup_host(app)
+    #   deadlines: the body within body_timeout_s (headers and stalled readers: the connection's, deadlines.py);
+    setup_deadlines(app)
+    #   body limit: max_body_mb, declared or streamed; compressed bodies refused;
+    setup_body_limit(app)
+    #   auth: Bearer keys scoped inference or admin; trusted networks need no key for inference.
+    setup_auth(app)
+    # Concurrency is the manager's: a lease is the permit, queued per model (manager/queues.py).
     app.cleanup_ctx.append(_manager_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     setup_native_routes(app)

@@ -21,6 +21,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.MODEL_NOT_FOUND: 404,
     ErrorCode.LOAD_FAILED: 503,
     ErrorCode.NO_CAPACITY: 503,
+    ErrorCode.CONCURRENCY_LIMIT: 503,
     ErrorCode.BACKING_OFF: 503,
     ErrorCode.ENGINE_MISSING: 503,
     ErrorCode.SHUTTING_DOWN: 503,
@@ -31,7 +32,8 @@ STATUS: dict[ErrorCode, int] = {
 
 # Anthropic's error types by status (https://docs.anthropic.com/en/api/errors).
 ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                   404: "not_found_error", 413: "request_too_large", 415: "invalid_request_error",
+                   429: "rate_limit_error",
                    503: "overloaded_error", 529: "overloaded_error"}
 
 
@@ -54,16 +56,20 @@ class ApiError(Exception):
 
     def __init__(
         self, status: int, message: str, *, code: str | None = None, param: str | None = None,
-        retry_after: float | None = None,
+        retry_after: float | None = None, headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
-        self.retry_after = retry_after
+        self.headers = dict(headers or {})
+        if retry_after:
+            self.headers["Retry-After"] = str(max(1, round(retry_after)))
 
     @property
     def type(self) -> str:
         if self.status == 401:
             return "authentication_error"
+        if self.status == 403:
+            return "permission_error"
         return "invalid_request_error" if self.status < 500 else "server_error"
 
     def body(self, dialect: Dialect = Dialect.OPENAI) -> dict[str, object]:
@@ -75,8 +81,7 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self, dialect: Dialect = Dialect.OPENAI) -> web.Response:
-        headers = {"Retry-After": str(max(1, round(self.retry_after)))} if self.retry_after else None
-        return web.json_response(self.body(dialect), status=self.status, headers=headers, dumps=json.dumps)
+        return web.json_response(self.body(dialect), status=self.status, headers=self.headers, dumps=json.dumps)
 
 
 # The name the OpenAI-only gateway used; kept while callers move to ApiError.

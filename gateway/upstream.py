@@ -4,6 +4,8 @@ The request body goes to the engine as the client sent it (less LMForge-only
 fields); the engine's bytes come back unchanged, with no parsing on the way.
 Leasing, the retry after a gone engine and engine errors are the data plane's
 (gateway/dataplane/engine.py); translated dialects use the same engine client.
+A stream that started while its request was queued carries the engine's bytes
+after the queue's comment lines, and a failure there as an error event.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import aiohttp
 from aiohttp import web
 
 from gateway.dataplane.engine import Engine, engine_error, with_engine
+from gateway.dataplane.queued import QueuedStream
+from gateway.errors import ApiError
+from gateway.sse import SSE_HEADERS
 from manager.protocol import SlotKind
 
 log = logging.getLogger("lmforge.gateway")
@@ -28,7 +33,8 @@ async def proxy(
     async def send(engine: Engine) -> web.StreamResponse:
         return await (_stream if stream else _whole)(request, engine, path, body)
 
-    return await with_engine(request, send, model=model, kind=kind, keep_alive=keep_alive)
+    queued = QueuedStream(request, SSE_HEADERS, error_frame) if stream else None
+    return await with_engine(request, send, model=model, kind=kind, keep_alive=keep_alive, queued=queued)
 
 
 async def _whole(request: web.Request, engine: Engine, path: str, body: bytes) -> web.Response:
@@ -49,12 +55,13 @@ async def _stream(request: web.Request, engine: Engine, path: str, body: bytes) 
 
 
 async def _relay(request: web.Request, up: aiohttp.ClientResponse, engine: Engine) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={
+    resp = engine.response or web.StreamResponse(headers={
         "Content-Type": up.headers.get("Content-Type", "text/event-stream"),
         "Cache-Control": "no-cache",
         "X-Request-Id": engine.trace,
     })
-    await resp.prepare(request)
+    if not resp.prepared:
+        await resp.prepare(request)
     try:
         async for chunk in up.content.iter_any():
             await resp.write(chunk)
@@ -70,5 +77,9 @@ async def _relay(request: web.Request, up: aiohttp.ClientResponse, engine: Engin
 
 
 def sse_error(message: str, code: str = "engine_failed") -> bytes:
-    body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
-    return f"data: {json.dumps(body)}\n\n".encode()
+    return error_frame(ApiError(502, message, code=code))
+
+
+def error_frame(err: ApiError) -> bytes:
+    """An OpenAI stream's error event: the error object as a data line, which OpenAI's clients raise."""
+    return f"data: {json.dumps(err.body())}\n\n".encode()

@@ -23,6 +23,7 @@ import zmq.asyncio
 from manager.config import Paths
 from manager.ipc import endpoints, make_socket
 from manager.protocol import (
+    AbandonNotice,
     AcquireReply,
     AcquireRequest,
     ErrorCode,
@@ -37,6 +38,7 @@ from manager.protocol import (
     PeerRole,
     PingReply,
     PingRequest,
+    QueueEvent,
     ReleaseNotice,
     Reply,
     Request,
@@ -54,6 +56,10 @@ class ManagerUnavailable(Exception):
 
 class ManagerRestarted(ManagerUnavailable):
     """The manager restarted while a request was pending; its answer is lost."""
+
+
+class ManagerTimeout(ManagerUnavailable):
+    """No answer within the request's timeout while the manager beat on: for an acquire, a wait in its queue."""
 
 
 class ManagerError(Exception):
@@ -77,6 +83,14 @@ class Holding:
     outcome: LeaseOutcome = LeaseOutcome.OK
 
 
+@dataclass(frozen=True)
+class QueueSpot:
+    """Where a waiting acquire stands in its slot's queue (from the manager's QueueEvent)."""
+
+    ahead: int  # acquires that will be served before it
+    loading: bool  # the queue waits for the engine to load, not for a free engine slot
+
+
 class Resync:
     """Put on event queues when events were lost: take a fresh snapshot."""
 
@@ -98,7 +112,8 @@ class ManagerClient:
         self.role = role
         self._endpoints = endpoints(paths)
         self._ctx = zmq.asyncio.Context()
-        self._dealer = make_socket(self._ctx, zmq.DEALER, identity=f"{role}-{os.getpid()}")
+        self.identity = f"{role}-{os.getpid()}"  # how the manager names us, in QueueEvents too
+        self._dealer = make_socket(self._ctx, zmq.DEALER, identity=self.identity)
         self._sub = make_socket(self._ctx, zmq.SUB)
         self._sub.setsockopt(zmq.SUBSCRIBE, b"")
         self._ids = itertools.count(1)
@@ -107,6 +122,7 @@ class ManagerClient:
         # Requests whose caller stopped waiting, for whatever reason: an acquire's
         # late reply is a lease nobody will use, so it is handed straight back.
         self._abandoned: dict[int, None] = {}
+        self._queued: dict[int, Callable[[QueueSpot], None]] = {}  # told where their acquire stands while it waits
         self.held: dict[str, HeldLease] = {}  # declared in every hello
         self._queues: set[asyncio.Queue[Event | Resync]] = set()
         self._on_connect: list[Callable[[], Awaitable[None]]] = []
@@ -152,37 +168,49 @@ class ManagerClient:
 
     # --- requests ---
 
-    async def request(self, cls: type[Request], *, timeout: float | None = None, **fields: Any) -> Any:
-        """Send a request and return its reply; ErrorReply raises ManagerError."""
+    async def request(self, cls: type[Request], *, timeout: float | None = None,
+                      queued: Callable[[QueueSpot], None] | None = None, **fields: Any) -> Any:
+        """Send a request and return its reply; ErrorReply raises ManagerError. `queued` is called (on the event
+        reader) with where an AcquireRequest stands each time its queue changes while it waits."""
         if not self.alive and cls is not HelloRequest:
             raise ManagerUnavailable("the LMForge manager is not running (lmforge status shows why)")
         req_id = next(self._ids)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._send(cls(req_id=req_id, **fields))
         self._pending[req_id] = (future, time.time())
+        if queued is not None:
+            self._queued[req_id] = queued
         try:
             reply = await asyncio.wait_for(future, timeout or self._request_timeout)
         except asyncio.TimeoutError:
-            self._abandon(req_id)
-            raise ManagerUnavailable(f"the manager did not answer {cls.__name__} in time") from None
+            self._abandon(req_id, cls)
+            raise ManagerTimeout(f"the manager did not answer {cls.__name__} in time") from None
         except BaseException:  # cancelled, or failed because the manager went quiet
-            self._abandon(req_id)
+            self._abandon(req_id, cls)
             raise
         finally:
             self._pending.pop(req_id, None)
+            self._queued.pop(req_id, None)
         if isinstance(reply, ErrorReply):
             raise ManagerError(reply.code, reply.message, reply.retry_after_s)
         return reply
 
-    def _abandon(self, req_id: int) -> None:
+    def _abandon(self, req_id: int, cls: type[Request]) -> None:
         self._abandoned[req_id] = None
         while len(self._abandoned) > MAX_ABANDONED:  # replies that never came: forget the oldest
             del self._abandoned[next(iter(self._abandoned))]
+        if cls is AcquireRequest:  # its place in the queue goes to the next request
+            try:
+                self.notify(AbandonNotice(req_id=req_id))
+            except ManagerUnavailable:
+                pass  # a manager that is gone holds no queue; a restarted one never saw it
 
     @contextlib.asynccontextmanager
-    async def lease(self, *, timeout: float | None = None, **fields: Any) -> AsyncIterator[Holding]:
-        """Acquire a lease, hold it (declared in every hello) while the body runs, then return it."""
-        reply: AcquireReply = await self.request(AcquireRequest, timeout=timeout, **fields)
+    async def lease(self, *, timeout: float | None = None, queued: Callable[[QueueSpot], None] | None = None,
+                    **fields: Any) -> AsyncIterator[Holding]:
+        """Acquire a lease, hold it (declared in every hello) while the body runs, then return it. While the
+        acquire waits in its model's queue, `queued` hears where it stands."""
+        reply: AcquireReply = await self.request(AcquireRequest, timeout=timeout, queued=queued, **fields)
         holding = Holding(reply)
         self.held[reply.lease_id] = HeldLease(lease_id=reply.lease_id, model=reply.model, kind=reply.kind,
                                               generation=reply.generation)
@@ -260,6 +288,8 @@ class ManagerClient:
                 continue
             if isinstance(event, HeartbeatEvent):
                 self._on_heartbeat(event)
+            elif isinstance(event, QueueEvent) and self._queued:
+                self._on_queue(event)
             gap = self._last_seq and event.seq != self._last_seq + 1
             self._last_seq = event.seq
             for queue in self._queues:
@@ -267,6 +297,14 @@ class ManagerClient:
                     queue.put_nowait(RESYNC)
                 if not isinstance(event, HeartbeatEvent):
                     queue.put_nowait(event)
+
+    def _on_queue(self, event: QueueEvent) -> None:
+        for ahead, entry in enumerate(event.queued):
+            if entry.peer == self.identity and (told := self._queued.get(entry.req_id)) is not None:
+                try:
+                    told(QueueSpot(ahead=ahead, loading=event.loading))
+                except Exception:  # the reader serves every request: one listener's bug must not stop it
+                    log.exception("a queue listener failed")
 
     def _on_heartbeat(self, beat: HeartbeatEvent) -> None:
         self._last_beat = time.monotonic()

@@ -1,12 +1,14 @@
 """Settings every LMForge process reads: `<home>/config.toml`, then the environment.
 
 `LMFORGE_HOME` (default `~/.lmforge`) picks the instance; `LMFORGE_PORT` and
-`LMFORGE_LLAMA_SERVER` override the file, so several instances can run side by side.
+`LMFORGE_LLAMA_SERVER` override the file, so several instances can run side by side;
+`LMFORGE_API_KEY` and `LMFORGE_MAX_BODY_MB` override `api_key` and `max_body_mb`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import tempfile
 from dataclasses import dataclass
@@ -33,9 +35,40 @@ class LlamaCppSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     extra_args: list[str] = []
 
 
+class ApiKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One `[[api_keys]]` entry: a Bearer key and what it may do."""
+
+    key: str
+    scope: str = "inference"  # "inference" (/v1, /api inference, model lists) or "admin" (everything)
+    name: str = ""  # shown in logs instead of the key
+
+
+SCOPES = ("inference", "admin")
+LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    # --- who may come in (gateway/middleware/) ---
+    api_key: str = ""  # an admin key; LMFORGE_API_KEY overrides
+    api_keys: list[ApiKey] = []  # more keys, each with a scope
+    trusted_networks: list[str] = msgspec.field(default_factory=lambda: list(LOOPBACK_NETWORKS))  # CIDRs that need no key for inference
+    trusted_proxies: list[str] = []  # CIDRs whose X-Forwarded-For is believed
+    allowed_hosts: list[str] = []  # Host names accepted besides loopback, the bind address and this machine's
+    allowed_origins: list[str] = []  # browser origins besides localhost and app schemes; "*" allows any
+    allow_unauthenticated: bool = False  # serve a non-loopback bind with no key (deliberately)
+    tls_cert: str = ""  # PEM files: both set serves HTTPS
+    tls_key: str = ""
+    # --- bounded clients ---
+    max_body_mb: int = 32  # LMFORGE_MAX_BODY_MB overrides
+    header_timeout_s: float = 10.0  # a request's headers must arrive within this, from its first byte
+    body_timeout_s: float = 60.0  # and its body within this, from its headers
+    write_timeout_s: float = 60.0  # a client that reads nothing of its response for this long is dropped
+    idle_timeout_s: float = 75.0  # a kept-alive connection with no request for this long is closed
+    # --- load shedding (manager): leases are the permits ---
+    max_queue: int = 64  # requests queued per model beyond its engine's parallel slots
+    max_inflight: int = 0  # leases across all models; 0: no cap
     keep_alive: str = "5m"  # Ollama semantics: duration, seconds, 0, or negative
     max_loaded_models: int = 0  # 0: no cap beyond memory
     memory_budget_mb: int = 0  # 0: take it from the hardware
@@ -69,6 +102,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             (1 <= self.embed_batch_size <= 4096, "embed_batch_size must be 1-4096"),
             (self.llama_cpp.ctx_size >= 256, "llama_cpp.ctx_size must be >= 256"),
             (1 <= self.llama_cpp.parallel <= 64, "llama_cpp.parallel must be 1-64"),
+            (1 <= self.max_body_mb <= 4096, "max_body_mb must be 1-4096"),
+            (self.header_timeout_s > 0 and self.body_timeout_s > 0, "header_timeout_s and body_timeout_s must be > 0"),
+            (self.write_timeout_s > 0 and self.idle_timeout_s > 0, "write_timeout_s and idle_timeout_s must be > 0"),
+            (0 <= self.max_queue <= 100_000, "max_queue must be 0-100000"),
+            (self.max_inflight >= 0, "max_inflight must be >= 0 (0: no cap)"),
+            (bool(self.tls_cert) == bool(self.tls_key), "tls_cert and tls_key must be set together"),
         ]
         for ok, message in checks:
             if not ok:
@@ -77,6 +116,35 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             parse_keep_alive(self.keep_alive)
         except KeepAliveError as exc:
             raise ConfigError(str(exc)) from None
+        for field in ("trusted_networks", "trusted_proxies"):
+            for cidr in getattr(self, field):
+                try:
+                    ipaddress.ip_network(cidr, strict=False)
+                except ValueError:
+                    raise ConfigError(f"{field}: {cidr!r} is not a network (CIDR, like 192.168.1.0/24)") from None
+        keys = [self.api_key] if self.api_key else []
+        for entry in self.api_keys:
+            if entry.scope not in SCOPES:
+                raise ConfigError(f"api_keys: scope {entry.scope!r} must be one of {', '.join(SCOPES)}")
+            if len(entry.key) < 8:
+                raise ConfigError(f"api_keys: key {entry.name or '#' + str(len(keys) + 1)} is shorter than 8 characters")
+            keys.append(entry.key)
+        if len(set(keys)) != len(keys):
+            raise ConfigError("api_keys: the same key is listed twice")
+        if not is_loopback_host(self.host) and not keys and not self.allow_unauthenticated:
+            raise ConfigError(
+                f"host = {self.host!r} serves other machines, and no key is set: set api_key (or LMFORGE_API_KEY), "
+                "add [[api_keys]], or set allow_unauthenticated = true to serve without one deliberately")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a bind address (or name) is reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -154,6 +222,14 @@ def _apply_env(settings: Settings) -> Settings:
         if not port.isdigit():
             raise ConfigError(f"LMFORGE_PORT must be a port number, not {port!r}")
         settings = msgspec.structs.replace(settings, port=int(port))
+    key = os.environ.get("LMFORGE_API_KEY")
+    if key:
+        settings = msgspec.structs.replace(settings, api_key=key)
+    body = os.environ.get("LMFORGE_MAX_BODY_MB")
+    if body:
+        if not body.isdigit():
+            raise ConfigError(f"LMFORGE_MAX_BODY_MB must be a whole number of MiB, not {body!r}")
+        settings = msgspec.structs.replace(settings, max_body_mb=int(body))
     server = os.environ.get("LMFORGE_LLAMA_SERVER")
     if server:
         llama = msgspec.structs.replace(settings.llama_cpp, server=server)

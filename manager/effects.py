@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Union
+from typing import Iterable, Union
 
 from manager.protocol import ErrorCode, ErrorReply, Event, Reply, SlotEvent, SlotKind, SlotState
+from manager.queues import QueueBoard
 from manager.slots import Slot, Waiter
 
 
@@ -61,8 +62,12 @@ class Outbox:
 
     def __init__(self) -> None:
         self._effects: list[Effect] = []
+        self._queues = QueueBoard()
 
-    def take(self) -> list[Effect]:
+    def take(self, slots: Iterable[Slot]) -> list[Effect]:
+        """The effects, with the queue of each of `slots` that changed since the last take published once."""
+        for event in self._queues.changes(slots):
+            self.publish(event)
         effects, self._effects = self._effects, []
         return effects
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ class Lease:
     generation: int
     peer: bytes
     keep_alive: float | None | str
+    since: float  # monotonic, from the table's clock: when it was granted (or taken over)
 
 
 class LeaseTable:
@@ -31,12 +33,12 @@ class LeaseTable:
     def __contains__(self, lease_id: str) -> bool:
         return lease_id in self._leases
 
-    def grant(self, slot: Slot, peer: bytes, keep_alive: float | None | str) -> Lease:
-        return self.add(f"{self._epoch}:{next(self._ids)}", slot, peer, keep_alive)
+    def grant(self, slot: Slot, peer: bytes, keep_alive: float | None | str, since: float) -> Lease:
+        return self.add(f"{self._epoch}:{next(self._ids)}", slot, peer, keep_alive, since)
 
-    def add(self, lease_id: str, slot: Slot, peer: bytes, keep_alive: float | None | str) -> Lease:
+    def add(self, lease_id: str, slot: Slot, peer: bytes, keep_alive: float | None | str, since: float) -> Lease:
         """Record a lease (granted now, or declared by a peer after a manager restart) and count it in flight."""
-        lease = Lease(lease_id, slot.key, slot.generation, peer, keep_alive)
+        lease = Lease(lease_id, slot.key, slot.generation, peer, keep_alive, since)
         self._leases[lease.id] = lease
         slot.inflight += 1
         return lease
@@ -56,7 +58,7 @@ class LeaseTable:
             if lease.id not in held:
                 gone.append(self._leases.pop(lease.id))
             elif lease.peer != peer:
-                self._leases[lease.id] = Lease(lease.id, lease.key, lease.generation, peer, lease.keep_alive)
+                self._leases[lease.id] = dataclasses.replace(lease, peer=peer)
         return gone
 
     def of_slot(self, key: SlotKey, generation: int) -> list[Lease]:

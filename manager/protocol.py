@@ -14,7 +14,7 @@ import msgspec
 
 # Bumped on any change that an older peer could not decode. Sent in the hello;
 # the manager refuses a peer that speaks another version.
-PROTOCOL = 2
+PROTOCOL = 3
 
 
 class PeerRole(enum.StrEnum):
@@ -61,6 +61,7 @@ class ErrorCode(enum.StrEnum):
     NOT_SUPPORTED = "not_supported"
     LOAD_FAILED = "load_failed"
     NO_CAPACITY = "no_capacity"
+    CONCURRENCY_LIMIT = "concurrency_limit"  # the model's queue (max_queue) or max_inflight is full
     BACKING_OFF = "backing_off"
     ENGINE_MISSING = "engine_missing"
     SHUTTING_DOWN = "shutting_down"
@@ -133,7 +134,8 @@ class SlotInfo(msgspec.Struct, kw_only=True, frozen=True):
     adopted: bool = False  # started by an earlier manager and taken over after it crashed
     ctx_size: int = 0
     gpu_layers: int = 0
-    waiting: int = 0  # acquires parked on this slot while it loads
+    waiting: int = 0  # acquires queued on this slot: for its load, or for a free engine slot
+    parallel: int = 0  # requests its engine serves at once: the leases it grants before queueing
     detail: str = ""  # why the slot is pending, or why it failed
     load_reason: str = ""  # why this engine was (re)loaded, e.g. "context 8192 → 16384 asked by a request"
 
@@ -362,12 +364,35 @@ class HardwareNotice(Notice):
     snapshot: HardwareSnapshot
 
 
+class AbandonNotice(Notice):
+    """The AcquireRequest `req_id` of this peer is waited for no more: its place in the queue is freed."""
+
+    req_id: int
+
+
 # --- events ---
 
 
 class SlotEvent(Event):
     slot: SlotInfo
     previous: SlotState | None = None
+
+
+class QueueEntry(msgspec.Struct, kw_only=True, frozen=True):
+    """One acquire in a slot's queue: the peer that sent it (its identity) and its req_id, so that peer finds it."""
+
+    peer: str
+    req_id: int
+    trace_id: str = ""  # the request id the gateway answers with (X-Request-Id), at most 64 characters
+
+
+class QueueEvent(Event):
+    """A slot's queue changed: the acquires waiting for a lease, first served first (empty: none wait)."""
+
+    model: str
+    kind: SlotKind
+    queued: tuple[QueueEntry, ...] = ()
+    loading: bool = False  # the queue waits for the engine to load, not for a free engine slot
 
 
 class LoadProgressEvent(Event):
@@ -445,6 +470,7 @@ event_decoder = msgspec.msgpack.Decoder(AnyEvent)
 # The PUB topic of each event type, the first frame of every published message.
 TOPICS: dict[type, bytes] = {
     SlotEvent: b"slot",
+    QueueEvent: b"queue",
     LoadProgressEvent: b"load",
     ErrorEvent: b"error",
     HardwareEvent: b"hardware",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 from manager.failures import FailureBook
-from manager.protocol import BudgetInfo, ErrorCode, ModelEntry, SlotKind
+from manager.protocol import PROTOCOL, BudgetInfo, ErrorCode, ModelEntry, SlotKind
 from manager.scheduler import fmt_bytes
 
 
@@ -35,3 +35,7 @@ def waited_too_long(label: str, need: int, budget: BudgetInfo, reason: str, time
     """Why a load that waited `drain_timeout_s` for room is refused: what it needs, what is free, what it waited for."""
     return (f"cannot load {label}: it needs {fmt_bytes(need)} and {fmt_bytes(budget.free_bytes)} of "
             f"{fmt_bytes(budget.total_bytes)} is free; still {reason} after {timeout_s:.0f}s (drain_timeout_s)")
+
+
+def protocol_mismatch(theirs: int) -> str:
+    return f"peer speaks protocol {theirs}, manager {PROTOCOL}: restart LMForge so every process runs the same version"

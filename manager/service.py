@@ -38,7 +38,7 @@ from manager.lag import LoopLag
 from manager.memory import MemoryLedger
 from manager.readings import engine_memory, rotate_engine_logs
 from manager.protocol import (
-    AcquireRequest, ErrorCode, ErrorReply, HardwareNotice, HeartbeatEvent, HelloRequest, ListModelsReply,
+    AbandonNotice, AcquireRequest, ErrorCode, ErrorReply, HardwareNotice, HeartbeatEvent, HelloRequest, ListModelsReply,
     ListModelsRequest, LoadProgressEvent, LoadRequest, ManagerStatus, ManagerStoppingEvent, PingReply, PingRequest, ReleaseNotice,
     Reply, Severity, SnapshotReply, SnapshotRequest, UnloadRequest, encoder, to_manager_decoder,
 )
@@ -92,7 +92,8 @@ class ManagerService:
         self.adapter = LlamaCppAdapter(settings, paths)
         self.epoch = uuid.uuid4().hex[:12]
         self.started_at = time.time()
-        self.table = SlotTable(settings, self.epoch, engine=self.adapter.name, supports=self.adapter.supports)
+        self.table = SlotTable(settings, self.epoch, engine=self.adapter.name, supports=self.adapter.supports,
+                               parallel=self.adapter.parallel)
         self.ledger = MemoryLedger(paths.memory_ledger)
         self.inbox: asyncio.Queue[object] = asyncio.Queue()
         self.lag = LoopLag()
@@ -111,6 +112,7 @@ class ManagerService:
             HelloRequest: t.hello,  # type: ignore[dict-item]
             AcquireRequest: self._on_acquire,  # type: ignore[dict-item]
             ReleaseNotice: t.release,  # type: ignore[dict-item]
+            AbandonNotice: t.abandon,  # type: ignore[dict-item]
             LoadRequest: self._on_load,  # type: ignore[dict-item]
             UnloadRequest: self._on_unload,  # type: ignore[dict-item]
             SnapshotRequest: self._on_snapshot,  # type: ignore[dict-item]
@@ -310,7 +312,7 @@ class ManagerService:
         status = ManagerStatus(
             epoch=self.epoch, started_at=self.started_at,
             slots=tuple(s.info() for s in [*t.slots.values(), *t.retiring.values()]),
-            budget=t.budget(), last_errors=dict(t.failures.last_errors), peers=tuple(t.peers.values()),
+            budget=t.budget(), last_errors=dict(t.failures.last_errors), peers=t.peers.all(),
             hardware=t.hardware, loop_lag_max_ms=round(self.lag.worst_ms(), 1),
         )
         self.send(peer, SnapshotReply(req_id=req.req_id, seq=self.events.seq, status=status))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ DEFAULT_KEEP = "default"  # keep_alive not given: the slot's own default applies
 HOT_S = 0.5  # a contended slot idle for less than this is between two requests of steady traffic
 # States in which a slot holds memory (or is about to).
 HOLDS_MEMORY = {SlotState.LOADING, SlotState.READY, SlotState.STOPPING}
+_ARRIVALS = itertools.count(1)  # Waiter.ticket: the order requests arrive in, across every slot
 
 
 class IllegalTransition(RuntimeError):
@@ -42,12 +44,18 @@ class IllegalTransition(RuntimeError):
 
 @dataclass
 class Waiter:
-    """A request parked on a slot until it is ready or failed."""
+    """A request parked on a slot: a load until the slot is ready, an acquire until it gets a lease."""
 
     peer: bytes | None  # None: the manager's own request (auto_load)
     request: AcquireRequest | LoadRequest
     keep_alive: float | None | str  # parsed; "default" means the model's own
     since: float  # monotonic, from the table's clock
+    ticket: int = field(default_factory=lambda: next(_ARRIVALS))  # arrival order: a freed permit goes to the lowest
+    load_s: float = 0.0  # how long of its wait was for the engine to load (set when it is ready)
+
+    @property
+    def acquires(self) -> bool:
+        return isinstance(self.request, AcquireRequest)
 
 
 @dataclass
@@ -59,6 +67,7 @@ class Slot:
     generation: int
     engine: str
     keep_alive_s: float | None  # the model's default after each request
+    parallel: int = 1  # requests its engine serves at once: the leases it grants before queueing
     pinned: bool = False
     state: SlotState = SlotState.PENDING
     plan: MemoryPlan | None = None
@@ -83,7 +92,8 @@ class Slot:
     measured_bytes: int | None = None
     private_bytes: int | None = None
     at_ready_bytes: int | None = None  # the first measurement after ready, before any request
-    waiters: list[Waiter] = field(default_factory=list)
+    waiters: list[Waiter] = field(default_factory=list)  # loads, and its queue of acquires (see manager/queues.py)
+    hold_s: float | None = None  # how long its leases are held, recent ones weighing more; None: none returned yet
     detail: str = ""
     # An explicit unload waiting for requests in flight: no new leases, then stop.
     draining: str | None = None
@@ -115,6 +125,11 @@ class Slot:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def queue(self) -> list[Waiter]:
+        """The acquires waiting for a lease of this slot, first come first served (loads are not in it)."""
+        return [w for w in self.waiters if w.acquires]
+
+    @property
     def estimate(self) -> int:
         """Before a load: what the last load of the same model, kind and context came to, else the header's figure."""
         if self.plan is None:
@@ -137,10 +152,31 @@ class Slot:
     def refresh_expiry(self, now: float) -> None:
         """Ollama semantics: the clock starts when the last request ends, with the latest request's keep_alive."""
         seconds = self.keep_alive_s if self.next_keep == DEFAULT_KEEP else self.next_keep
-        if self.inflight or self.pinned or seconds is None:
+        if self.inflight or self.queue or self.pinned or seconds is None:
             self.expires_at = None
         else:
             self.expires_at = now + float(seconds)  # type: ignore[arg-type]
+
+    def loaded(self, mono: float) -> list[Waiter]:
+        """It is ready: each waiter's wait for the load ends; the load waiters leave (returned), its queue stays."""
+        for w in self.waiters:
+            w.load_s = mono - w.since
+        loads, self.waiters = [w for w in self.waiters if not w.acquires], self.queue
+        return loads
+
+    def expired(self, now: float) -> bool:
+        """Whether its keep_alive ran out: nothing in flight or queued since its last request ended."""
+        return not self.inflight and not self.waiters and self.expires_at is not None and self.expires_at <= now
+
+    def waits(self, reason: str, mono: float, timeout_s: float) -> bool | None:
+        """Note that this pending slot still waits, now for `reason`: whether the reason changed, or None once it has
+        waited `timeout_s` in all."""
+        if self.wait_deadline is None:
+            self.wait_deadline = mono + timeout_s
+        elif mono >= self.wait_deadline:
+            return None
+        changed, self.detail = self.detail != reason, reason
+        return changed
 
     def between_requests(self, now: float) -> bool:
         """A contended slot idle for a moment between two requests of steady traffic: not idle enough to evict.
@@ -154,8 +190,9 @@ class Slot:
         return self.contended and not self.yielding_to and self.state == SlotState.READY and gap < HOT_S
 
     def resident(self, now: float) -> Resident:
-        """How the admission policy sees it: a slot between two requests of steady traffic counts as busy."""
-        busy = self.inflight or self.between_requests(now)
+        """How the admission policy sees it: a slot between two requests of steady traffic counts as busy, and
+        so does one with requests queued for it (unless it yields: then they wait for its next load)."""
+        busy = bool(self.inflight or self.between_requests(now) or (self.queue and not self.yielding_to))
         return Resident((self.key, self.generation), self.state, self.reserved, busy, self.last_used_at, self.pinned)
 
     def waited_its_share(self, busy: tuple[object, ...], mono: float, fair_share_s: float) -> bool:
@@ -166,18 +203,17 @@ class Slot:
             self.busy_wait_since = mono
         return self.busy_wait_since is not None and mono - self.busy_wait_since >= fair_share_s
 
-    def yield_to(self, load: str | None, loads_wait: bool) -> tuple[bool, list[Waiter]]:
-        """Yield to a starved `load` (None: to none); whether that changed, and the queued requests it serves now."""
+    def yield_to(self, load: str | None, loads_wait: bool) -> bool:
+        """Yield to a starved `load` (None: to none); whether that changed. Its queue is served again once not."""
         if not loads_wait:
             self.contended = False  # nobody waits for its memory any more
         if load and self.yielding_to != load:
             self.yielding_to, self.detail = load, f"finishing its requests so that {load} can load"
-            return True, []
+            return True
         if not load and self.yielding_to:
             self.yielding_to, self.detail = None, ""
-            served, self.waiters = self.waiters, []
-            return True, served
-        return False, []
+            return True
+        return False
 
     def ask_context(self, asked: int) -> int | None:
         """The larger context a new engine needs to serve an ask for `asked` tokens; None when this slot serves it.
@@ -222,7 +258,8 @@ class Slot:
             adopted=self.adopted,
             ctx_size=plan.ctx_size if plan else 0,
             gpu_layers=plan.gpu_layers if plan else 0,
-            waiting=len(self.waiters),
+            waiting=len(self.queue),
+            parallel=self.parallel,
             detail=self.detail,
             # Larger asks may have come while it waited: the reason names the context it got.
             load_reason=reload_reason(self.grew_from, plan.ctx_size) if self.grew_from and plan else self.load_reason,

@@ -12,7 +12,7 @@ import logging
 import os
 from typing import Callable
 
-from manager import budget as budgets
+from manager import budget as budgets, queues
 from manager.config import Settings
 from manager.context import reload_reason
 from manager.effects import Clock, Effect, Learn, Outbox, Plan, Spawn, Stop
@@ -21,12 +21,13 @@ from manager.failures import STABLE_AFTER_S, FailureBook
 from manager.keepalive import KeepAliveError, parse_keep_alive
 from manager.leases import Lease, LeaseTable
 from manager.protocol import (
-    PROTOCOL, AcquireReply, AcquireRequest, BudgetInfo, ErrorCode, ErrorEvent, HardwareEvent,
+    PROTOCOL, AbandonNotice, AcquireReply, AcquireRequest, BudgetInfo, ErrorCode, ErrorEvent, HardwareEvent,
     HardwareSnapshot, HeldLease, HelloReply, HelloRequest, LeaseOutcome, LoadProgressEvent, LoadReply, LoadRequest,
-    ModelEntry, PeerInfo, PeerRole, ReleaseNotice, Severity, SlotKind, SlotState,
+    ModelEntry, ReleaseNotice, Severity, SlotKind, SlotState,
     UnloadReply, UnloadRequest,
 )
-from manager.refusals import refuse_new_slot, waited_too_long
+from manager.peers import PeerBook
+from manager.refusals import Refusal, protocol_mismatch, refuse_new_slot, waited_too_long
 from manager.scheduler import Admit, Evict, Reject, Wait, plan_admission
 from manager.slots import DEFAULT_KEEP as DEFAULT, HOLDS_MEMORY, Slot, SlotKey, Waiter
 
@@ -37,15 +38,16 @@ class SlotTable:
     """See the module docstring."""
 
     def __init__(self, settings: Settings, epoch: str, *, engine: str = "llama.cpp",
-                 supports: Callable[[ModelEntry], bool] = lambda e: e.format == "gguf",
+                 supports: Callable[[ModelEntry], bool] = lambda e: e.format == "gguf", parallel: int = 1,
                  clock: Clock | None = None) -> None:
         self.settings, self.epoch, self.engine, self.supports = settings, epoch, engine, supports
+        self.parallel = parallel  # requests one engine serves at once: the leases a slot grants
         self.clock = clock or Clock()
         self.slots: dict[SlotKey, Slot] = {}
         self.retiring: dict[tuple[SlotKey, int], Slot] = {}  # draining or stopping, off the table
         self.leases = LeaseTable(epoch)
         self.failures = FailureBook()
-        self.peers: dict[bytes, PeerInfo] = {}
+        self.peers = PeerBook()
         self.hardware: HardwareSnapshot | None = None
         self.stopping = False
         self.out = Outbox()
@@ -53,7 +55,7 @@ class SlotTable:
         self.default_keep = parse_keep_alive(settings.keep_alive)
 
     def drain(self) -> list[Effect]:
-        return self.out.take()
+        return self.out.take(self.slots.values())
 
     def live(self, model: str, kind: SlotKind) -> Slot | None:
         return self.slots.get((model, kind))
@@ -62,16 +64,8 @@ class SlotTable:
 
     def hello(self, peer: bytes, req: HelloRequest) -> None:
         if req.protocol != PROTOCOL:
-            self.out.error(peer, req.req_id, ErrorCode.PROTOCOL_MISMATCH,
-                           f"peer speaks protocol {req.protocol}, manager {PROTOCOL}: restart LMForge "
-                           "so every process runs the same version")
-            return
-        holders = {peer}
-        if req.role != PeerRole.TOOL:  # one gateway, prober, downloader: a new identity is a restart
-            holders |= {p for p, info in self.peers.items() if info.role == req.role}
-        for old in holders - {peer}:
-            self.peers.pop(old, None)
-        self.peers[peer] = PeerInfo(role=req.role, pid=req.pid, connected_at=self.clock.now())
+            return self.out.error(peer, req.req_id, ErrorCode.PROTOCOL_MISMATCH, protocol_mismatch(req.protocol))
+        holders = self.peers.greet(peer, req.role, req.pid, self.clock.now())
         self._reconcile(peer, holders, req.leases)
         self.out.send(peer, HelloReply(req_id=req.req_id, epoch=self.epoch, manager_pid=os.getpid()))
         self.schedule()
@@ -84,7 +78,7 @@ class SlotTable:
         for d in declared:
             slot = self._find((d.model, d.kind), d.generation)
             if d.lease_id not in self.leases and slot is not None and slot.state == SlotState.READY:
-                self.leases.add(d.lease_id, slot, peer, DEFAULT)
+                self.leases.add(d.lease_id, slot, peer, DEFAULT, self.clock.mono())
                 slot.expires_at = None
 
     def release(self, peer: bytes, notice: ReleaseNotice) -> None:
@@ -95,18 +89,28 @@ class SlotTable:
         self._returned(lease, notice.outcome)
 
     def _returned(self, lease: Lease, outcome: LeaseOutcome) -> None:
-        slot = self._find(lease.key, lease.generation)
-        if slot is None:
-            return  # the engine is gone already (crashed or forced down)
-        slot.inflight -= 1
-        slot.last_used_at = self.clock.now()
-        if outcome == LeaseOutcome.ENGINE_GONE and slot.state == SlotState.READY:
-            self._fail(slot, "the engine refused the gateway's connection: it is gone", Severity.TRANSIENT, "")
-        elif slot.inflight == 0 and slot.state == SlotState.READY:
+        slot = self._find(lease.key, lease.generation)  # None: the engine is gone already (crashed or forced down)
+        if slot is not None:
+            slot.inflight -= 1
+            slot.last_used_at = self.clock.now()
+            slot.hold_s = queues.mean_hold(slot.hold_s, self.clock.mono() - lease.since)
+            if outcome == LeaseOutcome.ENGINE_GONE and slot.state == SlotState.READY:
+                self._fail(slot, "the engine refused the gateway's connection: it is gone", Severity.TRANSIENT, "")
+        self._serve()  # the permit goes to the oldest acquire queued for one, on any slot
+        if slot is not None:
             self._went_idle(slot)
         self.schedule()
 
+    def abandon(self, peer: bytes, notice: AbandonNotice) -> None:
+        """An acquire whose caller stopped waiting leaves its queue (one granted already comes back as a release)."""
+        if (found := queues.find(self.slots.values(), peer, notice.req_id)) is not None:
+            found[0].waiters.remove(found[1])
+            self._went_idle(found[0])
+
     def _went_idle(self, slot: Slot) -> None:
+        """Once ready with nothing in flight or queued, a draining slot stops and any other starts its keep_alive."""
+        if slot.state != SlotState.READY or slot.inflight or slot.waiters:
+            return
         if slot.draining:
             self._stop(slot, slot.draining)
             return
@@ -115,22 +119,30 @@ class SlotTable:
             self.unload(slot, "keep_alive 0: unloaded after its request")
 
     def _grant(self, slot: Slot, w: Waiter) -> None:
-        lease = self.leases.grant(slot, w.peer, w.keep_alive)  # type: ignore[arg-type]
+        lease = self.leases.grant(slot, w.peer, w.keep_alive, self.clock.mono())  # type: ignore[arg-type]
         slot.next_keep, slot.last_used_at, slot.expires_at = w.keep_alive, self.clock.now(), None
-        waited = self.clock.mono() - w.since
         self.out.send(w.peer, AcquireReply(req_id=w.request.req_id, lease_id=lease.id, model=slot.model,
                                            kind=slot.kind, base_url=slot.base_url, engine=slot.engine,
-                                           generation=slot.generation, load_s=waited))
+                                           generation=slot.generation, load_s=w.load_s))
+
+    def _serve(self) -> None:
+        """Free permits go to the oldest queued acquires they can serve, across every slot."""
+        while (found := queues.next_grant(self.slots.values(), len(self.leases), self.settings.max_inflight)):
+            slot, waiter = found
+            slot.waiters.remove(waiter)
+            self._grant(slot, waiter)
 
     # --- requests ---
 
     def acquire(self, peer: bytes, req: AcquireRequest, entry: ModelEntry | None) -> None:
-        """Lease the model's engine now, or park the request until it is ready. `entry`: the store's, when no slot is live."""
+        """Lease the model's engine now, queue the request, or refuse it past the queue (`entry`: when none is live)."""
         if (target := self._target(peer, req, entry)) is None:
             return
         keep, slot = target
+        if isinstance(verdict := queues.admit(slot, len(self.leases), self.settings), Refusal):
+            return self.out.error(peer, req.req_id, *verdict)
         waiter = Waiter(peer, req, keep, since=self.clock.mono())
-        if slot.state == SlotState.READY and not slot.yielding_to:
+        if verdict == queues.GRANT:
             self._grant(slot, waiter)
         else:
             self._park(slot, waiter)
@@ -197,32 +209,37 @@ class SlotTable:
             self._stop(slot, reason)  # its waiters move to the fresh slot
         else:
             self.unload(slot, reason, explicit=True)
-        fresh = self.slots.get(slot.key) or self._new_slot(slot.entry, slot.kind, reason, pinned=slot.pinned,
-                                                           keep_alive_s=slot.keep_alive_s)
+        fresh = self._successor(slot, reason)
         fresh.num_ctx, fresh.grew_from, fresh.load_reason = max(fresh.num_ctx, asked), old_ctx, reason
         return fresh
+
+    def _successor(self, old: Slot, reason: str) -> Slot:
+        """The slot that takes over from one going away: the model's live one, or a fresh one with its settings."""
+        return self.slots.get(old.key) or self._new_slot(old.entry, old.kind, reason, pinned=old.pinned,
+                                                         keep_alive_s=old.keep_alive_s)
 
     def _new_slot(self, entry: ModelEntry, kind: SlotKind, reason: str, *, pinned: bool = False,
                   keep_alive_s: float | None | str = DEFAULT) -> Slot:
         self.generations += 1
         keep = self.default_keep if keep_alive_s == DEFAULT else keep_alive_s
         slot = Slot(entry=entry, kind=kind, generation=self.generations, engine=self.engine, pinned=pinned,
-                    keep_alive_s=keep, load_started=self.clock.mono(), load_reason=reason)  # type: ignore[arg-type]
+                    keep_alive_s=keep, load_started=self.clock.mono(), load_reason=reason,  # type: ignore[arg-type]
+                    parallel=self.parallel)
         self.slots[slot.key] = slot
         self.out.slot(slot, None)
         return slot
 
     def _park(self, slot: Slot, waiter: Waiter) -> None:
         slot.waiters.append(waiter)
+        if waiter.acquires:
+            slot.expires_at = None  # not idle while a request waits for it
         self.schedule()
 
     def _requeue(self, old: Slot, waiters: list[Waiter]) -> None:
         """Requests parked on a slot that is going away wait for a fresh load of the same model."""
         if not waiters:
             return
-        reason = f"asked for while its previous engine stopped ({old.draining or old.detail})"
-        fresh = self.slots.get(old.key) or self._new_slot(old.entry, old.kind, reason, pinned=old.pinned,
-                                                           keep_alive_s=old.keep_alive_s)
+        fresh = self._successor(old, f"asked for while its previous engine stopped ({old.draining or old.detail})")
         fresh.ask_context(old.num_ctx)  # what its requests asked for still holds
         fresh.waiters.extend(waiters)
 
@@ -279,21 +296,15 @@ class SlotTable:
         """Mark the busy slots a starved load waits for; unmark (and serve) the ones no load waits for any more."""
         loads_wait = any(s.state == SlotState.PENDING for s in self.slots.values())
         for slot in [s for s in self.slots.values() if s.state == SlotState.READY]:
-            changed, served = slot.yield_to(wanted.get((slot.key, slot.generation)), loads_wait)
-            for w in served:
-                self._answer(slot, w)
-            if changed:
+            if slot.yield_to(wanted.get((slot.key, slot.generation)), loads_wait):
                 self.out.slot(slot, None)
+        self._serve()
 
     def _wait(self, slot: Slot, reason: str) -> None:
-        now = self.clock.mono()
-        if slot.wait_deadline is None:
-            slot.wait_deadline = now + self.settings.drain_timeout_s
-        elif now >= slot.wait_deadline:
+        if (changed := slot.waits(reason, self.clock.mono(), self.settings.drain_timeout_s)) is None:
             return self._refuse_pending(slot, waited_too_long(slot.label, slot.estimate, self.budget(), reason,
                                                               self.settings.drain_timeout_s))
-        if slot.detail != reason:
-            slot.detail = reason
+        if changed:
             self.out.publish(LoadProgressEvent(model=slot.model, kind=slot.kind, stage="waiting", detail=reason))
             self.out.slot(slot, None)
 
@@ -315,8 +326,7 @@ class SlotTable:
 
     def planned(self, key: SlotKey, generation: int, plan: MemoryPlan | None, learned: int | None,
                 error: str = "") -> None:
-        slot = self.slots.get(key)
-        if slot is None or slot.generation != generation or slot.state != SlotState.PENDING:
+        if (slot := self._find(key, generation)) is None or slot.state != SlotState.PENDING:
             return
         slot.planning = False
         if plan is None:
@@ -339,28 +349,19 @@ class SlotTable:
         previous = slot.change_state(SlotState.READY)
         slot.loaded_at, slot.detail = self.clock.now(), ""
         self.failures.loaded(slot.label)
-        waiters, slot.waiters = slot.waiters, []
-        for w in waiters:
-            self._answer(slot, w)
-        if slot.inflight == 0:
-            slot.refresh_expiry(self.clock.now())
+        for w in slot.loaded(self.clock.mono()):  # a load takes no permit
+            self.out.send(w.peer, LoadReply(req_id=w.request.req_id, slot=slot.info(), load_s=w.load_s))
+        self._serve()
+        slot.refresh_expiry(self.clock.now())
         self.out.slot(slot, previous)
         self.schedule()  # a load waiting for this memory now waits on a ready, busy slot
-
-    def _answer(self, slot: Slot, w: Waiter) -> None:
-        if isinstance(w.request, AcquireRequest):
-            self._grant(slot, w)
-        else:
-            waited = self.clock.mono() - w.since
-            self.out.send(w.peer, LoadReply(req_id=w.request.req_id, slot=slot.info(), load_s=waited))
 
     def failed(self, key: SlotKey, generation: int, message: str, severity: Severity, tail: str) -> None:
         slot = self._find(key, generation)
         if slot is None:
             return
         if slot.state == SlotState.STOPPING:
-            self.stopped(key, generation)  # it was going anyway
-            return
+            return self.stopped(key, generation)  # it was going anyway
         self._fail(slot, message, severity, tail)
         self.schedule()  # its memory is free again
 
@@ -387,8 +388,9 @@ class SlotTable:
               plan: MemoryPlan) -> Slot:
         """An engine an earlier manager started, still healthy: it is ready now, and its leases come with hellos."""
         slot = Slot(entry=entry, kind=kind, generation=generation, engine=self.engine, keep_alive_s=self.default_keep,
-                    state=SlotState.READY, plan=plan, pid=pid, port=port, adopted=True, loaded_at=self.clock.now(),
-                    on_gpu=budgets.is_gpu_host(self.hardware), load_reason="adopted from the previous manager")
+                    parallel=self.parallel, state=SlotState.READY, plan=plan, pid=pid, port=port, adopted=True,
+                    loaded_at=self.clock.now(), on_gpu=budgets.is_gpu_host(self.hardware),
+                    load_reason="adopted from the previous manager")
         self.generations = max(self.generations, generation)
         self.slots[slot.key] = slot
         slot.refresh_expiry(self.clock.now())
@@ -436,10 +438,8 @@ class SlotTable:
 
     def tick(self) -> None:
         now = self.clock.now()
-        for slot in list(self.slots.values()):
-            if slot.state != SlotState.READY:
-                continue
-            if slot.inflight == 0 and slot.expires_at is not None and slot.expires_at <= now:
+        for slot in [s for s in self.slots.values() if s.state == SlotState.READY]:
+            if slot.expired(now):
                 self.unload(slot, "keep_alive expired")
             elif slot.loaded_at and now - slot.loaded_at > STABLE_AFTER_S:
                 self.failures.stable(slot.key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 from typing import Iterator
 
 
@@ -33,18 +34,32 @@ class BadReply(GatewayError):
 
 
 class GatewayClient:
-    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
-        self.host, self.port, self.timeout = host, port, timeout
+    """`key`: sent as a Bearer token when set. `tls_cert`: the gateway serves HTTPS with this certificate,
+    which is trusted as is (the CLI talks to its own server, so the certificate need not name 127.0.0.1)."""
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0, *, key: str = "", tls_cert: str = "") -> None:
+        self.host, self.port, self.timeout, self.key = host, port, timeout, key
+        self._tls = None
+        if tls_cert:
+            self._tls = ssl.create_default_context(cafile=tls_cert)
+            self._tls.check_hostname = False
+            self._tls.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the leaf itself is the trust anchor
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self._tls else 'http'}://{self.host}:{self.port}"
 
     def _open(self, method: str, path: str, body: object | None, timeout: float | None) -> http.client.HTTPResponse:
         timeout = timeout or self.timeout
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        if self._tls is not None:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
+                                                                            context=self._tls)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
         try:
             conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()

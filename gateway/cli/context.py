@@ -22,4 +22,4 @@ class Context:
     @property
     def client(self) -> GatewayClient:
         host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
-        return GatewayClient(host, self.settings.port)
+        return GatewayClient(host, self.settings.port, key=self.settings.api_key, tls_cert=self.settings.tls_cert)

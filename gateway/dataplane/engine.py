@@ -5,7 +5,8 @@ may make several engine calls on that one lease (embedding chunks, the
 thinking workflow's two calls). An engine that refuses or resets the
 connection before answering is gone: the lease goes back as `engine_gone` (the
 manager fails that slot at once) and the work runs once more on a fresh lease.
-That is safe because no byte has reached the client before an engine answers.
+That is safe because no byte of the answer has reached the client before an
+engine answers (a stream started while queued has sent comments only).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import msgspec
 from aiohttp import web
 
 from gateway.dataplane.model import Event, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
-from gateway.errors import ApiError
+from gateway.dataplane.queued import QueuedStream
+from gateway.errors import ApiError, from_manager
 from gateway.keys import MANAGER, SETTINGS, UPSTREAM
+from manager.client import Holding, ManagerError, ManagerTimeout, ManagerUnavailable
 from manager.protocol import AcquireReply, LeaseOutcome, SlotKind
 
 log = logging.getLogger("lmforge.gateway")
@@ -51,6 +54,7 @@ class Engine:
         self.lease = lease
         self.trace = trace
         self.failed = False
+        self.response: web.StreamResponse | None = None  # the client's, when it started while the request was queued
 
     @property
     def model(self) -> str:
@@ -211,44 +215,71 @@ def usage_of(chunk: dict[str, Any]) -> Usage:
 
 async def with_engine(
     request: web.Request, work: Callable[[Engine], Awaitable[T]], *, model: str, kind: SlotKind,
-    keep_alive: str | float | None = None, num_ctx: int = 0,
+    keep_alive: str | float | None = None, num_ctx: int = 0, queued: QueuedStream | None = None,
 ) -> T:
-    """Run `work` on a leased engine for `model`; once more on a fresh lease if the engine was gone."""
+    """Run `work` on a leased engine for `model`; once more on a fresh lease if the engine was gone.
+
+    A streamed request passes `queued`: if it waits in the model's queue its stream starts
+    then (work finds it on `engine.response`), and a failure after that ends the stream.
+    """
     trace = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-    for attempt in (1, 2):
-        try:
-            return await _leased(request, work, trace, model=model, kind=kind, keep_alive=keep_alive,
-                                 num_ctx=num_ctx)
-        except EngineGone as gone:
-            if attempt == 2:
-                raise ApiError(502, f"the engine serving {model} failed: {gone.__cause__ or 'connection lost'}",
-                               code="engine_unreachable") from None
-            log.warning("engine for %s was gone (%s); retrying on a fresh lease", model, gone.__cause__)
-    raise AssertionError("unreachable")
+    if queued is not None:
+        queued.headers["X-Request-Id"] = trace
+    try:
+        for attempt in (1, 2):
+            try:
+                return await _leased(request, work, trace, model=model, kind=kind, keep_alive=keep_alive,
+                                     num_ctx=num_ctx, queued=queued)
+            except EngineGone as gone:
+                if attempt == 2:
+                    raise ApiError(502, f"the engine serving {model} failed: {gone.__cause__ or 'connection lost'}",
+                                   code="engine_unreachable") from None
+                log.warning("engine for %s was gone (%s); retrying on a fresh lease", model, gone.__cause__)
+        raise AssertionError("unreachable")
+    except (ApiError, ManagerError, ManagerUnavailable) as exc:
+        if queued is None or await queued.settled() is None:
+            raise  # nothing sent yet: the error middleware answers with the status
+        return await queued.fail(exc if isinstance(exc, ApiError) else from_manager(exc))  # type: ignore[return-value]
+    finally:
+        if queued is not None:
+            queued.close()
 
 
 async def _leased(request: web.Request, work: Callable[[Engine], Awaitable[T]], trace: str, *, model: str,
-                  kind: SlotKind, keep_alive: str | float | None, num_ctx: int) -> T:
+                  kind: SlotKind, keep_alive: str | float | None, num_ctx: int, queued: QueuedStream | None) -> T:
     settings = request.app[SETTINGS]
     # A cold model may need its drain wait and a full load before it answers.
     wait = settings.load_timeout_s + settings.drain_timeout_s + 30
-    async with request.app[MANAGER].lease(model=model, kind=kind, keep_alive=keep_alive, trace_id=trace,
-                                          num_ctx=num_ctx, timeout=wait) as held:
-        engine = Engine(request, held.reply, trace)
-        try:
-            result = await work(engine)
-        except EngineGone:
-            held.outcome = LeaseOutcome.ENGINE_GONE  # the manager fails the slot before our next acquire
-            raise
-        except (asyncio.CancelledError, ConnectionResetError):
-            held.outcome = LeaseOutcome.CLIENT_GONE
-            raise
-        except ApiError:
-            held.outcome = LeaseOutcome.UPSTREAM_ERROR
-            raise
-        if engine.failed:
-            held.outcome = LeaseOutcome.UPSTREAM_ERROR
-        return result
+    try:
+        async with request.app[MANAGER].lease(model=model, kind=kind, keep_alive=keep_alive, trace_id=trace,
+                                              num_ctx=num_ctx, timeout=wait,
+                                              queued=queued.heard if queued else None) as held:
+            return await _work(request, work, held, trace, queued)
+    except ManagerTimeout:  # a deaf manager fails requests at once (heartbeats): this one waited its turn too long
+        raise ApiError(503, f"{model} did not become free within {wait:.0f}s: it is loading or busy with the "
+                       "requests queued ahead; retry later", code="concurrency_limit", retry_after=10) from None
+
+
+async def _work(request: web.Request, work: Callable[[Engine], Awaitable[T]], held: Holding, trace: str,
+                queued: QueuedStream | None) -> T:
+    """Run the work on the held lease; the lease's outcome says how it ended."""
+    engine = Engine(request, held.reply, trace)
+    try:
+        if queued is not None:
+            engine.response = await queued.settled()
+        result = await work(engine)
+    except EngineGone:
+        held.outcome = LeaseOutcome.ENGINE_GONE  # the manager fails the slot before our next acquire
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        held.outcome = LeaseOutcome.CLIENT_GONE
+        raise
+    except ApiError:
+        held.outcome = LeaseOutcome.UPSTREAM_ERROR
+        raise
+    if engine.failed:
+        held.outcome = LeaseOutcome.UPSTREAM_ERROR
+    return result
 
 
 def engine_error(status: int, data: bytes) -> ApiError:

@@ -1,4 +1,5 @@
-"""Which installed model a request names, and whether it can do what is asked: before any engine work.
+"""Which installed model a request names (a name that breaks the naming rule is a 400), and whether it
+can do what is asked: before any engine work.
 
 The gateway reads the store's index itself (every process may read it; the
 manager alone writes it). A name Ollama clients suffix with `:latest` finds
@@ -11,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from catalog.store import StoreError, check_name
 from gateway.errors import ApiError
 from gateway.keys import STORE
 from manager.protocol import ModelEntry, SlotKind
@@ -19,8 +21,19 @@ IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 WHAT = {SlotKind.CHAT: "chat", SlotKind.EMBED: "embeddings", SlotKind.RERANK: "reranking"}
 
 
+def valid_name(name: str, field: str = "model") -> str:
+    """`name` when it passes the store's one naming rule; a 400 naming `field` otherwise.
+
+    Every route that takes a model name checks it here, before it is looked up or sent to the manager."""
+    try:
+        return check_name(name)
+    except StoreError as exc:
+        raise ApiError(400, f"{field}: {exc}", param=field, code="invalid_model_name") from None
+
+
 def find_model(request: web.Request, name: str) -> ModelEntry:
-    """The installed model `name` names; 404 model_not_found otherwise."""
+    """The installed model `name` names; 400 for a name no model can have, 404 model_not_found otherwise."""
+    valid_name(name)
     store = request.app[STORE]
     entry = store.get(name)
     if entry is None and name.endswith(":latest"):

@@ -5,7 +5,8 @@ events collected (an engine failure is a 502). A streamed one is the renderer's
 opening frames, then the frames of each engine read in one write, then, if the
 engine broke, the renderer's error frame. One write per read, not per token:
 under load many tokens arrive in one read, and each write costs a chunk header
-and a send.
+and a send. A stream that started while its request was queued goes on in the
+same response (`queued_stream`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from aiohttp import web
 from gateway.dataplane.collect import Completion, collect
 from gateway.dataplane.engine import Engine, EngineBroke, Events
 from gateway.dataplane.model import Event
+from gateway.dataplane.queued import QueuedStream
 from gateway.errors import ApiError
 
 
@@ -38,10 +40,16 @@ async def whole(events: Events) -> Completion:
         raise ApiError(502, str(broke), code="engine_failed") from None
 
 
+def queued_stream(request: web.Request, renderer: Renderer, headers: dict[str, str]) -> QueuedStream:
+    """How a streamed answer starts while queued; a failure then opens the renderer's stream and fails it."""
+    return QueuedStream(request, headers, lambda err: renderer.start() + renderer.fail(err.message))
+
+
 async def stream(request: web.Request, engine: Engine, events: Events, renderer: Renderer,
                  headers: dict[str, str]) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={**headers, "X-Request-Id": engine.trace})
-    await resp.prepare(request)
+    resp = engine.response or web.StreamResponse(headers={**headers, "X-Request-Id": engine.trace})
+    if not resp.prepared:
+        await resp.prepare(request)
     if opening := renderer.start():
         await resp.write(opening)
     async with contextlib.aclosing(events):  # closing aborts the engine's generation if the client left

@@ -1,4 +1,5 @@
-"""Type and range checks of the request fields every dialect shares, before any engine work.
+"""Request bodies: the one JSON decoder every route parses them with (nesting capped), and the type and
+range checks of the fields every dialect shares, before any engine work.
 
 A bad value is a 400 naming the field (`options.num_predict`, `messages[2].role`),
 raised as ApiError and rendered in the route's own dialect. Fields not listed
@@ -8,12 +9,14 @@ here are the engine's business and pass through.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 from aiohttp import web
 
 from gateway.errors import ApiError
+
+T = TypeVar("T")
 
 
 class Rule(NamedTuple):
@@ -155,18 +158,51 @@ def _show(value: Any) -> str:
 
 _decode_any = msgspec.json.Decoder().decode
 
+# How deeply a request body may nest arrays and objects. Real requests, tool and response schemas
+# included, stay far below; uncapped, a decoder recurses into RecursionError (a 500).
+MAX_DEPTH = 64
+
 
 def decode_object(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object; 400 when it is empty, not JSON, or not an object."""
+    """The request body as a JSON object; 400 when it is empty, not JSON, too deep, or not an object.
+
+    Every request body the gateway parses goes through here."""
     if not raw.strip():
         raise ApiError(400, "the request body is empty; send a JSON object", code="invalid_json")
     try:
         body = _decode_any(raw)
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:  # nested deeper than the interpreter's recursion limit, far past MAX_DEPTH
+        raise _too_deep() from None
+    # Counting brackets is cheap; only a body with more of them than the cap can nest deeper.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and nests_deeper(body, MAX_DEPTH):
+        raise _too_deep()
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
     return body
+
+
+def nests_deeper(value: Any, limit: int) -> bool:
+    """Whether decoded JSON nests arrays and objects more than `limit` deep; level by level, not recursing."""
+    level = [value] if isinstance(value, (dict, list)) else []
+    for _ in range(limit):
+        level = [child for node in level for child in (node.values() if isinstance(node, dict) else node)
+                 if isinstance(child, (dict, list))]
+    return bool(level)
+
+
+def _too_deep() -> ApiError:
+    return ApiError(400, f"the request body nests arrays and objects more than {MAX_DEPTH} deep",
+                    code="invalid_json")
+
+
+def decode_as(raw: bytes, cls: type[T]) -> T:
+    """The request body as `cls` (a msgspec Struct), through decode_object; 400 naming a wrong field."""
+    try:
+        return msgspec.convert(decode_object(raw), cls)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, f"invalid request: {exc}", code="invalid_request") from None
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:

@@ -37,6 +37,7 @@ class MemoryPlan:
 class EngineAdapter(Protocol):
     name: str
     health_path: str
+    parallel: int  # requests one engine serves at once: the leases its slot grants before queueing
 
     def supports(self, entry: ModelEntry) -> bool:
         """Whether this engine can run the model's weight format."""

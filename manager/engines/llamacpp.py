@@ -35,6 +35,11 @@ class LlamaCppAdapter:
         self.settings = settings.llama_cpp
         self.paths = paths
 
+    @property
+    def parallel(self) -> int:
+        """Requests one llama-server serves at once (--parallel): the leases its slot grants before queueing."""
+        return self.settings.parallel
+
     def supports(self, entry: ModelEntry) -> bool:
         return entry.format == "gguf"
 
@@ -110,7 +115,7 @@ class LlamaCppAdapter:
             "--port", str(port),
             "--alias", entry.name,
             "--ctx-size", str(plan.ctx_size),
-            "--parallel", str(self.settings.parallel),
+            "--parallel", str(self.parallel),
             "--no-webui",
         ]
         if plan.gpu_layers:

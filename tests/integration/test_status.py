@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from tests.support.instance import Instance, wait_until
+from tests.support.sse import read_events
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
 
@@ -19,16 +20,6 @@ def inst(make_instance, models_dir: Path) -> Instance:
     return make_instance(models={"a": models_dir / "chat.gguf", "e": models_dir / "embed.gguf"}).start()
 
 
-async def read_events(resp: aiohttp.ClientResponse):  # type: ignore[no-untyped-def]
-    """Yield (event name, data) from an SSE response."""
-    name = None
-    async for raw in resp.content:
-        line = raw.decode().rstrip("\n")
-        if line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            yield name, json.loads(line[5:])
-            name = None
 
 
 async def test_the_stream_starts_with_a_snapshot_then_reports_each_transition_in_order(inst: Instance) -> None:

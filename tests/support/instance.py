@@ -58,8 +58,9 @@ async def wait_until_async(predicate, timeout: float = 10.0, interval: float = 0
 
 
 class Instance:
-    def __init__(self, home: Path, llama_server: str, config: str = "") -> None:
+    def __init__(self, home: Path, llama_server: str, config: str = "", address: str = "127.0.0.1") -> None:
         self.home = home
+        self.address = address  # where tests reach the gateway: its bind address when that is not loopback
         self.port = free_port()
         home.mkdir(parents=True, exist_ok=True)
         if config:
@@ -70,7 +71,7 @@ class Instance:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}:{self.port}"
 
     def start(self, *names: str, wait: bool = True) -> "Instance":
         (self.home / "logs").mkdir(exist_ok=True)
@@ -165,12 +166,13 @@ def llama_servers_of(home: Path) -> list[psutil.Process]:
 
 
 @contextlib.contextmanager
-def running_instance(home: Path, llama_server: str, models: dict[str, Path], config: str = "") -> Iterator[Instance]:
+def running_instance(home: Path, llama_server: str, models: dict[str, Path], config: str = "",
+                     address: str = "127.0.0.1") -> Iterator[Instance]:
     """A started Instance with `models` imported (for fixtures wider than one test); all it started is stopped."""
     from catalog.store import ModelStore
     from manager.config import Paths
 
-    inst = Instance(home, llama_server, config)
+    inst = Instance(home, llama_server, config, address)
     store = ModelStore(Paths(home))
     for name, path in models.items():
         store.import_gguf(path, name)

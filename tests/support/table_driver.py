@@ -2,18 +2,19 @@
 
 It answers the table's effects as the service would, without processes: a Plan with a
 memory plan (the context it starts with follows the slot's num_ctx, as the llama.cpp
-adapter's does), a Spawn or Stop by noting it, a Send by keeping the reply.
+adapter's does), a Spawn or Stop by noting it, a Send by keeping the reply, a Publish
+of a queue's change by keeping the event.
 """
 
 from __future__ import annotations
 
 from manager.config import Settings
 from manager.context import start_ctx
-from manager.effects import Clock, Learn, Plan, Send, Spawn, Stop
+from manager.effects import Clock, Learn, Plan, Publish, Send, Spawn, Stop
 from manager.engines.base import MemoryPlan
 from manager.protocol import (
-    AcquireReply, AcquireRequest, ErrorReply, HeldLease, HelloRequest, LeaseOutcome, LoadRequest, ModelEntry,
-    PeerRole, ReleaseNotice, SlotKind, SlotState, UnloadRequest,
+    AbandonNotice, AcquireReply, AcquireRequest, ErrorReply, HeldLease, HelloRequest, LeaseOutcome, LoadRequest,
+    ModelEntry, PeerRole, QueueEvent, ReleaseNotice, SlotKind, SlotState, UnloadRequest,
 )
 from manager.slots import Slot
 from manager.table import SlotTable
@@ -38,14 +39,17 @@ class FakeClock(Clock):
 class Driver:
     """Plays the service: answers Plan effects with a plan, keeps replies by request id, and reports for runners."""
 
-    def __init__(self, budget_mb: int = 1000, **settings: object) -> None:
+    def __init__(self, budget_mb: int = 1000, parallel: int = 4, **settings: object) -> None:
+        """`parallel`: requests one engine serves at once (llama.cpp's default)."""
         self.clock = FakeClock()
-        self.table = SlotTable(Settings(memory_budget_mb=budget_mb, **settings), "ep0", clock=self.clock)  # type: ignore[arg-type]
+        config = Settings(memory_budget_mb=budget_mb, **settings)  # type: ignore[arg-type]
+        self.table = SlotTable(config, "ep0", parallel=parallel, clock=self.clock)
         self.sizes: dict[str, int] = {}
         self.replies: dict[int, object] = {}
         self.spawned: list[tuple[str, int]] = []
         self.stopped: list[tuple[str, int]] = []
         self.learned: list[Learn] = []
+        self.queue_events: list[QueueEvent] = []
         self.plan_errors: dict[str, Exception] = {}
         self.trained: dict[str, int] = {}  # a model's trained context; unknown (0) unless set
         self._ids = iter(range(1, 10_000))
@@ -82,6 +86,8 @@ class Driver:
                     self.stopped.append((e.slot.model, e.slot.generation))
                 elif isinstance(e, Learn):
                     self.learned.append(e)
+                elif isinstance(e, Publish) and isinstance(e.event, QueueEvent):
+                    self.queue_events.append(e.event)
         raise AssertionError("effects never settled")
 
     # --- messages in ---
@@ -91,8 +97,9 @@ class Driver:
         self.settle()
 
     def acquire(self, model: str, keep_alive: str | float | None = None, peer: bytes = GATEWAY,
-                size_mb: int = 100, num_ctx: int = 0) -> int:
-        req = AcquireRequest(req_id=next(self._ids), model=model, kind=CHAT, keep_alive=keep_alive, num_ctx=num_ctx)
+                size_mb: int = 100, num_ctx: int = 0, trace_id: str = "") -> int:
+        req = AcquireRequest(req_id=next(self._ids), model=model, kind=CHAT, keep_alive=keep_alive, num_ctx=num_ctx,
+                             trace_id=trace_id)
         entry = None if self.table.live(model, CHAT) else self.entry(model, size_mb)
         self.table.acquire(peer, req, entry)
         self.settle()
@@ -103,6 +110,10 @@ class Driver:
         self.table.load(GATEWAY, req, None if self.table.live(model, CHAT) else self.entry(model))
         self.settle()
         return req.req_id
+
+    def abandon(self, req_id: int, peer: bytes = GATEWAY) -> None:
+        self.table.abandon(peer, AbandonNotice(req_id=req_id))
+        self.settle()
 
     def release(self, lease_id: str, outcome: LeaseOutcome = LeaseOutcome.OK, peer: bytes = GATEWAY) -> None:
         self.table.release(peer, ReleaseNotice(lease_id=lease_id, outcome=outcome))

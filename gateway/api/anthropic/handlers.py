@@ -12,7 +12,7 @@ from gateway.api.anthropic.render import MessageStream, whole_message
 from gateway.dataplane.engine import Engine, with_engine
 from gateway.dataplane.gates import find_model, require_kind, require_vision
 from gateway.dataplane.model import ChatRequest, engine_body
-from gateway.dataplane.respond import stream, whole
+from gateway.dataplane.respond import queued_stream, stream, whole
 from gateway.dataplane.validate import read_json
 from gateway.sse import SSE_HEADERS
 from manager.protocol import ModelEntry, SlotKind
@@ -23,14 +23,16 @@ async def messages(request: web.Request) -> web.StreamResponse:
     check_request(body, "max_tokens")
     entry, req = _checked(request, body)
     asked = body["model"]
+    renderer = MessageStream(asked)
 
     async def work(engine: Engine) -> web.StreamResponse:
         events = await engine.events("/v1/chat/completions", engine_body(req))
         if not body.get("stream"):
             return web.json_response(whole_message(await whole(events), asked), dumps=_dumps)
-        return await stream(request, engine, events, MessageStream(asked), SSE_HEADERS)
+        return await stream(request, engine, events, renderer, SSE_HEADERS)
 
-    return await with_engine(request, work, model=entry.name, kind=SlotKind.CHAT)
+    queued = queued_stream(request, renderer, SSE_HEADERS) if body.get("stream") else None
+    return await with_engine(request, work, model=entry.name, kind=SlotKind.CHAT, queued=queued)
 
 
 async def count_tokens(request: web.Request) -> web.Response:

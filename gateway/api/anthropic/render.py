@@ -42,7 +42,7 @@ def stop_reason(finish: str, stop_word: str | None, tool_calls: bool) -> tuple[s
 def tool_input(arguments: str, name: str) -> dict[str, Any]:
     try:
         value = json.loads(arguments or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # a model may write any text, nested arbitrarily deep
         value = None
     if not isinstance(value, dict):
         log.warning("tool call %s came with arguments that are not a JSON object: %.200r", name, arguments)

@@ -9,8 +9,10 @@ import msgspec
 from aiohttp import web
 
 from gateway.api.native.schemas import ImportBody, SwitchBody, UnloadBody, parse_body
+from gateway.dataplane.gates import valid_name
 from gateway.errors import ApiError
 from gateway.keys import MANAGER, SETTINGS, STREAMS
+from gateway.middleware.auth import PEER
 from gateway.openapi import openapi_document
 from gateway.sse import PING, SSE_HEADERS, frame
 from manager.client import RESYNC, ManagerUnavailable
@@ -18,12 +20,14 @@ from manager.protocol import (
     TOPICS,
     DeleteModelReply,
     DeleteModelRequest,
+    Event,
     ImportModelRequest,
     ListModelsRequest,
     LoadReply,
     LoadRequest,
     ManagerStatus,
     ModelReply,
+    QueueEvent,
     SnapshotReply,
     SnapshotRequest,
     UnloadReply,
@@ -41,7 +45,10 @@ HEALTH_PING_S = 2.0
 async def health(request: web.Request) -> web.Response:
     """200 only when the manager answers a request now: a manager that beats but is deaf is not up."""
     manager = request.app[MANAGER]
-    if manager.alive and await manager.ping(HEALTH_PING_S):
+    up = manager.alive and await manager.ping(HEALTH_PING_S)
+    if not request[PEER].trusted:  # up or down, nothing more, to callers outside trusted_networks
+        return web.json_response({"status": "ok" if up else "unavailable"}, status=200 if up else 503)
+    if up:
         return web.json_response({"status": "ok", "version": VERSION, "manager_epoch": manager.epoch})
     return web.json_response(
         {"status": "unavailable", "version": VERSION,
@@ -99,11 +106,21 @@ async def status_stream(request: web.Request) -> web.StreamResponse:
             if item is RESYNC:
                 seq = await _send_snapshot(request, resp)
             elif item.seq > seq:
-                await resp.write(frame(TOPICS[type(item)].decode(), msgspec.to_builtins(item)))
+                await resp.write(event_frame(item))
     finally:
         manager.unsubscribe(queue)
         request.app[STREAMS].discard(queue)
     return resp
+
+
+def event_frame(event: Event) -> bytes:
+    """A manager event as the status stream shows it. A queue names its requests by the id their clients are
+    answered with (X-Request-Id), in the order they will be served; the manager's names for peers stay inside."""
+    if isinstance(event, QueueEvent):
+        positions = [{"ahead": i, "request_id": entry.trace_id} for i, entry in enumerate(event.queued)]
+        return frame("queue", {"seq": event.seq, "model": event.model, "kind": event.kind, "queued": len(positions),
+                               "loading": event.loading, "positions": positions})
+    return frame(TOPICS[type(event)].decode(), msgspec.to_builtins(event))
 
 
 async def _send_snapshot(request: web.Request, resp: web.StreamResponse) -> int:
@@ -144,13 +161,12 @@ async def model_list(request: web.Request) -> web.Response:
     return web.json_response({"models": msgspec.to_builtins(reply.models)})
 
 
-LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 IMPORT_TIMEOUT_S = 3600.0  # hashing (or copying, across filesystems) a large GGUF takes a while
 
 
 def require_loopback(request: web.Request, what: str) -> None:
     """`what` reads files on this machine by path: only a caller on this machine may ask."""
-    if request.remote not in LOOPBACK:
+    if not request[PEER].loopback:  # the caller's address: behind a trusted proxy, the one it forwards for
         raise ApiError(403, f"{what} reads files on the LMForge machine and is allowed from that machine only",
                        code="forbidden")
 
@@ -169,5 +185,6 @@ async def model_import(request: web.Request) -> web.Response:
 
 async def model_delete(request: web.Request) -> web.Response:
     """Unloads the model, then removes it from the index and its files from the store."""
-    reply: DeleteModelReply = await request.app[MANAGER].request(DeleteModelRequest, model=request.match_info["name"])
+    reply: DeleteModelReply = await request.app[MANAGER].request(DeleteModelRequest,
+                                                                  model=valid_name(request.match_info["name"]))
     return web.json_response({"status": "deleted", "model": reply.model})

@@ -17,5 +17,5 @@ def setup_native_routes(app: web.Application) -> None:
     app.router.add_post("/lf/model/switch", handlers.model_switch)
     app.router.add_post("/lf/model/unload", handlers.model_unload)
     app.router.add_post("/lf/model/import", handlers.model_import)
-    app.router.add_delete("/lf/model/delete/{name:.+}", handlers.model_delete)
+    app.router.add_delete(r"/lf/model/delete/{name:[\s\S]+}", handlers.model_delete)  # any name: the rule refuses
     app.on_shutdown.append(handlers.close_streams)

@@ -1,4 +1,4 @@
-"""Bodies of the native /lf endpoints."""
+"""Bodies of the native /lf endpoints; a model name in one is checked as it is decoded."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Annotated
 
 import msgspec
 
-from gateway.errors import OpenAIError
+from gateway.dataplane.gates import valid_name
+from gateway.dataplane.validate import decode_as
 from manager.protocol import SlotKind
 
 
@@ -18,10 +19,17 @@ class SwitchBody(msgspec.Struct):
     # Tokens of context to load with (at least; capped by the model's trained context); 0: the default.
     num_ctx: Annotated[int, msgspec.Meta(ge=0)] = 0
 
+    def __post_init__(self) -> None:
+        valid_name(self.model)
+
 
 class UnloadBody(msgspec.Struct):
     model: str | None = None  # None: every loaded model
     kind: SlotKind | None = None
+
+    def __post_init__(self) -> None:
+        if self.model is not None:
+            valid_name(self.model)
 
 
 class ImportBody(msgspec.Struct):
@@ -29,15 +37,11 @@ class ImportBody(msgspec.Struct):
     name: str
     mmproj: str = ""  # its vision projector, absolute; "" for none
 
+    def __post_init__(self) -> None:
+        valid_name(self.name, "name")
+
 
 def parse_body(raw: bytes, cls: type, *, empty_ok: bool = False):  # type: ignore[no-untyped-def]
-    if not raw.strip():
-        if empty_ok:
-            return cls()
-        raise OpenAIError(400, "the request body is empty; send a JSON object", code="invalid_json")
-    try:
-        return msgspec.json.decode(raw, type=cls)
-    except msgspec.ValidationError as exc:
-        raise OpenAIError(400, f"invalid request: {exc}", code="invalid_request") from None
-    except msgspec.DecodeError as exc:
-        raise OpenAIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not raw.strip() and empty_ok:
+        return cls()
+    return decode_as(raw, cls)

@@ -13,10 +13,8 @@ import json
 import logging
 from typing import Any
 
-import msgspec
-
 from gateway.dataplane.model import ChatRequest, Message, Sampling, TextRequest, Tool, ToolCall
-from gateway.dataplane.validate import OLLAMA, OLLAMA_OPTIONS, check, check_messages
+from gateway.dataplane.validate import OLLAMA, OLLAMA_OPTIONS, check, check_messages, decode_object
 from gateway.errors import ApiError
 from manager.keepalive import KeepAliveError, parse_keep_alive
 from manager.protocol import ModelEntry
@@ -41,13 +39,7 @@ def read_body(raw: bytes) -> dict[str, Any]:
     """The request's JSON object; 400 when it is missing or not JSON."""
     if not raw.strip():
         raise ApiError(400, "missing request body; send a JSON object", code="invalid_request")
-    try:
-        body = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object", code="invalid_request")
-    return body
+    return decode_object(raw)
 
 
 def model_name(body: dict[str, Any], *, legacy: bool = False) -> str:

@@ -141,7 +141,7 @@ def tool_call(call: ToolCall, index: int) -> dict[str, Any]:
     """One call as Ollama writes it: arguments an object, not OpenAI's JSON text."""
     try:
         arguments = json.loads(call.arguments) if call.arguments else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # a model may write any text, nested arbitrarily deep
         arguments = None
     if not isinstance(arguments, dict):
         log.warning("tool call %s: the model's arguments are not a JSON object (%.80s); sent as {}",

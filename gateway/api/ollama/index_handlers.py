@@ -22,8 +22,9 @@ from aiohttp import web
 
 from catalog.capabilities import is_projector
 from catalog.gguf_info import GGUFError, GGUFInfo, read_gguf_info
-from catalog.store import StoreError, check_name
 from gateway.api.native.handlers import IMPORT_TIMEOUT_S, require_loopback
+from gateway.dataplane.gates import valid_name
+from gateway.dataplane.validate import decode_object
 from gateway.errors import ApiError, from_manager
 from gateway.keys import MANAGER, PATHS
 from manager.client import ManagerError, ManagerUnavailable
@@ -135,12 +136,7 @@ async def create(request: web.Request) -> web.StreamResponse:
 def _decode(raw: bytes, cls: type) -> Any:
     if not raw.strip():
         raise ApiError(400, "missing request body")
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "the request body must be a JSON object")
+    data = decode_object(raw)
     if cls is CreateBody and (ignored := sorted(set(data) - CREATE_KEYS)):
         log.info("create %s: ignoring %s (LMForge serves the GGUF as it is)", data.get("model") or data.get("name"),
                  ", ".join(ignored))
@@ -153,10 +149,7 @@ def _decode(raw: bytes, cls: type) -> Any:
 def _valid_name(name: str, field: str) -> str:
     if not name:
         raise ApiError(400, f"{field} is required", param=field)
-    try:
-        return check_name(name)
-    except StoreError as exc:
-        raise ApiError(400, f"{field}: {exc}", param=field) from None
+    return valid_name(name, field)
 
 
 def _from_modelfile(request: web.Request, modelfile: str) -> tuple[str, dict[str, str] | None, Path | None]:

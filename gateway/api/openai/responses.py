@@ -18,7 +18,7 @@ from gateway.api.openai.response_output import ResponseShell, ResponseStream, wh
 from gateway.dataplane.engine import Engine, with_engine
 from gateway.dataplane.gates import find_model, require_kind, require_vision
 from gateway.dataplane.model import ChatRequest, Message, Sampling, Tool, ToolCall, engine_body
-from gateway.dataplane.respond import stream, whole
+from gateway.dataplane.respond import queued_stream, stream, whole
 from gateway.dataplane.validate import OPENAI, check, read_json, require
 from gateway.errors import ApiError
 from gateway.sse import SSE_HEADERS
@@ -53,14 +53,16 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     req = to_chat(body, entry.name)
     require_vision(entry, [{"content": m.content} for m in req.messages])
     shell = ResponseShell(body)
+    renderer = ResponseStream(shell)
 
     async def work(engine: Engine) -> web.StreamResponse:
         events = await engine.events("/v1/chat/completions", engine_body(req))
         if not body.get("stream"):
             return web.json_response(whole_response(shell, await whole(events)), dumps=_dumps)
-        return await stream(request, engine, events, ResponseStream(shell), SSE_HEADERS)
+        return await stream(request, engine, events, renderer, SSE_HEADERS)
 
-    return await with_engine(request, work, model=entry.name, kind=SlotKind.CHAT)
+    queued = queued_stream(request, renderer, SSE_HEADERS) if body.get("stream") else None
+    return await with_engine(request, work, model=entry.name, kind=SlotKind.CHAT, queued=queued)
 
 
 def to_chat(body: dict[str, Any], model: str) -> ChatRequest:

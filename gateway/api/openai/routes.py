@@ -11,7 +11,8 @@ from gateway.api.openai.responses import create_response
 
 def setup_openai_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", handlers.list_models)
-    app.router.add_get("/v1/models/{id:.+}", handlers.get_model)  # ids hold "/" and ":"
+    # Ids hold "/" and ":"; any character matches, so that a bad one is refused by the naming rule (400).
+    app.router.add_get(r"/v1/models/{id:[\s\S]+}", handlers.get_model)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/completions", handlers.completions)
     app.router.add_post("/v1/embeddings", handlers.embeddings)

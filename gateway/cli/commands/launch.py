@@ -187,7 +187,7 @@ def launch(args: argparse.Namespace, ctx: Context) -> int:
     model, trained = _pick_model(ctx, args.model)
     want = _context_for(ctx, model, args.ctx, trained)
     got = _load(ctx, model, want)
-    key = os.environ.get(KEY_ENV) or PLACEHOLDER_KEY
+    key = ctx.settings.api_key or PLACEHOLDER_KEY  # LMFORGE_API_KEY, when set, is in the settings
     target = Target(ctx.client.url, model, got, key, ctx.paths.home / "launch")
     wiring = agent.wire(target)
     for path, text in wiring.files.items():

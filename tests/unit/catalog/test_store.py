@@ -63,13 +63,15 @@ def test_a_damaged_index_is_reported_not_overwritten(store: ModelStore) -> None:
     assert store.paths.index.read_text() == "{not json"
 
 
-@pytest.mark.parametrize("name", ["../etc", "/abs", "a//b", "", "x" * 200, "sp ace", "-lead", "semi;colon"])
+@pytest.mark.parametrize("name", ["../etc", "/abs", "a//b", "", "x" * 129, "sp ace", "-lead", "semi;colon",
+                                  "a/../../b", "..%2F..%2Fetc", "a%2Fb", "a\x00b", "a\r\nb", "trailing\n", "a\\b"])
 def test_names_that_could_escape_the_store_are_refused(name: str) -> None:
     with pytest.raises(StoreError, match="invalid model name"):
         check_name(name)
 
 
-@pytest.mark.parametrize("name", ["gemma3:270m", "owner/repo:Q4_K_M", "my-model_v2.1+x"])
+@pytest.mark.parametrize("name", ["gemma3:270m", "owner/repo:Q4_K_M", "my-model_v2.1+x", "hf.co/org/repo:Q4_K_M",
+                                  "x" * 128])
 def test_ordinary_names_are_accepted(name: str) -> None:
     assert check_name(name) == name
 

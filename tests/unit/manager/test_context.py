@@ -64,7 +64,9 @@ def test_a_smaller_or_equal_ask_is_served_by_the_resident_engine() -> None:
     d.acquire("a", num_ctx=4096)
     d.ready("a")
     for asked in (0, 1024, 2048, 4096):
-        assert d.lease(d.acquire("a", num_ctx=asked)).generation == 1
+        lease = d.lease(d.acquire("a", num_ctx=asked))
+        assert lease.generation == 1
+        d.release(lease.lease_id)
     assert d.spawned == [("a", 1)] and d.stopped == []
     assert d.table.slots[("a", CHAT)].info().load_reason == "a request for it"
 
@@ -85,7 +87,7 @@ def test_an_ask_above_the_trained_context_is_capped_and_then_never_reloads() -> 
 
 
 def test_concurrent_asks_share_one_reload_and_never_swap_back() -> None:
-    d = Driver()
+    d = Driver(parallel=16)  # every request it holds at once gets a lease
     first = d.warm("a")
     asks = [d.acquire("a", num_ctx=n) for n in (8192, 1024, 4096, 0, 8192)]  # while the old engine drains
     d.release(first.lease_id)

@@ -19,7 +19,7 @@ def test_lease_ids_carry_the_epoch_so_no_two_managers_repeat_one() -> None:
     d = Driver()
     assert d.warm("a").lease_id == "ep0:1"
     other = SlotTable(Settings(memory_budget_mb=1000), "ep1", clock=FakeClock())
-    assert other.leases.grant(d.table.slots[("a", CHAT)], GATEWAY, DEFAULT).id == "ep1:1"
+    assert other.leases.grant(d.table.slots[("a", CHAT)], GATEWAY, DEFAULT, since=0.0).id == "ep1:1"
 
 
 def test_a_release_from_a_peer_that_does_not_hold_the_lease_is_ignored() -> None:

@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from catalog.gguf_info import GGUFInfo
-from manager.engines.llamacpp import BUILTIN_TEMPLATES
+from manager.engines.llamacpp import has_chat_template
 from manager.protocol import SlotKind
 
-CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 TOOL_MARKERS = ("tools", "tool_calls")
 THINKING_MARKERS = ("<think>", "enable_thinking", "reasoning_content")
 PROJECTOR_ARCH = "clip"
@@ -49,12 +48,11 @@ def has_vision_encoder(projector: GGUFInfo) -> bool:
 def capabilities_of(info: GGUFInfo, projector: GGUFInfo | None = None) -> Capabilities:
     """The model's capabilities; `projector` is the mmproj imported with it, if any."""
     kinds = kinds_for(info)
-    template = info.metadata.get(CHAT_TEMPLATE_KEY)
-    text = template if isinstance(template, str) else ""
+    text = info.chat_template
     chats = SlotKind.CHAT in kinds
     return Capabilities(
         kinds=kinds,
-        chat_template=chats and (bool(text) or info.architecture in BUILTIN_TEMPLATES),
+        chat_template=chats and has_chat_template(info),
         tools=chats and any(marker in text for marker in TOOL_MARKERS),
         thinking=chats and any(marker in text for marker in THINKING_MARKERS),
         vision=chats and projector is not None and has_vision_encoder(projector),

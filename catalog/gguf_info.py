@@ -38,6 +38,7 @@ _STRING, _ARRAY = 8, 9
 
 # llama.cpp's pooling_type enum as written in GGUF metadata.
 POOLING = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 
 # `<arch>.<key>` fields the memory estimate and the engine command read as counts.
 _ARCH_INTEGERS = ("block_count", "embedding_length", "context_length", "attention.head_count",
@@ -101,6 +102,12 @@ class GGUFInfo:
     @property
     def vocab_size(self) -> int:
         return self.array_lengths.get("tokenizer.ggml.tokens", 0)
+
+    @property
+    def chat_template(self) -> str:
+        """The Jinja chat template the file carries; empty when it has none."""
+        value = self.metadata.get(CHAT_TEMPLATE_KEY)
+        return value if isinstance(value, str) else ""
 
     @property
     def pooling(self) -> str | None:

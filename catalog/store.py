@@ -103,16 +103,15 @@ class ModelStore:
         return entry
 
     def remove(self, name: str) -> ModelEntry:
-        """Drop the entry, then its directory, unless another entry still names a file in it."""
+        """Drop the entry, then its directory: no other entry names a file in it, as each name has its own
+        (`model_dir`; a copy hard-links into the copy's)."""
         with self._locked() as index:
             entry = next((m for m in index.models if m.name == name), None)
             if entry is None:
                 raise ModelNotFound(f"model {name!r} is not installed")
-            rest = [m for m in index.models if m.name != name]
-            self._write(Index(models=rest))
+            self._write(Index(models=[m for m in index.models if m.name != name]))
         model_dir = Path(entry.path).parent
-        shared = any(Path(p).parent == model_dir for m in rest for p in (m.path, m.mmproj) if p)
-        if model_dir.parent == self.paths.models and not shared:
+        if model_dir.parent == self.paths.models:
             shutil.rmtree(model_dir, ignore_errors=True)
         return entry
 
@@ -129,8 +128,10 @@ class ModelStore:
         return self.paths.models / f"{slug}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
     def import_gguf(self, source: Path, name: str, *, mmproj: Path | None = None,
-                    source_label: str = "import") -> ModelEntry:
-        """Check a GGUF file (and its vision projector), place it in the store and index it under `name`."""
+                    source_label: str = "import", sha256: str = "") -> ModelEntry:
+        """Check a GGUF file (and its vision projector), place it in the store and index it under `name`.
+
+        `sha256` spares hashing the file again only when `source` is the uploaded blob of that digest."""
         check_name(name)
         source = _existing_file(source)
         info = read_gguf_info(source)  # GGUFError names what is wrong with the file
@@ -149,7 +150,8 @@ class ModelStore:
             files.append((mmproj, target_dir / _projector_name(mmproj)))
         with _placed(files):
             target = files[0][1]
-            entry = entry_for(name, target, info, sha256_file(target), source_label,
+            known = sha256 if _is_blob_of(self.paths, source, sha256) else sha256_file(target)
+            entry = entry_for(name, target, info, known, source_label,
                               mmproj=files[1][1] if projector else None, projector=projector)
             return self._replace(entry)
 
@@ -180,6 +182,12 @@ class ModelStore:
             if stale.is_file() and stale.name not in keep and not stale.name.startswith("."):
                 stale.unlink(missing_ok=True)
         return entry
+
+
+def _is_blob_of(paths: Paths, source: Path, sha256: str) -> bool:
+    """An uploaded blob is kept under the digest its bytes were checked against as they streamed in
+    (POST /api/blobs): its name vouches for the hash; a digest claimed for any other file does not."""
+    return bool(sha256) and source.parent == paths.blobs and source.name == f"sha256-{sha256}"
 
 
 def _existing_file(path: Path) -> Path:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import ssl
 import sys
-from pathlib import Path
 
 from aiohttp import web
 
@@ -31,7 +31,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(Path(settings.tls_cert).expanduser(), Path(settings.tls_key).expanduser())
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)  # absolute paths (manager/config.py)
     return context
 
 
@@ -42,10 +42,26 @@ async def run(settings: Settings, paths: Paths, tls: ssl.SSLContext | None) -> N
     runner = DeadlineRunner(make_app(settings, paths), settings, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:
-        await web.TCPSite(runner, settings.host, settings.port, ssl_context=tls).start()
+        await site(runner, settings, tls).start()
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+def site(runner: web.BaseRunner, settings: Settings, tls: ssl.SSLContext | None) -> web.BaseSite:
+    """Where the gateway listens. `::` means every address, IPv4 too, as it does for Ollama: asyncio would bind
+    it IPv6-only, so that socket is made here (IPv4 callers then appear as ::ffff:a.b.c.d; peers.py maps them)."""
+    if settings.host.strip("[]") != "::":
+        return web.TCPSite(runner, settings.host, settings.port, ssl_context=tls)
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    try:
+        sock.bind(("::", settings.port))
+    except OSError:
+        sock.close()
+        raise
+    return web.SockSite(runner, sock, ssl_context=tls)
 
 
 def serve(settings: Settings, paths: Paths) -> int:

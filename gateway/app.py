@@ -9,7 +9,6 @@ from aiohttp import web
 
 from gateway.api.anthropic.routes import setup_anthropic_routes
 from gateway.api.native.routes import setup_native_routes
-from gateway.api.ollama.index_handlers import setup_index_routes
 from gateway.api.ollama.routes import setup_ollama_routes
 from gateway.api.openai.routes import setup_openai_routes
 from catalog.store import ModelStore
@@ -52,7 +51,6 @@ def make_app(settings: Settings, paths: Paths) -> web.Application:
     setup_native_routes(app)
     setup_openai_routes(app)
     setup_anthropic_routes(app)
-    setup_index_routes(app)
     setup_ollama_routes(app)
     return app
 

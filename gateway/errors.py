@@ -84,10 +84,6 @@ class ApiError(Exception):
         return web.json_response(self.body(dialect), status=self.status, headers=self.headers, dumps=json.dumps)
 
 
-# The name the OpenAI-only gateway used; kept while callers move to ApiError.
-OpenAIError = ApiError
-
-
 def from_manager(exc: ManagerError | ManagerUnavailable) -> ApiError:
     if isinstance(exc, ManagerUnavailable):
         return ApiError(503, f"LMForge manager unavailable: {exc}", code="manager_unavailable", retry_after=2)

@@ -1,15 +1,21 @@
 """The OpenAPI 3 description of the gateway's public routes, served at GET /openapi.json.
 
-It describes what each dialect accepts (types and ranges, as the real APIs define them),
-so that tools can generate clients and fuzzers can drive every route; a test runs
-schemathesis over it against a real instance.
+It describes what each dialect accepts, so that tools can generate clients and fuzzers
+can drive every route; a test runs schemathesis over it against a real instance. The
+types and ranges of scalar fields come from the rule tables the routes check bodies with
+(gateway/dataplane/validate.py), so the two cannot drift; arrays and objects are described here.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from gateway.api.openai.handlers import EMBED_RULES
+from gateway.api.openai.rerank import RULES as RERANK_RULES
+from gateway.dataplane.validate import ANTHROPIC, COMPLETIONS, INT_MAX, OLLAMA, OLLAMA_OPTIONS, OPENAI, RESPONSES, Rule
+
 Schema = dict[str, Any]
+
 
 def _obj(required: list[str] | None = None, **properties: Schema) -> Schema:
     schema: Schema = {"type": "object", "properties": properties}
@@ -39,10 +45,6 @@ def _int(minimum: int | None = None, maximum: int | None = None) -> Schema:
     return schema
 
 
-def _num(minimum: float, maximum: float) -> Schema:
-    return {"type": "number", "minimum": minimum, "maximum": maximum}
-
-
 STRING: Schema = {"type": "string"}
 BOOL: Schema = {"type": "boolean"}
 MODEL: Schema = {"type": "string", "minLength": 1, "example": "gemma3:270m"}
@@ -50,11 +52,26 @@ STOP = _one_of(STRING, _array(STRING, maxItems=4))
 JSON_OBJECT: Schema = {"type": "object"}
 # Ollama durations: "5m", "1h30m", "-1", or a number of seconds (negative: keep loaded).
 KEEP_ALIVE = _one_of({"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?(ms|s|m|h)?$"}, {"type": "number"})
+SCALARS: dict[str, Schema] = {"bool": BOOL, "str": STRING, "strs": STOP, "duration": KEEP_ALIVE}
 
-SAMPLING: Schema = {
-    "temperature": _num(0, 2), "top_p": _num(0, 1), "seed": _int(),
-    "presence_penalty": _num(-2, 2), "frequency_penalty": _num(-2, 2),
-}
+
+def _scalar(rule: Rule) -> Schema | None:
+    """A rule's schema; None for arrays and objects, whose items a rule does not describe."""
+    if rule.kind not in ("int", "num"):
+        return SCALARS.get(rule.kind)
+    schema: Schema = {"type": "integer" if rule.kind == "int" else "number"}
+    # The int64 bounds only keep an integer within what an engine can read: no limit of the API's own.
+    if rule.lo is not None and rule.lo > -INT_MAX:
+        schema["minimum"] = rule.lo
+    if rule.hi is not None and rule.hi < INT_MAX:
+        schema["maximum"] = rule.hi
+    return schema
+
+
+def _checked(rules: dict[str, Rule], *names: str) -> dict[str, Schema]:
+    """The scalar fields `names` (all of them when none is named) as the route checks them."""
+    chosen = names or tuple(rules)
+    return {name: schema for name in chosen if (schema := _scalar(rules[name])) is not None}
 
 
 # --- OpenAI /v1 -------------------------------------------------------------------
@@ -74,44 +91,45 @@ RESPONSE_FORMAT = _one_of(
          json_schema=_obj(["name"], name=STRING, schema=JSON_OBJECT, strict=BOOL)),
 )
 
-CHAT_COMPLETION = _obj(
-    ["model", "messages"],
-    model=MODEL, messages=_array(CHAT_MESSAGE, minItems=1),
-    max_tokens=_int(1), max_completion_tokens=_int(1), n=_int(1, 8), stop=STOP, stream=BOOL,
-    stream_options=_obj(include_usage=BOOL), response_format=RESPONSE_FORMAT,
-    logprobs=BOOL, top_logprobs=_int(0, 20), tools=_array(FUNCTION_TOOL),
-    tool_choice=_one_of(_enum("none", "auto", "required"), FUNCTION_TOOL), user=STRING, **SAMPLING,
-)
-COMPLETION = _obj(
-    ["model", "prompt"],
-    model=MODEL, prompt=_one_of(STRING, _array(STRING, minItems=1), _array(_int(0), minItems=1)),
-    max_tokens=_int(1), n=_int(1, 8), stop=STOP, stream=BOOL, logprobs=_int(0, 5), echo=BOOL, **SAMPLING,
-)
-EMBEDDINGS = _obj(
-    ["model", "input"],
-    model=MODEL,
-    input=_one_of(STRING, _array(STRING, minItems=1), _array(_int(0), minItems=1),
-                  _array(_array(_int(0), minItems=1), minItems=1)),
-    encoding_format=_enum("float", "base64"), dimensions=_int(1), user=STRING,
-)
-RERANK = _obj(
-    ["model", "query", "documents"],
-    model=MODEL, query=STRING,
-    documents=_array(_one_of(STRING, _obj(["text"], text=STRING)), minItems=1),
-    top_n=_int(1), return_documents=BOOL,
-)
+CHAT_COMPLETION = _obj(["model", "messages"], **{
+    **_checked(OPENAI, *(name for name in OPENAI if name != "max_output_tokens")), "model": MODEL,
+    "messages": _array(CHAT_MESSAGE, minItems=1), "stream_options": _obj(include_usage=BOOL),
+    "response_format": RESPONSE_FORMAT, "tools": _array(FUNCTION_TOOL),
+    "tool_choice": _one_of(_enum("none", "auto", "required"), FUNCTION_TOOL), "user": STRING,
+})
+COMPLETION = _obj(["model", "prompt"], **{
+    **_checked(COMPLETIONS, *(name for name in COMPLETIONS
+                              if name not in ("max_completion_tokens", "max_output_tokens", "top_logprobs"))),
+    "model": MODEL, "prompt": _one_of(STRING, _array(STRING, minItems=1), _array(_int(0), minItems=1)),
+    "echo": BOOL,
+})
+EMBEDDINGS = _obj(["model", "input"], **{
+    **_checked(EMBED_RULES), "model": MODEL, "encoding_format": _enum("float", "base64"),
+    "input": _one_of(STRING, _array(STRING, minItems=1), _array(_int(0), minItems=1),
+                     _array(_array(_int(0), minItems=1), minItems=1)),
+})
+RERANK = _obj(["model", "query", "documents"], **{
+    **_checked(RERANK_RULES), "model": MODEL,
+    "documents": _array(_one_of(STRING, _obj(["text"], text=STRING)), minItems=1),
+})
 INPUT_ITEM = _obj(
     ["role", "content"],
     role=_enum("system", "developer", "user", "assistant"),
     content=_one_of(STRING, _array(_obj(["type", "text"], type=_enum("input_text"), text=STRING), minItems=1)),
 )
-RESPONSES = _obj(
-    ["model", "input"],
-    model=MODEL, input=_one_of(STRING, _array(INPUT_ITEM, minItems=1)), instructions=STRING,
-    max_output_tokens=_int(1), stream=BOOL, previous_response_id=STRING, store=BOOL,
-    temperature=_num(0, 2), top_p=_num(0, 1),
-    tools=_array(_obj(["type", "name"], type=_enum("function"), name=STRING, parameters=JSON_OBJECT)),
-)
+RESPONSE_TEXT = _obj(format=_one_of(
+    _obj(["type"], type=_enum("text", "json_object")),
+    _obj(["type", "name", "schema"], type=_enum("json_schema"), name=STRING, schema=JSON_OBJECT, strict=BOOL),
+))
+RESPONSE = _obj(["model", "input"], **{
+    **_checked(RESPONSES, "stream", "max_output_tokens", "temperature", "top_p", "instructions",
+               "parallel_tool_calls", "keep_alive"),
+    "model": MODEL, "input": _one_of(STRING, _array(INPUT_ITEM, minItems=1)), "store": BOOL,
+    "previous_response_id": STRING, "text": RESPONSE_TEXT,
+    "tools": _array(_obj(["type", "name"], type=_enum("function"), name=STRING, parameters=JSON_OBJECT)),
+    "tool_choice": _one_of(_enum("none", "auto", "required"), _obj(["type", "name"], type=_enum("function"),
+                                                                   name=STRING)),
+})
 
 
 # --- Anthropic /v1/messages --------------------------------------------------------
@@ -122,32 +140,27 @@ ANTHROPIC_MESSAGE = _obj(
 )
 SYSTEM = _one_of(STRING, _array(TEXT_PART))
 ANTHROPIC_TOOL = _obj(["name", "input_schema"], name=STRING, description=STRING, input_schema=JSON_OBJECT)
-MESSAGES = _obj(
-    ["model", "max_tokens", "messages"],
-    model=MODEL, max_tokens=_int(1), messages=_array(ANTHROPIC_MESSAGE, minItems=1), system=SYSTEM,
-    stop_sequences=_array(STRING), stream=BOOL, temperature=_num(0, 1), top_p=_num(0, 1), top_k=_int(0),
-    tools=_array(ANTHROPIC_TOOL), metadata=_obj(user_id=STRING),
-)
+MESSAGES = _obj(["model", "max_tokens", "messages"], **{
+    **_checked(ANTHROPIC), "model": MODEL, "messages": _array(ANTHROPIC_MESSAGE, minItems=1), "system": SYSTEM,
+    "stop_sequences": _array(STRING), "tools": _array(ANTHROPIC_TOOL), "metadata": _obj(user_id=STRING),
+})
 COUNT_TOKENS = _obj(["model", "messages"], model=MODEL, messages=_array(ANTHROPIC_MESSAGE, minItems=1),
                     system=SYSTEM, tools=_array(ANTHROPIC_TOOL))
 
 
 # --- Ollama /api -------------------------------------------------------------------
 
-OPTIONS = _obj(
-    num_predict=_int(-2), num_ctx=_int(1, 131072), temperature=_num(0, 2), top_k=_int(0), top_p=_num(0, 1),
-    min_p=_num(0, 1), repeat_penalty=_num(0, 2), repeat_last_n=_int(-1), seed=_int(),
-    stop=_array(STRING), presence_penalty=_num(-2, 2), frequency_penalty=_num(-2, 2),
-)
+OPTIONS = _obj(**_checked(OLLAMA_OPTIONS))
 FORMAT = _one_of(_enum("json"), JSON_OBJECT)
 IMAGES = _array({"type": "string", "description": "base64-encoded image"})
 OLLAMA_MESSAGE = _obj(["role", "content"], role=_enum("system", "user", "assistant"), content=STRING,
                       images=IMAGES)
-GENERATION = {"stream": BOOL, "format": FORMAT, "options": OPTIONS, "keep_alive": KEEP_ALIVE, "think": BOOL}
+GENERATION = {**_checked(OLLAMA, "stream", "keep_alive"), "format": FORMAT, "options": OPTIONS, "think": BOOL}
 
 OLLAMA_CHAT = _obj(["model", "messages"], model=MODEL, messages=_array(OLLAMA_MESSAGE), **GENERATION)
-OLLAMA_GENERATE = _obj(["model"], model=MODEL, prompt=STRING, suffix=STRING, system=STRING, template=STRING,
-                       raw=BOOL, images=IMAGES, **GENERATION)
+OLLAMA_GENERATE = _obj(["model"], **{
+    **_checked(OLLAMA, "prompt", "suffix", "system", "template", "raw"), **GENERATION, "model": MODEL,
+    "images": IMAGES})
 OLLAMA_EMBED = _obj(["model", "input"], model=MODEL, input=_one_of(STRING, _array(STRING)), truncate=BOOL,
                     dimensions=_int(1), options=OPTIONS, keep_alive=KEEP_ALIVE)
 OLLAMA_EMBEDDINGS = _obj(["model", "prompt"], model=MODEL, prompt=STRING, options=OPTIONS, keep_alive=KEEP_ALIVE)
@@ -157,15 +170,18 @@ OLLAMA_DELETE = _obj(["model"], model=MODEL)
 
 # --- native /lf --------------------------------------------------------------------
 
-SWITCH = _obj(["model"], model=MODEL, pin=BOOL, keep_alive=KEEP_ALIVE, kind=_enum("chat", "embed", "rerank"),
-              num_ctx=_int(1, 131072))
+KIND = _enum("chat", "embed", "rerank")
+SWITCH = _obj(["model"], model=MODEL, pin=BOOL, keep_alive=KEEP_ALIVE, kind=KIND, num_ctx=_int(0))
+UNLOAD = _obj(model=MODEL, kind=KIND)
+OLLAMA_CREATE = _obj(["model"], **{"model": MODEL, "from": MODEL, "stream": BOOL, "modelfile": STRING,
+                                   "files": {"type": "object", "additionalProperties": STRING}})
 
 
 def _post(summary: str, body: Schema, method: str = "post") -> dict[str, Schema]:
     return {method: {
         "summary": summary,
         "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
-        "responses": {"200": {"description": "OK"}, "4XX": {"description": "refused, in the dialect's error shape"}},
+        "responses": ANSWERS,
     }}
 
 
@@ -174,7 +190,23 @@ def _get(summary: str, *parameters: Schema, head: bool = False) -> dict[str, Sch
     return {"get": operation, "head": dict(operation)} if head else {"get": operation}
 
 
-MODEL_ID_PARAMETER = {"name": "id", "in": "path", "required": True, "schema": MODEL}
+def _path(name: str, schema: Schema) -> Schema:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+MODEL_ID_PARAMETER = _path("id", MODEL)
+DIGEST_PARAMETER = _path("digest", {"type": "string", "pattern": "^sha256[:-][0-9a-f]{64}$"})
+ANSWERS = {"200": {"description": "OK"}, "4XX": {"description": "refused, in the dialect's error shape"}}
+BLOBS = {
+    "head": {"summary": "whether Ollama's blob store has a blob", "parameters": [DIGEST_PARAMETER],
+             "responses": {"200": {"description": "present"}, "404": {"description": "absent"}}},
+    "post": {"summary": "upload a blob, checked against its digest", "parameters": [DIGEST_PARAMETER],
+             "requestBody": {"required": True, "content": {"application/octet-stream": {
+                 "schema": {"type": "string", "format": "binary"}}}},
+             "responses": {"201": {"description": "stored"}, "4XX": ANSWERS["4XX"]}},
+}
+DELETE_BY_NAME = {"delete": {"summary": "delete an installed model", "parameters": [_path("name", MODEL)],
+                             "responses": ANSWERS}}
 
 PATHS: dict[str, dict[str, Schema]] = {
     "/": _get("liveness, as Ollama answers it", head=True),
@@ -184,13 +216,17 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/lf/hardware": _get("the prober's hardware reading"),
     "/lf/model/list": _get("the model index"),
     "/lf/model/switch": _post("load a model and wait until it is ready", SWITCH),
+    "/lf/model/unload": _post("unload a model (every loaded model when none is named)", UNLOAD),
+    "/lf/model/delete/{name}": DELETE_BY_NAME,
     "/v1/models": _get("installed models with capabilities"),
     "/v1/models/{id}": _get("one model", MODEL_ID_PARAMETER),
     "/v1/chat/completions": _post("OpenAI chat completion", CHAT_COMPLETION),
     "/v1/completions": _post("OpenAI text completion", COMPLETION),
     "/v1/embeddings": _post("OpenAI embeddings, batched", EMBEDDINGS),
     "/v1/rerank": _post("Cohere/Jina rerank", RERANK),
-    "/v1/responses": _post("OpenAI Responses, stateless", RESPONSES),
+    "/rerank": _post("Cohere/Jina rerank", RERANK),
+    "/api/rerank": _post("Cohere/Jina rerank, errors in Ollama's shape", RERANK),
+    "/v1/responses": _post("OpenAI Responses, stateless", RESPONSE),
     "/v1/messages": _post("Anthropic Messages", MESSAGES),
     "/v1/messages/count_tokens": _post("Anthropic token count", COUNT_TOKENS),
     "/api/version": _get("Ollama version"),
@@ -201,6 +237,8 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/api/embed": _post("Ollama embeddings", OLLAMA_EMBED),
     "/api/embeddings": _post("Ollama legacy embeddings", OLLAMA_EMBEDDINGS),
     "/api/show": _post("Ollama model details", OLLAMA_SHOW),
+    "/api/create": _post("Ollama create, from an installed model or uploaded GGUF blobs", OLLAMA_CREATE),
+    "/api/blobs/{digest}": BLOBS,
     "/api/copy": _post("Ollama copy", OLLAMA_COPY),
     "/api/delete": _post("Ollama delete", OLLAMA_DELETE, method="delete"),
 }

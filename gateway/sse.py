@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import json
+import msgspec
 
 PING = b"event: ping\ndata: {}\n\n"
+_encode = msgspec.json.encode
 
 
 def frame(event: str | None, data: object) -> bytes:
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    """One event: its name line when it has one, then its data as compact JSON on one line."""
+    head = b"event: " + event.encode() + b"\n" if event else b""
+    return head + b"data: " + _encode(data) + b"\n\n"
 
 
 SSE_HEADERS = {

@@ -10,20 +10,13 @@ after the queue's comment lines, and a failure there as an error event.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
-
-import aiohttp
 from aiohttp import web
 
-from gateway.dataplane.engine import Engine, engine_error, with_engine
+from gateway.dataplane.engine import BROKEN, Engine, with_engine
 from gateway.dataplane.queued import QueuedStream
 from gateway.errors import ApiError
-from gateway.sse import SSE_HEADERS
+from gateway.sse import SSE_HEADERS, frame
 from manager.protocol import SlotKind
-
-log = logging.getLogger("lmforge.gateway")
 
 
 async def proxy(
@@ -43,43 +36,25 @@ async def _whole(request: web.Request, engine: Engine, path: str, body: bytes) -
 
 
 async def _stream(request: web.Request, engine: Engine, path: str, body: bytes) -> web.StreamResponse:
-    up = await engine.post(path, body)
+    up = await engine.opened(path, body)
+    resp = engine.response or web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": engine.trace})
     async with up:
-        if up.status >= 400:
-            raise engine_error(up.status, await up.read())
         try:
-            return await _relay(request, up, engine)
+            if not resp.prepared:
+                await resp.prepare(request)
+            async for chunk in up.content.iter_any():
+                await resp.write(chunk)
+        except ConnectionResetError:
+            raise  # the client left (aiohttp's ClientConnectionResetError is one too)
+        except BROKEN as exc:  # the engine died mid-stream: end with an error event the client can see
+            await resp.write(error_frame(ApiError(502, str(engine.broke(exc)), code="engine_failed")))
         finally:
             if not up.content.is_eof():
                 up.close()  # closing the socket aborts the engine's generation
-
-
-async def _relay(request: web.Request, up: aiohttp.ClientResponse, engine: Engine) -> web.StreamResponse:
-    resp = engine.response or web.StreamResponse(headers={
-        "Content-Type": up.headers.get("Content-Type", "text/event-stream"),
-        "Cache-Control": "no-cache",
-        "X-Request-Id": engine.trace,
-    })
-    if not resp.prepared:
-        await resp.prepare(request)
-    try:
-        async for chunk in up.content.iter_any():
-            await resp.write(chunk)
-    except ConnectionResetError:
-        raise  # the client left (aiohttp's ClientConnectionResetError is one too)
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-        # The engine died mid-stream: end with an error event the client can see.
-        log.warning("engine for %s broke mid-stream: %s", engine.model, exc)
-        engine.failed = True
-        await resp.write(sse_error(f"the engine serving {engine.model} failed mid-stream: {exc}"))
     await resp.write_eof()
     return resp
 
 
-def sse_error(message: str, code: str = "engine_failed") -> bytes:
-    return error_frame(ApiError(502, message, code=code))
-
-
 def error_frame(err: ApiError) -> bytes:
     """An OpenAI stream's error event: the error object as a data line, which OpenAI's clients raise."""
-    return f"data: {json.dumps(err.body())}\n\n".encode()
+    return frame(None, err.body())

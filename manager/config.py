@@ -44,6 +44,7 @@ class ApiKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 SCOPES = ("inference", "admin")
+MIN_KEY_CHARS = 8
 LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
 
 
@@ -89,6 +90,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     embed_batch_size: int = 32
     llama_cpp: LlamaCppSettings = msgspec.field(default_factory=LlamaCppSettings)
 
+    @property
+    def acquire_wait_s(self) -> float:
+        """How long a request may wait for its model: a drain wait, a whole cold load, and a margin."""
+        return self.load_timeout_s + self.drain_timeout_s + 30
+
     def validate(self) -> None:
         checks = [
             (1 <= self.port <= 65535, "port must be 1-65535"),
@@ -105,7 +111,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             (1 <= self.max_body_mb <= 4096, "max_body_mb must be 1-4096"),
             (self.header_timeout_s > 0 and self.body_timeout_s > 0, "header_timeout_s and body_timeout_s must be > 0"),
             (self.write_timeout_s > 0 and self.idle_timeout_s > 0, "write_timeout_s and idle_timeout_s must be > 0"),
-            (0 <= self.max_queue <= 100_000, "max_queue must be 0-100000"),
+            (0 <= self.max_queue <= 1024, "max_queue must be 0-1024"),
             (self.max_inflight >= 0, "max_inflight must be >= 0 (0: no cap)"),
             (bool(self.tls_cert) == bool(self.tls_key), "tls_cert and tls_key must be set together"),
         ]
@@ -122,13 +128,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                     ipaddress.ip_network(cidr, strict=False)
                 except ValueError:
                     raise ConfigError(f"{field}: {cidr!r} is not a network (CIDR, like 192.168.1.0/24)") from None
-        keys = [self.api_key] if self.api_key else []
         for entry in self.api_keys:
             if entry.scope not in SCOPES:
                 raise ConfigError(f"api_keys: scope {entry.scope!r} must be one of {', '.join(SCOPES)}")
-            if len(entry.key) < 8:
-                raise ConfigError(f"api_keys: key {entry.name or '#' + str(len(keys) + 1)} is shorter than 8 characters")
-            keys.append(entry.key)
+        named = [("api_key", self.api_key)] if self.api_key else []
+        named += [(entry.name or f"api_keys[{i}]", entry.key) for i, entry in enumerate(self.api_keys)]
+        for name, key in named:
+            if len(key) < MIN_KEY_CHARS:
+                raise ConfigError(f"{name} is shorter than {MIN_KEY_CHARS} characters: use a long random key")
+        keys = [key for _, key in named]
         if len(set(keys)) != len(keys):
             raise ConfigError("api_keys: the same key is listed twice")
         if not is_loopback_host(self.host) and not keys and not self.allow_unauthenticated:
@@ -170,6 +178,11 @@ class Paths:
         return self.home / "engines"
 
     @property
+    def blobs(self) -> Path:
+        """Ollama blob uploads, by digest (`sha256-<hex>`), until /api/create imports them."""
+        return self.home / "blobs"
+
+    @property
     def logs(self) -> Path:
         return self.home / "logs"
 
@@ -204,7 +217,16 @@ def load_settings(home: Path | None = None) -> tuple[Settings, Paths]:
     settings = _read_file(paths.config)
     settings = _apply_env(settings)
     settings.validate()
-    return settings, paths
+    return _with_tls_paths(settings, paths.home), paths
+
+
+def _with_tls_paths(settings: Settings, home: Path) -> Settings:
+    """tls_cert and tls_key as absolute paths (`~` expanded, relative ones in the home), so that the gateway
+    and the CLI, started from different directories, read the same files."""
+    if not settings.tls_cert:
+        return settings
+    cert, key = ((home / Path(p).expanduser()).absolute() for p in (settings.tls_cert, settings.tls_key))
+    return msgspec.structs.replace(settings, tls_cert=str(cert), tls_key=str(key))
 
 
 def _read_file(path: Path) -> Settings:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable, Union
+from typing import Union
 
 from manager.protocol import ErrorCode, ErrorReply, Event, Reply, SlotEvent, SlotKind, SlotState
-from manager.queues import QueueBoard
 from manager.slots import Slot, Waiter
 
 
@@ -62,12 +61,8 @@ class Outbox:
 
     def __init__(self) -> None:
         self._effects: list[Effect] = []
-        self._queues = QueueBoard()
 
-    def take(self, slots: Iterable[Slot]) -> list[Effect]:
-        """The effects, with the queue of each of `slots` that changed since the last take published once."""
-        for event in self._queues.changes(slots):
-            self.publish(event)
+    def take(self) -> list[Effect]:
         effects, self._effects = self._effects, []
         return effects
 

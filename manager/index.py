@@ -55,7 +55,7 @@ class IndexWriter:
                                        message=f"import paths must be absolute, got {', '.join(map(repr, paths))}"))
             return
         work = functools.partial(self.store.import_gguf, Path(req.path), req.name,
-                                 mmproj=Path(req.mmproj) if req.mmproj else None)
+                                 mmproj=Path(req.mmproj) if req.mmproj else None, sha256=req.sha256)
         self._change(peer, req.req_id, work, lambda entry: self._indexed(peer, req.req_id, entry))
 
     def copy_model(self, peer: bytes, req: CopyModelRequest) -> None:
@@ -74,8 +74,7 @@ class IndexWriter:
 
     def _indexed(self, peer: bytes, req_id: int, entry: ModelEntry) -> None:
         """A name now means `entry`: engines still serving the file it meant before are unloaded."""
-        if any(s.model == entry.name and _files(s.entry) != _files(entry) for s in self.table.slots.values()):
-            self._unload(entry.name, "replaced by a new model of the same name")
+        self._unload(entry.name, "replaced by a new model of the same name", keep=lambda e: _files(e) == _files(entry))
         log.info("indexed model %s (%s)", entry.name, entry.path)
         self.send(peer, ModelReply(req_id=req_id, entry=entry))
 
@@ -94,9 +93,8 @@ class IndexWriter:
                 then(result)
         self.offload(one_at_a_time, answer)
 
-    def _unload(self, model: str, reason: str) -> None:
-        for slot in [s for s in self.table.slots.values() if s.model == model]:
-            self.table.unload(slot, reason, explicit=True)  # one with requests in flight drains first
+    def _unload(self, model: str, reason: str, keep: Callable[[ModelEntry], bool] = lambda entry: False) -> None:
+        self.table.unload_model(model, reason, keep=keep)  # one with requests in flight drains first
         self.table.schedule()
 
 

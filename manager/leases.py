@@ -61,5 +61,7 @@ class LeaseTable:
                 self._leases[lease.id] = dataclasses.replace(lease, peer=peer)
         return gone
 
-    def of_slot(self, key: SlotKey, generation: int) -> list[Lease]:
-        return [lease for lease in self._leases.values() if (lease.key, lease.generation) == (key, generation)]
+    def drop_slot(self, key: SlotKey, generation: int) -> None:
+        """Forget the leases of a slot generation that is gone: no release of theirs counts any more."""
+        for lease in [lease for lease in self._leases.values() if (lease.key, lease.generation) == (key, generation)]:
+            del self._leases[lease.id]

@@ -321,6 +321,14 @@ class ImportModelRequest(Request):
     path: str  # absolute, on the manager's host
     name: str
     mmproj: str = ""
+    # The file's sha256 (hex) when already known: an uploaded blob was hashed as it streamed in. Believed only
+    # for a blob in the store's blob directory whose name carries that digest; any other file is hashed.
+    sha256: str = ""
+
+
+# How long a client waits for an ImportModelRequest's reply: hashing (or copying, across filesystems) a large
+# GGUF takes a while.
+IMPORT_TIMEOUT_S = 3600.0
 
 
 class CopyModelRequest(Request):

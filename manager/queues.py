@@ -60,7 +60,7 @@ def next_grant(slots: Iterable[Slot], leases: int, max_inflight: int) -> tuple[S
     """The oldest queued acquire a permit is free for now, on any slot; None when there is none."""
     if at_cap(leases, max_inflight):
         return None
-    heads = [(queue[0], slot) for slot in slots if has_permit(slot) and (queue := slot.queue)]
+    heads = [(slot.queue[0], slot) for slot in slots if slot.queue and has_permit(slot)]
     if not heads:
         return None
     waiter, slot = min(heads, key=lambda head: head[0].ticket)
@@ -88,24 +88,35 @@ def mean_hold(mean: float | None, held_s: float) -> float:
     return held_s if mean is None else mean + HOLD_WEIGHT * (held_s - mean)
 
 
-Shown = tuple[tuple[QueueEntry, ...], bool]
+# A queue's length, first and last ticket, and whether it waits for a load. Tickets only grow, a queue gains only
+# at its end and loses a grant at its head or an abandon in its length: between two drains any change shows.
+Signature = tuple[int, int, int, bool]
 
 
 class QueueBoard:
-    """Each slot's queue as last published, so that a change is published once, however many waiters moved."""
+    """Each slot's queue as last published, so that a change is published once, however many waiters moved.
+
+    Only a slot whose signature changed has its entries built: a drain costs one look
+    at each queued slot, not one at each queued request.
+    """
 
     def __init__(self) -> None:
-        self._shown: dict[SlotKey, Shown] = {}
+        self._shown: dict[SlotKey, Signature] = {}
 
     def changes(self, slots: Iterable[Slot]) -> list[QueueEvent]:
-        now = {slot.key: (entries(slot), slot.state != SlotState.READY) for slot in slots if slot.queue}
+        now = {slot.key: (signature(slot), slot) for slot in slots if slot.queue}
         events = []
-        for key in sorted(self._shown.keys() | now.keys()):
-            if self._shown.get(key) != now.get(key):
-                queued, loading = now.get(key, ((), False))
-                events.append(QueueEvent(model=key[0], kind=SlotKind(key[1]), queued=queued, loading=loading))
-        self._shown = now
+        for key in sorted(self._shown.keys() - now.keys()):
+            events.append(QueueEvent(model=key[0], kind=SlotKind(key[1]), queued=(), loading=False))
+        for key, (sig, slot) in sorted(now.items()):
+            if self._shown.get(key) != sig:
+                events.append(QueueEvent(model=key[0], kind=SlotKind(key[1]), queued=entries(slot), loading=sig[3]))
+        self._shown = {key: sig for key, (sig, _) in now.items()}
         return events
+
+
+def signature(slot: Slot) -> Signature:
+    return len(slot.queue), slot.queue[0].ticket, slot.queue[-1].ticket, slot.state != SlotState.READY
 
 
 def entries(slot: Slot) -> tuple[QueueEntry, ...]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import re
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from manager import memory
@@ -35,7 +35,6 @@ DEFAULT_KEEP = "default"  # keep_alive not given: the slot's own default applies
 HOT_S = 0.5  # a contended slot idle for less than this is between two requests of steady traffic
 # States in which a slot holds memory (or is about to).
 HOLDS_MEMORY = {SlotState.LOADING, SlotState.READY, SlotState.STOPPING}
-_ARRIVALS = itertools.count(1)  # Waiter.ticket: the order requests arrive in, across every slot
 
 
 class IllegalTransition(RuntimeError):
@@ -50,7 +49,7 @@ class Waiter:
     request: AcquireRequest | LoadRequest
     keep_alive: float | None | str  # parsed; "default" means the model's own
     since: float  # monotonic, from the table's clock
-    ticket: int = field(default_factory=lambda: next(_ARRIVALS))  # arrival order: a freed permit goes to the lowest
+    ticket: int  # the table's arrival order, across every slot: a freed permit goes to the lowest
     load_s: float = 0.0  # how long of its wait was for the engine to load (set when it is ready)
 
     @property
@@ -73,7 +72,6 @@ class Slot:
     plan: MemoryPlan | None = None
     planning: bool = False  # the header is being read off the loop
     num_ctx: int = 0  # the largest context its requests asked for before it started; 0: the default
-    planned_for: int = 0  # the num_ctx its plan was (or is being) read for: a larger ask since needs a new one
     load_reason: str = ""  # why it was loaded: shown in /lf/status
     grew_from: int = 0  # the context of the engine it replaces because a request asked for more
     on_gpu: bool = False  # measured and charged in VRAM
@@ -92,7 +90,8 @@ class Slot:
     measured_bytes: int | None = None
     private_bytes: int | None = None
     at_ready_bytes: int | None = None  # the first measurement after ready, before any request
-    waiters: list[Waiter] = field(default_factory=list)  # loads, and its queue of acquires (see manager/queues.py)
+    waiters: list[Waiter] = field(default_factory=list)  # loads waiting for it to be ready
+    queue: deque[Waiter] = field(default_factory=deque)  # acquires waiting for a lease, oldest first: queues.py
     hold_s: float | None = None  # how long its leases are held, recent ones weighing more; None: none returned yet
     detail: str = ""
     # An explicit unload waiting for requests in flight: no new leases, then stop.
@@ -125,9 +124,9 @@ class Slot:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def queue(self) -> list[Waiter]:
-        """The acquires waiting for a lease of this slot, first come first served (loads are not in it)."""
-        return [w for w in self.waiters if w.acquires]
+    def idle(self) -> bool:
+        """Nothing in flight, queued or waiting for its load: only then may its keep_alive run out."""
+        return not (self.inflight or self.queue or self.waiters)
 
     @property
     def estimate(self) -> int:
@@ -152,21 +151,32 @@ class Slot:
     def refresh_expiry(self, now: float) -> None:
         """Ollama semantics: the clock starts when the last request ends, with the latest request's keep_alive."""
         seconds = self.keep_alive_s if self.next_keep == DEFAULT_KEEP else self.next_keep
-        if self.inflight or self.queue or self.pinned or seconds is None:
+        if not self.idle or self.pinned or seconds is None:
             self.expires_at = None
         else:
             self.expires_at = now + float(seconds)  # type: ignore[arg-type]
 
+    def park(self, *waiters: Waiter) -> None:
+        """A load waits for the slot to be ready; an acquire joins the end of its queue."""
+        for w in waiters:
+            (self.queue if w.acquires else self.waiters).append(w)
+
+    def take_waiters(self) -> list[Waiter]:
+        """Every request parked on it, loads first, each list in arrival order; the slot keeps none."""
+        waiters = [*self.waiters, *self.queue]
+        self.waiters, self.queue = [], deque()
+        return waiters
+
     def loaded(self, mono: float) -> list[Waiter]:
         """It is ready: each waiter's wait for the load ends; the load waiters leave (returned), its queue stays."""
-        for w in self.waiters:
+        for w in (*self.waiters, *self.queue):
             w.load_s = mono - w.since
-        loads, self.waiters = [w for w in self.waiters if not w.acquires], self.queue
+        loads, self.waiters = self.waiters, []
         return loads
 
     def expired(self, now: float) -> bool:
-        """Whether its keep_alive ran out: nothing in flight or queued since its last request ended."""
-        return not self.inflight and not self.waiters and self.expires_at is not None and self.expires_at <= now
+        """Whether its keep_alive ran out (refresh_expiry sets none while anything keeps it loaded)."""
+        return self.expires_at is not None and self.expires_at <= now
 
     def waits(self, reason: str, mono: float, timeout_s: float) -> bool | None:
         """Note that this pending slot still waits, now for `reason`: whether the reason changed, or None once it has

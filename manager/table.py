@@ -8,13 +8,14 @@ header, remembering a measurement) leaves as effects in `outbox`; the service ac
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from typing import Callable
 
 from manager import budget as budgets, queues
 from manager.config import Settings
-from manager.context import reload_reason
+from manager.context import outgrown, reload_reason
 from manager.effects import Clock, Effect, Learn, Outbox, Plan, Spawn, Stop
 from manager.engines.base import MemoryPlan
 from manager.failures import STABLE_AFTER_S, FailureBook
@@ -51,11 +52,16 @@ class SlotTable:
         self.hardware: HardwareSnapshot | None = None
         self.stopping = False
         self.out = Outbox()
+        self.board = queues.QueueBoard()
+        self.arrivals = itertools.count(1)  # Waiter.ticket: the order requests arrive in, across every slot
         self.generations = 0
         self.default_keep = parse_keep_alive(settings.keep_alive)
 
     def drain(self) -> list[Effect]:
-        return self.out.take(self.slots.values())
+        """The effects of the messages handled since the last drain, each queue that changed published once."""
+        for event in self.board.changes(self.slots.values()):
+            self.out.publish(event)
+        return self.out.take()
 
     def live(self, model: str, kind: SlotKind) -> Slot | None:
         return self.slots.get((model, kind))
@@ -79,7 +85,7 @@ class SlotTable:
             slot = self._find((d.model, d.kind), d.generation)
             if d.lease_id not in self.leases and slot is not None and slot.state == SlotState.READY:
                 self.leases.add(d.lease_id, slot, peer, DEFAULT, self.clock.mono())
-                slot.expires_at = None
+                slot.refresh_expiry(self.clock.now())
 
     def release(self, peer: bytes, notice: ReleaseNotice) -> None:
         lease = self.leases.pop(notice.lease_id, peer)
@@ -96,20 +102,18 @@ class SlotTable:
             slot.hold_s = queues.mean_hold(slot.hold_s, self.clock.mono() - lease.since)
             if outcome == LeaseOutcome.ENGINE_GONE and slot.state == SlotState.READY:
                 self._fail(slot, "the engine refused the gateway's connection: it is gone", Severity.TRANSIENT, "")
-        self._serve()  # the permit goes to the oldest acquire queued for one, on any slot
-        if slot is not None:
             self._went_idle(slot)
-        self.schedule()
+        self.schedule()  # ends by serving: the permit goes to the oldest acquire queued for one, on any slot
 
     def abandon(self, peer: bytes, notice: AbandonNotice) -> None:
         """An acquire whose caller stopped waiting leaves its queue (one granted already comes back as a release)."""
         if (found := queues.find(self.slots.values(), peer, notice.req_id)) is not None:
-            found[0].waiters.remove(found[1])
+            found[0].queue.remove(found[1])
             self._went_idle(found[0])
 
     def _went_idle(self, slot: Slot) -> None:
         """Once ready with nothing in flight or queued, a draining slot stops and any other starts its keep_alive."""
-        if slot.state != SlotState.READY or slot.inflight or slot.waiters:
+        if slot.state != SlotState.READY or not slot.idle:
             return
         if slot.draining:
             self._stop(slot, slot.draining)
@@ -120,7 +124,8 @@ class SlotTable:
 
     def _grant(self, slot: Slot, w: Waiter) -> None:
         lease = self.leases.grant(slot, w.peer, w.keep_alive, self.clock.mono())  # type: ignore[arg-type]
-        slot.next_keep, slot.last_used_at, slot.expires_at = w.keep_alive, self.clock.now(), None
+        slot.next_keep, slot.last_used_at = w.keep_alive, self.clock.now()
+        slot.refresh_expiry(self.clock.now())
         self.out.send(w.peer, AcquireReply(req_id=w.request.req_id, lease_id=lease.id, model=slot.model,
                                            kind=slot.kind, base_url=slot.base_url, engine=slot.engine,
                                            generation=slot.generation, load_s=w.load_s))
@@ -129,7 +134,7 @@ class SlotTable:
         """Free permits go to the oldest queued acquires they can serve, across every slot."""
         while (found := queues.next_grant(self.slots.values(), len(self.leases), self.settings.max_inflight)):
             slot, waiter = found
-            slot.waiters.remove(waiter)
+            slot.queue.popleft()  # next_grant serves a queue's head
             self._grant(slot, waiter)
 
     # --- requests ---
@@ -141,7 +146,7 @@ class SlotTable:
         keep, slot = target
         if isinstance(verdict := queues.admit(slot, len(self.leases), self.settings), Refusal):
             return self.out.error(peer, req.req_id, *verdict)
-        waiter = Waiter(peer, req, keep, since=self.clock.mono())
+        waiter = Waiter(peer, req, keep, since=self.clock.mono(), ticket=next(self.arrivals))
         if verdict == queues.GRANT:
             self._grant(slot, waiter)
         else:
@@ -159,19 +164,25 @@ class SlotTable:
             self.out.send(peer, LoadReply(req_id=req.req_id, slot=slot.info()))
             self.out.slot(slot, None)
         else:
-            self._park(slot, Waiter(peer, req, keep, since=self.clock.mono()))
+            self._park(slot, Waiter(peer, req, keep, since=self.clock.mono(), ticket=next(self.arrivals)))
 
     def unload_request(self, peer: bytes, req: UnloadRequest, installed: bool) -> None:
-        names = []
-        for slot in list(self.slots.values()):
-            if req.model in (None, slot.model) and req.kind in (None, slot.kind):
-                names.append(slot.label)
-                self.unload(slot, "unloaded on request", explicit=True)
+        names = self.unload_model(req.model, "unloaded on request", req.kind)
         if req.model is not None and not names and not installed:
             self.out.error(peer, req.req_id, ErrorCode.MODEL_NOT_FOUND, f"model {req.model!r} is not installed")
             return
         self.out.send(peer, UnloadReply(req_id=req.req_id, unloaded=tuple(names)))
         self.schedule()
+
+    def unload_model(self, model: str | None, reason: str, kind: SlotKind | None = None, *,
+                     keep: Callable[[ModelEntry], bool] = lambda entry: False) -> list[str]:
+        """Unload the slots of `model` (None: every model) of `kind` (None: every kind), but not those whose entry
+        `keep` accepts; one with requests in flight drains first. The labels of those unloaded."""
+        gone = [s for s in self.slots.values()
+                if model in (None, s.model) and kind in (None, s.kind) and not keep(s.entry)]
+        for slot in gone:
+            self.unload(slot, reason, explicit=True)
+        return [s.label for s in gone]
 
     def set_hardware(self, snapshot: HardwareSnapshot) -> None:
         self.hardware = snapshot
@@ -230,9 +241,8 @@ class SlotTable:
         return slot
 
     def _park(self, slot: Slot, waiter: Waiter) -> None:
-        slot.waiters.append(waiter)
-        if waiter.acquires:
-            slot.expires_at = None  # not idle while a request waits for it
+        slot.park(waiter)
+        slot.refresh_expiry(self.clock.now())
         self.schedule()
 
     def _requeue(self, old: Slot, waiters: list[Waiter]) -> None:
@@ -241,7 +251,8 @@ class SlotTable:
             return
         fresh = self._successor(old, f"asked for while its previous engine stopped ({old.draining or old.detail})")
         fresh.ask_context(old.num_ctx)  # what its requests asked for still holds
-        fresh.waiters.extend(waiters)
+        fresh.park(*waiters)
+        fresh.refresh_expiry(self.clock.now())
 
     # --- admission ---
 
@@ -259,6 +270,7 @@ class SlotTable:
                 log.exception("scheduling %s failed", slot.label)
                 self._fail(slot, f"internal error while scheduling: {exc}", Severity.ENGINE_BUG, "")
         self._settle_yields(wanted)
+        self._serve()  # last: admission and yields above decide which slots may grant
 
     def _schedule_one(self, slot: Slot, wanted: dict[tuple[SlotKey, int], str]) -> None:
         budget = self.budget()
@@ -266,7 +278,7 @@ class SlotTable:
             return self._wait(slot, "waiting for the hardware prober's first snapshot")
         if slot.plan is None:
             if not slot.planning:
-                slot.planning, slot.planned_for = True, slot.num_ctx
+                slot.planning = True
                 self.out.add(Plan(slot))
             return
         if any(key == slot.key for key, _ in self.retiring):
@@ -293,12 +305,11 @@ class SlotTable:
             wanted.update({key: slot.label for key in decision.busy})  # type: ignore[misc]
 
     def _settle_yields(self, wanted: dict[tuple[SlotKey, int], str]) -> None:
-        """Mark the busy slots a starved load waits for; unmark (and serve) the ones no load waits for any more."""
+        """Mark the busy slots a starved load waits for; unmark the ones no load waits for any more."""
         loads_wait = any(s.state == SlotState.PENDING for s in self.slots.values())
         for slot in [s for s in self.slots.values() if s.state == SlotState.READY]:
             if slot.yield_to(wanted.get((slot.key, slot.generation)), loads_wait):
                 self.out.slot(slot, None)
-        self._serve()
 
     def _wait(self, slot: Slot, reason: str) -> None:
         if (changed := slot.waits(reason, self.clock.mono(), self.settings.drain_timeout_s)) is None:
@@ -310,7 +321,7 @@ class SlotTable:
 
     def _refuse_pending(self, slot: Slot, message: str, code: ErrorCode = ErrorCode.NO_CAPACITY) -> None:
         """No room: the waiters get 503, and nothing is recorded against the model."""
-        self._fail_waiters(slot, code, message, retry_after=5.0)
+        self.out.refuse(slot.take_waiters(), code, message, 5.0)
         slot.detail = message
         previous = slot.change_state(SlotState.FAILED)
         del self.slots[slot.key]
@@ -331,7 +342,7 @@ class SlotTable:
         slot.planning = False
         if plan is None:
             self._fail(slot, f"cannot read the model file: {error}", Severity.USER_ERROR, "")
-        elif slot.num_ctx <= slot.planned_for:  # else a larger context was asked meanwhile: read it again
+        elif outgrown(plan, slot.num_ctx) is None:  # else a larger context was asked meanwhile: read it again
             slot.plan, slot.learned_bytes = plan, learned
             slot.on_gpu = budgets.is_gpu_host(self.hardware)
         self.schedule()
@@ -351,10 +362,9 @@ class SlotTable:
         self.failures.loaded(slot.label)
         for w in slot.loaded(self.clock.mono()):  # a load takes no permit
             self.out.send(w.peer, LoadReply(req_id=w.request.req_id, slot=slot.info(), load_s=w.load_s))
-        self._serve()
         slot.refresh_expiry(self.clock.now())
         self.out.slot(slot, previous)
-        self.schedule()  # a load waiting for this memory now waits on a ready, busy slot
+        self.schedule()  # serves its queue; a load waiting for this memory now waits on a ready, busy slot
 
     def failed(self, key: SlotKey, generation: int, message: str, severity: Severity, tail: str) -> None:
         slot = self._find(key, generation)
@@ -370,7 +380,7 @@ class SlotTable:
         if slot is None:
             return
         previous = slot.change_state(SlotState.UNLOADED)
-        self._drop_leases(slot)
+        self.leases.drop_slot(slot.key, slot.generation)
         self.out.slot(slot, previous)
         self.schedule()
 
@@ -412,7 +422,8 @@ class SlotTable:
             self.out.slot(slot, None)
             return
         if slot.state == SlotState.LOADING:
-            self._fail_waiters(slot, ErrorCode.LOAD_FAILED, f"{slot.label} was unloaded before it was ready ({reason})")
+            self.out.refuse(slot.take_waiters(), ErrorCode.LOAD_FAILED,
+                            f"{slot.label} was unloaded before it was ready ({reason})")
         if slot.state in (SlotState.LOADING, SlotState.READY):
             self._stop(slot, reason)
 
@@ -420,7 +431,7 @@ class SlotTable:
         if self.slots.get(slot.key) is slot:
             del self.slots[slot.key]
         self.retiring[(slot.key, slot.generation)] = slot
-        waiters, slot.waiters = slot.waiters, []
+        waiters = slot.take_waiters()
         if self.stopping:
             self.out.refuse(waiters, ErrorCode.SHUTTING_DOWN, "LMForge is shutting down")
         else:
@@ -449,28 +460,24 @@ class SlotTable:
         error = self.failures.record(slot.key, slot.label, message, severity, tail, self.clock.mono(), self.clock.now())
         detail = f"{slot.label} failed: {message}"
         hint = " (the engine's last output is in /lf/status last_errors)" if tail else ""
-        self._fail_waiters(slot, ErrorCode.LOAD_FAILED, detail + hint)
+        self.out.refuse(slot.take_waiters(), ErrorCode.LOAD_FAILED, detail + hint)
         slot.detail = message
         previous = slot.change_state(SlotState.FAILED)
         if self.slots.get(slot.key) is slot:
             del self.slots[slot.key]
         self.retiring.pop((slot.key, slot.generation), None)
-        self._drop_leases(slot)
+        self.leases.drop_slot(slot.key, slot.generation)
         if slot.pid is not None:
             self.out.add(Stop(slot))  # whatever is left of it goes
         log.warning("%s (%s)", detail, severity)
         self.out.publish(ErrorEvent(model=slot.model, kind=slot.kind, error=error))
         self.out.slot(slot, previous)
 
-    def _drop_leases(self, slot: Slot) -> None:
-        for lease in self.leases.of_slot(slot.key, slot.generation):
-            self.leases.pop(lease.id)
-
     def shutdown(self) -> None:
         """Answer every waiter and stop every engine."""
         self.stopping = True
         for slot in [*self.slots.values(), *self.retiring.values()]:
-            self._fail_waiters(slot, ErrorCode.SHUTTING_DOWN, "LMForge is shutting down")
+            self.out.refuse(slot.take_waiters(), ErrorCode.SHUTTING_DOWN, "LMForge is shutting down")
             if slot.state == SlotState.PENDING:
                 self._refuse_pending(slot, "LMForge is shutting down", ErrorCode.SHUTTING_DOWN)
             elif slot.state in (SlotState.LOADING, SlotState.READY):
@@ -485,14 +492,9 @@ class SlotTable:
     def memory_holders(self) -> list[Slot]:
         return [s for s in [*self.slots.values(), *self.retiring.values()] if s.state in HOLDS_MEMORY]
 
-    # --- helpers ---
-
     def _find(self, key: SlotKey, generation: int) -> Slot | None:
         slot = self.slots.get(key)
         if slot is not None and slot.generation == generation:
             return slot
         return self.retiring.get((key, generation))
 
-    def _fail_waiters(self, slot: Slot, code: ErrorCode, message: str, retry_after: float | None = None) -> None:
-        waiters, slot.waiters = slot.waiters, []
-        self.out.refuse(waiters, code, message, retry_after)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from catalog.store import ModelStore
 from manager.config import Paths, Settings
 from tests.support import tiny_models
-from tests.support.instance import Instance, llama_servers_of
+from tests.support.instance import Instance, clean_up, prepare_instance
 
 TEST_CACHE = Path(os.environ.get("LMFORGE_TEST_CACHE", Path.home() / ".cache" / "lmforge-tests"))
 
@@ -56,16 +54,9 @@ def make_instance(home: Path, llama_server: str) -> Iterator:
     made: list[Instance] = []
 
     def make(config: str = "", models: dict[str, Path] | None = None) -> Instance:
-        inst = Instance(home, llama_server, config)
-        store = ModelStore(Paths(home))
-        for name, path in (models or {}).items():
-            store.import_gguf(path, name)
-        made.append(inst)
-        return inst
+        made.append(prepare_instance(home, llama_server, models or {}, config))
+        return made[-1]
 
     yield make
     for inst in made:
-        inst.stop()
-        for proc in llama_servers_of(inst.home):  # nothing of ours may outlive a test
-            proc.kill()
-        shutil.rmtree(Paths(inst.home).runtime, ignore_errors=True)
+        clean_up(inst)

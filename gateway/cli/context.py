@@ -20,6 +20,12 @@ class Context:
     paths: Paths
 
     @property
+    def load_timeout_s(self) -> float:
+        """How long to wait for a load: past the gateway's own wait (the load, the drain of an engine it evicts,
+        and 30 s), so that the gateway's answer, not a timeout here, says what happened."""
+        return self.settings.acquire_wait_s + 30
+
+    @property
     def client(self) -> GatewayClient:
         host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
         return GatewayClient(host, self.settings.port, key=self.settings.api_key, tls_cert=self.settings.tls_cert)

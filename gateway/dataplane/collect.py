@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+import json
+import logging
+from typing import Any, AsyncIterator
 
 import msgspec
 
 from gateway.dataplane.model import Event, Finish, ReasoningDelta, TextDelta, ToolCall, ToolCallDelta, Usage
+
+log = logging.getLogger("lmforge.gateway")
 
 
 class Completion(msgspec.Struct, kw_only=True):
@@ -54,3 +58,17 @@ async def collect(events: AsyncIterator[list[Event]]) -> Completion:
                 done.finish, done.stop_word = event.reason, event.stop_word
     done.text, done.reasoning, done.tool_calls = "".join(text), "".join(reasoning), calls.calls()
     return done
+
+
+def arguments_object(call: ToolCall) -> dict[str, Any]:
+    """A call's arguments as an object, for dialects that carry them so (Anthropic, Ollama); {} when the
+    model wrote something that is not a JSON object."""
+    try:
+        value = json.loads(call.arguments) if call.arguments else {}
+    except (ValueError, RecursionError):  # a model may write any text, nested arbitrarily deep
+        value = None
+    if not isinstance(value, dict):
+        log.warning("tool call %s: the model's arguments are not a JSON object (%.200r); sent as {}",
+                    call.name, call.arguments)
+        return {}
+    return value

@@ -38,6 +38,11 @@ Events = AsyncIterator[list[Event]]
 _decode = msgspec.json.Decoder().decode
 
 
+# How an engine's stream fails once it has started. A relay writing to its client catches the client
+# leaving (ConnectionResetError, which aiohttp's write error also is) before these.
+BROKEN = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError)
+
+
 class EngineGone(Exception):
     """The engine refused or reset the connection before answering: it is not there any more."""
 
@@ -67,13 +72,13 @@ class Engine:
             return await self.session.post(self.lease.base_url + path, data=data, timeout=TIMEOUT,
                                            headers={"Content-Type": "application/json", "X-Request-Id": self.trace})
         except asyncio.TimeoutError as exc:  # slow is not gone (aiohttp's timeouts are connection errors too)
-            raise self.unreachable(exc) from None
+            raise unreachable(self.model, exc) from None
         except aiohttp.ClientConnectionError as exc:
             # Refused, reset, or closed before a byte of answer (a dying engine's
             # socket may still accept, then drop what we write): it is gone.
             raise EngineGone() from exc
         except aiohttp.ClientError as exc:
-            raise self.unreachable(exc) from None
+            raise unreachable(self.model, exc) from None
 
     async def read(self, path: str, body: dict[str, Any] | bytes) -> tuple[str, bytes]:
         """A whole (non-streamed) engine call: (content type, body); an engine error is an ApiError with its status."""
@@ -83,7 +88,7 @@ class Engine:
                 data = await up.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             self.failed = True
-            raise self.unreachable(exc) from None
+            raise unreachable(self.model, exc) from None
         if up.status >= 400:
             raise engine_error(up.status, data)
         return up.content_type, data
@@ -91,7 +96,7 @@ class Engine:
     async def json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return _decode((await self.read(path, body))[1])
 
-    async def opened(self, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+    async def opened(self, path: str, body: dict[str, Any] | bytes) -> aiohttp.ClientResponse:
         """Open a streamed call; an engine error before the stream raises here, as an ApiError."""
         up = await self.post(path, body)
         if up.status >= 400:
@@ -123,10 +128,8 @@ class Engine:
                         return
                 if rest.startswith(b"data:") and rest[5:].strip() not in (b"", b"[DONE]"):
                     raise EngineBroke(f"the engine serving {self.model} ended its stream mid-event")
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-            self.failed = True
-            log.warning("engine for %s broke mid-stream: %s", self.model, exc)
-            raise EngineBroke(f"the engine serving {self.model} failed mid-stream: {exc}") from None
+        except BROKEN as exc:
+            raise self.broke(exc) from None
         except msgspec.DecodeError as exc:
             self.failed = True
             raise EngineBroke(f"the engine serving {self.model} sent an unreadable event: {exc}") from None
@@ -158,9 +161,17 @@ class Engine:
                     yield out
         yield ([usage_of(last)] if last is not None else []) + [finish]
 
-    def unreachable(self, exc: BaseException) -> ApiError:
-        return ApiError(502, f"the engine serving {self.model} failed: {exc or type(exc).__name__}",
-                        code="engine_unreachable")
+    def broke(self, exc: BaseException) -> EngineBroke:
+        """The engine's connection failed mid-stream: the lease is marked failed, and the client's stream
+        ends with this."""
+        self.failed = True
+        log.warning("engine for %s broke mid-stream: %s", self.model, exc)
+        return EngineBroke(f"the engine serving {self.model} failed mid-stream: {exc}")
+
+
+def unreachable(model: str, exc: object) -> ApiError:
+    return ApiError(502, f"the engine serving {model} failed: {exc or type(exc).__name__}",
+                    code="engine_unreachable")
 
 
 def _data_objects(lines: list[bytes]) -> tuple[list[dict[str, Any]], bool | EngineBroke]:
@@ -232,8 +243,7 @@ async def with_engine(
                                      num_ctx=num_ctx, queued=queued)
             except EngineGone as gone:
                 if attempt == 2:
-                    raise ApiError(502, f"the engine serving {model} failed: {gone.__cause__ or 'connection lost'}",
-                                   code="engine_unreachable") from None
+                    raise unreachable(model, gone.__cause__ or "connection lost") from None
                 log.warning("engine for %s was gone (%s); retrying on a fresh lease", model, gone.__cause__)
         raise AssertionError("unreachable")
     except (ApiError, ManagerError, ManagerUnavailable) as exc:
@@ -247,9 +257,7 @@ async def with_engine(
 
 async def _leased(request: web.Request, work: Callable[[Engine], Awaitable[T]], trace: str, *, model: str,
                   kind: SlotKind, keep_alive: str | float | None, num_ctx: int, queued: QueuedStream | None) -> T:
-    settings = request.app[SETTINGS]
-    # A cold model may need its drain wait and a full load before it answers.
-    wait = settings.load_timeout_s + settings.drain_timeout_s + 30
+    wait = request.app[SETTINGS].acquire_wait_s  # a cold model may need a drain wait and a whole load first
     try:
         async with request.app[MANAGER].lease(model=model, kind=kind, keep_alive=keep_alive, trace_id=trace,
                                               num_ctx=num_ctx, timeout=wait,

@@ -8,11 +8,12 @@ the model installed without a tag.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from aiohttp import web
 
 from catalog.store import StoreError, check_name
+from gateway.dataplane.model import Message
 from gateway.errors import ApiError
 from gateway.keys import STORE
 from manager.protocol import ModelEntry, SlotKind
@@ -60,18 +61,23 @@ def require_kind(entry: ModelEntry, kind: SlotKind) -> None:
                        f"{', '.join(can_do(entry))}", param="model", code="not_supported")
 
 
-def require_vision(entry: ModelEntry, messages: list[Any]) -> None:
-    """400 vision_not_supported when any message carries an image and the model has no vision."""
+def require_vision(entry: ModelEntry, messages: Sequence[Message | dict[str, Any]]) -> None:
+    """400 vision_not_supported when any message (a request's own, or internal) carries an image and the
+    model has no vision."""
     if not entry.vision and any(has_image(m) for m in messages):
         raise ApiError(400, f"model {entry.name!r} cannot read images (no vision projector was imported "
                        f"with it); it can do: {', '.join(can_do(entry))}", param="messages",
                        code="vision_not_supported")
 
 
-def has_image(message: Any) -> bool:
-    if not isinstance(message, dict):
+def has_image(message: Message | dict[str, Any]) -> bool:
+    if isinstance(message, Message):
+        content: Any = message.content
+    elif isinstance(message, dict):
+        if message.get("images"):  # Ollama's form
+            return True
+        content = message.get("content")
+    else:
         return False
-    if message.get("images"):  # Ollama's form
-        return True
-    content = message.get("content")
-    return isinstance(content, list) and any(isinstance(p, dict) and p.get("type") in IMAGE_PARTS for p in content)
+    return isinstance(content, list) and any(isinstance(p, dict) and isinstance(p.get("type"), str)
+                                             and p["type"] in IMAGE_PARTS for p in content)

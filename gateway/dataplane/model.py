@@ -28,6 +28,13 @@ class Message(msgspec.Struct, kw_only=True):
     reasoning: str | None = None
 
 
+def flatten(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """A message's content parts as plain text when there is no image: every chat template reads a string."""
+    if all(p["type"] == "text" for p in parts):
+        return "\n".join(p["text"] for p in parts)
+    return parts
+
+
 class Tool(msgspec.Struct, kw_only=True):
     name: str
     description: str = ""
@@ -49,9 +56,6 @@ class Sampling(msgspec.Struct, kw_only=True, omit_defaults=True):
     typical_p: float | None = None
     seed: int | None = None
     stop: list[str] | None = None
-    n: int | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
 
 
 class ChatRequest(msgspec.Struct, kw_only=True):

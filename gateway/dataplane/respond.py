@@ -12,15 +12,18 @@ same response (`queued_stream`).
 from __future__ import annotations
 
 import contextlib
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
+import msgspec
 from aiohttp import web
 
 from gateway.dataplane.collect import Completion, collect
-from gateway.dataplane.engine import Engine, EngineBroke, Events
-from gateway.dataplane.model import Event
+from gateway.dataplane.engine import Engine, EngineBroke, Events, with_engine
+from gateway.dataplane.model import ChatRequest, Event, engine_body
 from gateway.dataplane.queued import QueuedStream
 from gateway.errors import ApiError
+from gateway.sse import SSE_HEADERS
+from manager.protocol import SlotKind
 
 
 class Renderer(Protocol):
@@ -31,6 +34,27 @@ class Renderer(Protocol):
     def render(self, event: Event) -> bytes: ...  # frames for one event (b"" for none)
 
     def fail(self, message: str) -> bytes: ...  # the frame that ends a stream the engine broke
+
+
+async def answer(request: web.Request, req: ChatRequest, *, streamed: bool, renderer: Renderer,
+                 whole_reply: Callable[[Completion], Any]) -> web.StreamResponse:
+    """A translated chat request answered on a leased engine: streamed through `renderer`, or whole as
+    `whole_reply` of the collected events. Every gate has passed; `req.model` is the canonical name."""
+
+    async def work(engine: Engine) -> web.StreamResponse:
+        events = await engine.events("/v1/chat/completions", engine_body(req))
+        if not streamed:
+            return json_reply(whole_reply(await whole(events)))
+        return await stream(request, engine, events, renderer, SSE_HEADERS)
+
+    queued = queued_stream(request, renderer, SSE_HEADERS) if streamed else None
+    return await with_engine(request, work, model=req.model, kind=SlotKind.CHAT, keep_alive=req.keep_alive,
+                             num_ctx=req.num_ctx, queued=queued)
+
+
+def json_reply(data: Any) -> web.Response:
+    """A whole JSON answer, encoded by msgspec (embeddings are long lists of floats)."""
+    return web.Response(body=msgspec.json.encode(data), content_type="application/json")
 
 
 async def whole(events: Events) -> Completion:

@@ -15,6 +15,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.errors import ApiError
+from manager.keepalive import KeepAliveError, parse_keep_alive
 
 T = TypeVar("T")
 
@@ -40,6 +41,10 @@ OPENAI = {
     "stop": Rule("strs"), "messages": Rule("list"), "tools": Rule("list"), "response_format": Rule("obj"),
     "stream_options": Rule("obj"), "keep_alive": Rule("duration"),
 }
+# OpenAI's legacy completions: `logprobs` there is how many alternatives to return per token.
+COMPLETIONS = {**OPENAI, "logprobs": Rule("int", 0, 5)}
+# OpenAI's /v1/responses: `text` holds the output format.
+RESPONSES = {**OPENAI, "text": Rule("obj"), "instructions": Rule("str"), "parallel_tool_calls": Rule("bool")}
 
 # Anthropic's /v1/messages.
 ANTHROPIC = {
@@ -76,35 +81,39 @@ def check(body: Any, rules: dict[str, Rule], prefix: str = "") -> None:
         if value is not None:
             problem = _problem(value, rule)
             if problem:
-                raise ApiError(400, f"{prefix}{name} {problem} (got {_show(value)})", param=f"{prefix}{name}",
-                               code="invalid_request")
+                raise invalid(f"{prefix}{name}", f"{problem} (got {_show(value)})")
+
+
+def invalid(where: str, message: str) -> ApiError:
+    """The 400 for a bad field: `where` names it (`messages[2].role`), `message` says what it must be."""
+    return ApiError(400, f"{where} {message}", param=where, code="invalid_request")
 
 
 def require(body: dict[str, Any], *names: str) -> None:
     for name in names:
         value = body.get(name)
         if value is None or (isinstance(value, str) and not value.strip()):
-            raise ApiError(400, f"{name} is required", param=name, code="invalid_request")
+            raise invalid(name, "is required")
 
 
 def check_messages(messages: list[Any], roles: frozenset[str]) -> None:
-    """Each message an object with a known role and text, a list of parts, or nothing as content."""
+    """Each message an object with a known role and text, a list of typed parts, or nothing as content."""
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
-            raise ApiError(400, f"{where} must be an object with role and content", param=where,
-                           code="invalid_request")
+            raise invalid(where, "must be an object with role and content")
         role = message.get("role")
-        if role not in roles:
-            raise ApiError(400, f"{where}.role must be one of {', '.join(sorted(roles))} (got {_show(role)})",
-                           param=f"{where}.role", code="invalid_request")
+        if not isinstance(role, str) or role not in roles:
+            raise invalid(f"{where}.role", f"must be one of {', '.join(sorted(roles))} (got {_show(role)})")
         for key in ("name", "tool_call_id"):
             if message.get(key) is not None and not isinstance(message[key], str):
-                raise ApiError(400, f"{where}.{key} must be a string", param=f"{where}.{key}", code="invalid_request")
+                raise invalid(f"{where}.{key}", "must be a string")
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
-            raise ApiError(400, f"{where}.content must be a string or a list of content parts",
-                           param=f"{where}.content", code="invalid_request")
+            raise invalid(f"{where}.content", "must be a string or a list of content parts")
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise invalid(f"{where}.content[{j}]", "must be a content part object with a string type")
 
 
 def check_function_tools(tools: list[Any]) -> None:
@@ -112,15 +121,12 @@ def check_function_tools(tools: list[Any]) -> None:
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
         if not isinstance(tool, dict) or tool.get("type") != "function":
-            raise ApiError(400, f'{where} must be an object with "type": "function"', param=f"{where}.type",
-                           code="invalid_request")
+            raise invalid(f"{where}.type", 'must be "function": each tool is {"type": "function", "function": {...}}')
         function = tool.get("function")
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise ApiError(400, f"{where}.function.name must be a string", param=f"{where}.function.name",
-                           code="invalid_request")
+            raise invalid(f"{where}.function.name", "must be a string")
         if function.get("parameters") is not None and not isinstance(function["parameters"], dict):
-            raise ApiError(400, f"{where}.function.parameters must be a JSON schema object",
-                           param=f"{where}.function.parameters", code="invalid_request")
+            raise invalid(f"{where}.function.parameters", "must be a JSON schema object")
 
 
 def _problem(value: Any, rule: Rule) -> str | None:
@@ -133,9 +139,13 @@ def _problem(value: Any, rule: Rule) -> str | None:
         return None if isinstance(value, list) else "must be an array"
     if kind == "obj":
         return None if isinstance(value, dict) else "must be an object"
-    if kind == "duration":
-        ok = isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool))
-        return None if ok else 'must be a duration such as "5m" or a number of seconds'
+    if kind == "duration":  # checked as the manager will read it, so a bad one is this route's 400
+        try:
+            parse_keep_alive(value)
+        except KeepAliveError:
+            return ('must be a duration such as "30s", "5m" or "1h30m", a number of seconds, 0 to unload after '
+                    "the request, or -1 to keep loaded")
+        return None
     if kind == "strs":
         ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
         return None if ok else "must be a string or an array of strings"

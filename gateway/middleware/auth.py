@@ -6,12 +6,15 @@ ADMIN, so a new route is closed until someone opens it):
 - PUBLIC: /health (which says only up or down to untrusted callers);
 - INFERENCE: chat, completions, embeddings, rerank, show and the model lists;
 - MONITOR: status, its stream, hardware and metrics;
-- ADMIN: load, unload, import, pull, create, copy, delete, config, logs;
-- LOCAL: /lf/shutdown, from this machine only, whatever the key.
+- ADMIN: load, unload, pull, create, copy, delete, config, logs;
+- LOCAL: /lf/shutdown and /lf/model/import (it reads files by path), from this
+  machine only, whatever the key; otherwise as ADMIN.
 
+A caller on this machine is one from loopback or from the address it connected
+to (`Peer.local`: bound to one LAN address, this machine's clients come from it).
 A caller in `trusted_networks` (default: loopback only) may use INFERENCE and
-MONITOR without a key, and a trusted loopback caller ADMIN too; anyone else
-needs a key whose scope covers the route. A key that matches nothing is ignored
+MONITOR without a key, and a trusted caller on this machine ADMIN too; anyone
+else needs a key whose scope covers the route. A key that matches nothing is ignored
 from a trusted network (local apps send placeholders like "sk-no-key") and
 refused from anywhere else. Keys are compared in constant time, by digest.
 """
@@ -27,7 +30,7 @@ from aiohttp import web
 
 from gateway.errors import ApiError
 from gateway.keys import SETTINGS
-from gateway.middleware.peers import Peer, caller_address, networks, within
+from gateway.middleware.peers import Peer, caller_address, local_address, networks, within
 from manager.config import Settings
 
 log = logging.getLogger("lmforge.gateway")
@@ -51,6 +54,7 @@ INFERENCE_PATHS = {
     "/api/version", "/lf/model/list",
 }
 MONITOR_PATHS = {"/lf/status", "/lf/status/stream", "/lf/hardware", "/metrics"}
+LOCAL_PATHS = {"/lf/shutdown", "/lf/model/import"}
 
 
 def access_of(path: str) -> Access:
@@ -60,7 +64,7 @@ def access_of(path: str) -> Access:
         return Access.INFERENCE
     if path in MONITOR_PATHS or path == "/ui" or path.startswith("/ui/"):
         return Access.MONITOR
-    if path == "/lf/shutdown":
+    if path in LOCAL_PATHS:
         return Access.LOCAL
     return Access.ADMIN
 
@@ -98,14 +102,14 @@ def presented_key(request: web.Request) -> str | None:
 def network_access(peer: Peer) -> Access:
     """What the caller's network alone allows."""
     if peer.trusted:
-        return Access.ADMIN if peer.loopback else Access.MONITOR
+        return Access.ADMIN if peer.local else Access.MONITOR
     return Access.PUBLIC
 
 
 def decide(access: Access, peer: Peer, key: tuple[Access, str] | None, presented: bool) -> ApiError | None:
     """None to let the request through; otherwise the refusal (401 no or bad key, 403 out of scope or not local)."""
     if access == Access.LOCAL:
-        if not peer.loopback:
+        if not peer.local:
             return ApiError(403, "this route answers only on the machine LMForge runs on", code="loopback_only")
         access = Access.ADMIN
     allowed = max(network_access(peer), key[0] if key else Access.PUBLIC)
@@ -119,6 +123,14 @@ def decide(access: Access, peer: Peer, key: tuple[Access, str] | None, presented
     if peer.trusted and access == Access.ADMIN:
         return _unauthorized("changes to LMForge need an admin key from outside this machine", "missing_api_key")
     return _unauthorized(f"{peer} is not in trusted_networks: send Authorization: Bearer <key>", "missing_api_key")
+
+
+def require_local(request: web.Request, what: str) -> None:
+    """For a route open to remote admins that reads a file by path in one of its forms (/api/create FROM /path):
+    that form, like /lf/model/import, is for a caller on this machine only."""
+    if not request[PEER].local:  # the caller's address: behind a trusted proxy, the one it forwards for
+        raise ApiError(403, f"{what} reads files on the LMForge machine and is allowed from that machine only",
+                       code="loopback_only")
 
 
 def _unauthorized(message: str, code: str) -> ApiError:
@@ -139,7 +151,7 @@ def setup_auth(app: web.Application) -> None:
     @web.middleware
     async def auth_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
         address = caller_address(request, proxies)
-        peer = request[PEER] = Peer(address, within(address, trusted))
+        peer = request[PEER] = Peer(address, within(address, trusted), local_address(request))
         token = presented_key(request)
         refusal = decide(access_of(route_path(request)), peer, keys.match(token) if token else None, token is not None)
         if refusal is not None:

@@ -30,8 +30,6 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
         return render(request, err)
     except (ManagerError, ManagerUnavailable) as exc:
         return render(request, from_manager(exc))
-    except web.HTTPRequestEntityTooLarge as exc:
-        return render(request, ApiError(413, f"request body is too large ({exc.text})", code="request_too_large"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

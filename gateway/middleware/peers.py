@@ -1,4 +1,5 @@
-"""Who is calling: the peer's address (from the socket, or a trusted proxy's X-Forwarded-For) and its networks.
+"""Who is calling: the peer's address (from the socket, or a trusted proxy's X-Forwarded-For), its networks,
+and whether it is on this machine.
 
 The address always comes from the socket. X-Forwarded-For is believed only when
 the socket's peer is in `trusted_proxies`, and then only as far as it stays
@@ -43,10 +44,13 @@ def within(address: Address | None, nets: tuple[Network, ...]) -> bool:
 class Peer:
     address: Address | None  # None: not an IP socket (never the case for the gateway's TCP listener)
     trusted: bool  # in trusted_networks: no key needed for inference (nor for status and metrics)
+    interface: Address | None = None  # the socket's own address, the one the caller connected to
 
     @property
-    def loopback(self) -> bool:
-        return self.address is not None and self.address.is_loopback
+    def local(self) -> bool:
+        """On this machine: a loopback address, or the very address it connected to. Bound to one LAN address,
+        the gateway sees this machine's own clients come from that address, never from loopback."""
+        return self.address is not None and (self.address.is_loopback or self.address == self.interface)
 
     def __str__(self) -> str:
         return str(self.address) if self.address is not None else "unknown"
@@ -55,6 +59,12 @@ class Peer:
 def socket_address(request: web.Request) -> Address | None:
     peername = request.transport.get_extra_info("peername") if request.transport else None
     return parse_address(str(peername[0])) if peername else None
+
+
+def local_address(request: web.Request) -> Address | None:
+    """The address the caller connected to (the bind address, or the interface it arrived on for `0.0.0.0`)."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return parse_address(str(sockname[0])) if sockname else None
 
 
 def caller_address(request: web.Request, proxies: tuple[Network, ...]) -> Address | None:

@@ -25,6 +25,16 @@ MAX_POOLED_BATCH = 4096
 BUILTIN_TEMPLATES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "llama3": "llama3", "phi3": "phi3"}
 
 
+def builtin_template(info: GGUFInfo) -> str | None:
+    """The built-in template llama-server is told to use: for a file without its own, of an architecture with one."""
+    return None if info.chat_template else BUILTIN_TEMPLATES.get(info.architecture)
+
+
+def has_chat_template(info: GGUFInfo) -> bool:
+    """Whether llama-server chats with the model through a real template: the file's own or a built-in one."""
+    return bool(info.chat_template or builtin_template(info))
+
+
 class LlamaCppAdapter:
     """llama-server, one process per (model, kind)."""
 
@@ -126,8 +136,7 @@ class LlamaCppAdapter:
             argv += ["--kv-unified", "--cache-ram", str(self.settings.cache_ram_mb)]
             if entry.mmproj:
                 argv += ["--mmproj", entry.mmproj]  # the vision projector imported with the model
-            template = BUILTIN_TEMPLATES.get(info.architecture)
-            if template and "tokenizer.chat_template" not in info.metadata:
+            if template := builtin_template(info):
                 # Built-in names only work through the non-Jinja formatter; with Jinja
                 # on, llama-server would take the name itself as the template text.
                 argv += ["--no-jinja", "--chat-template", template]

@@ -5,7 +5,7 @@ Every operation gets a few valid and a few invalid requests, generated determini
 invalid one refused with a 4xx: any 5xx is a bug.
 The served description is narrowed first, so that the run is quick and leaves the index
 intact: models are the installed tiny ones (or an unknown name), generation is capped at
-a few tokens, and only a copy made by the run itself is deleted.
+a few tokens, and only a copy made by the run itself is created over or deleted.
 """
 
 from __future__ import annotations
@@ -73,6 +73,9 @@ def schema(own_lmforge) -> schemathesis.BaseSchema:  # type: ignore[no-untyped-d
     document["paths"]["/v1/models/{id}"]["get"]["parameters"][0]["schema"] = {"type": "string", "enum": MODELS}
     body_properties(document, "/api/copy", "post")["destination"] = {"type": "string", "enum": [COPY]}
     body_properties(document, "/api/delete", "delete")["model"] = {"type": "string", "enum": [COPY, "no:such"]}
+    document["paths"]["/lf/model/delete/{name}"]["delete"]["parameters"][0]["schema"] = {
+        "type": "string", "enum": [COPY, "no:such"]}
+    body_properties(document, "/api/create", "post")["model"] = {"type": "string", "enum": [COPY]}
     # Unsanitised, so that a reported curl command replays the request exactly (max_tokens included).
     config = schemathesis.Config.from_dict({"output": {"sanitization": {"enabled": False}}})
     return schemathesis.openapi.from_dict(document, config=config)

@@ -161,3 +161,11 @@ def test_an_engine_dying_mid_stream_ends_it_with_an_error_event(inst: Instance, 
                     os.kill(inst.slot(CYCLE)["pid"], signal.SIGKILL)
     assert broke.value.body["type"] == "error" and broke.value.body["error"]["type"] == "api_error"
     assert "failed mid-stream" in broke.value.body["error"]["message"]
+
+
+def test_keep_alive_reaches_the_lease_for_messages_and_count_tokens(inst: Instance) -> None:
+    body = {"model": CYCLE, "max_tokens": 1, "messages": HI, "keep_alive": "1h"}
+    assert inst.post("/v1/messages", body)[0] == 200
+    assert inst.slot(CYCLE)["expires_in_s"] > 3000  # the instance's default is minutes
+    assert inst.post("/v1/messages/count_tokens", {**body, "keep_alive": "2h"})[0] == 200
+    assert inst.slot(CYCLE)["expires_in_s"] > 6000

@@ -6,6 +6,7 @@ gateway's port is reachable: engines and ZeroMQ stay on loopback and ipc://.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -75,7 +76,7 @@ def test_an_inference_key_gets_403_on_admin_and_status_routes_and_nothing_change
     # Naming files on the LMForge machine stays local even with the admin key.
     imported = lan.request("POST", inst.port, "/lf/model/import", headers=bearer(ADMIN),
                            body={"path": "/etc/passwd", "name": "x"})
-    assert imported.status == 403 and imported.json()["error"]["code"] == "forbidden"  # type: ignore[index]
+    assert imported.status == 403 and imported.json()["error"]["code"] == "loopback_only"  # type: ignore[index]
     shutdown = lan.request("POST", inst.port, "/lf/shutdown", headers=bearer(ADMIN))
     assert shutdown.status == 403 and shutdown.json()["error"]["code"] == "loopback_only"  # type: ignore[index]
 
@@ -128,9 +129,11 @@ def test_a_non_loopback_bind_without_a_key_refuses_to_start_and_says_why(tmp_pat
     assert "allow_unauthenticated" in done.stderr + done.stdout
 
 
-def test_the_cli_sends_the_key_from_config_or_the_environment(tmp_path: Path, llama_server: str,
+def test_the_cli_sends_the_key_from_config_or_the_environment(tmp_path: Path, llama_server: str, models_dir: Path,
                                                                lan: netns.Peer) -> None:
-    """Bound to the LAN address only, even this machine's CLI is a non-loopback caller and needs the key."""
+    """Bound to the LAN address only, this machine's CLI connects from that address, not loopback: it needs the
+    key (the address is not in trusted_networks), and is still on this machine, so it may import a file by path;
+    a LAN peer with the same key may not."""
     config = f'host = "{netns.HOST_IP}"\napi_key = "{ADMIN}"\n'
     with running_instance(tmp_path / "home", llama_server, {}, config, address=netns.HOST_IP) as inst:
         from_config = inst.lmforge("ps", "--json")
@@ -140,3 +143,19 @@ def test_the_cli_sends_the_key_from_config_or_the_environment(tmp_path: Path, ll
         assert wrong.returncode == 1 and "not valid" in wrong.stderr
         inst.env["LMFORGE_API_KEY"] = ADMIN
         assert inst.lmforge("ps", "--json").returncode == 0
+        imported = inst.lmforge("import", str(models_dir / "chat.gguf"), "--name", "x")
+        assert imported.returncode == 0, imported.stderr
+        assert [m["name"] for m in json.loads(inst.lmforge("list", "--json").stdout)] == ["x"]
+        refused = lan.request("POST", inst.port, "/lf/model/import", headers=bearer(ADMIN),
+                              body={"path": str(models_dir / "chat.gguf"), "name": "y"})
+        assert refused.status == 403 and refused.json()["error"]["code"] == "loopback_only"  # type: ignore[index]
+
+
+def test_on_a_dual_stack_bind_ipv4_clients_match_their_ipv4_networks(tmp_path: Path, llama_server: str,
+                                                                       lan: netns.Peer) -> None:
+    """Bound to `::`, an IPv4 client is seen as ::ffff:a.b.c.d; it must still be loopback (or a stranger)."""
+    with running_instance(tmp_path / "home", llama_server, {}, f'host = "::"\napi_key = "{ADMIN}"\n') as inst:
+        code, body = inst.post("/lf/model/unload", {})  # from 127.0.0.1, seen as ::ffff:127.0.0.1: no key needed
+        assert code == 200, body
+        stranger = lan.request("POST", inst.port, "/lf/model/unload", body={})
+        assert stranger.status == 401

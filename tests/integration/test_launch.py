@@ -181,17 +181,17 @@ def test_codex_gets_a_responses_provider_and_the_context_asked(inst: Instance, t
 
 def test_opencode_gets_a_config_file_and_a_key_from_the_environment(inst: Instance, tmp_path: Path) -> None:
     agent, record = write_stand_in(tmp_path, OPENCODE, inst.url)
-    inst.env["LMFORGE_API_KEY"] = "my-key"
+    inst.env["LMFORGE_API_KEY"] = "my-key-0123456789"
     result = inst.lmforge("launch", "opencode", "--agent-bin", str(agent))
     data = launched(result, record)
     config_file = inst.home / "launch" / "opencode.json"
-    assert data["env"]["OPENCODE_CONFIG"] == str(config_file) and data["env"]["LMFORGE_API_KEY"] == "my-key"
+    assert data["env"]["OPENCODE_CONFIG"] == str(config_file) and data["env"]["LMFORGE_API_KEY"] == "my-key-0123456789"
     assert data["argv"] == ["--model", "lmforge/tiny:chat"]
     config = json.loads(config_file.read_text())
     provider = config["provider"]["lmforge"]
     assert provider["options"]["baseURL"] == f"{inst.url}/v1"
     assert provider["models"]["tiny:chat"]["limit"]["context"] == TRAINED_CTX
-    assert "my-key" not in config_file.read_text()
+    assert "my-key-0123456789" not in config_file.read_text()
     api = api_call(result, data)
     assert api["completion_tokens"] >= 1 and api["finish_reason"] in ("length", "stop", "tool_calls")
 

@@ -178,7 +178,7 @@ def test_think_switches_the_template(inst: Instance) -> None:
      ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role must be one of"),
      ({"stream": "yes"}, "stream must be true or false (got 'yes')"),
      ({"format": "xml"}, 'format must be "json" or a JSON schema object'),
-     ({"keep_alive": "soon"}, "keep_alive 'soon' is not a duration"),
+     ({"keep_alive": "soon"}, 'keep_alive must be a duration such as "30s"'),
      ({"tools": [{"type": "function", "function": {}}]}, "tools[0].function.name is required"),
      ({"model": None}, "model is required")],
 )

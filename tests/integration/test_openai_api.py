@@ -140,3 +140,20 @@ def test_json_schema_and_tools_reach_the_engine(inst: Instance) -> None:
     code, reply = inst.post("/v1/chat/completions", {"model": "tiny:chat", **CHAT, "stream": True,
                                                      "stream_options": {"include_usage": True}})
     assert code == 200
+
+
+def test_a_content_part_type_that_is_not_a_string_is_a_400(inst: Instance) -> None:
+    message = {"role": "user", "content": [{"type": ["image_url"], "image_url": {"url": "x"}}]}
+    code, reply = inst.post("/v1/chat/completions", {"model": "tiny:chat", "messages": [message]})
+    assert code == 400 and reply["error"]["param"] == "messages[0].content[0]"
+
+
+def test_a_keep_alive_that_is_not_a_duration_is_a_400_before_the_model_is_looked_up(inst: Instance) -> None:
+    code, reply = inst.post("/v1/chat/completions", {"model": "not-installed", **CHAT, "keep_alive": "soon"})
+    assert code == 400 and reply["error"]["param"] == "keep_alive", reply
+
+
+def test_completions_take_logprobs_as_a_count(inst: Instance) -> None:
+    code, reply = inst.post("/v1/completions", {"model": "tiny:cycle", "prompt": "hi", "max_tokens": 2, "logprobs": 2})
+    assert code == 200, reply
+    assert reply["usage"]["completion_tokens"] == 2

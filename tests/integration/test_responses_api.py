@@ -133,3 +133,19 @@ def test_an_engine_dying_mid_stream_ends_it_with_response_failed(inst: Instance,
             os.kill(inst.slot(CYCLE)["pid"], signal.SIGKILL)
     assert kinds[-1] == "response.failed" and "response.output_item.done" in kinds
     assert event.response.status == "failed" and "failed mid-stream" in event.response.error.message
+
+
+def test_keep_alive_reaches_the_lease(inst: Instance) -> None:
+    body = {"model": CYCLE, "input": "hi", "max_output_tokens": 1, "keep_alive": "1h"}
+    assert inst.post("/v1/responses", body)[0] == 200
+    assert inst.slot(CYCLE)["expires_in_s"] > 3000  # the instance's default is minutes
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"input": "hi", "text": "x"}, "text"),
+    ({"input": [{"role": {"a": 1}, "content": "hi"}]}, "input[0].role"),
+    ({"input": [{"role": "user", "content": [{"type": ["input_text"], "text": "hi"}]}]}, "input[0].content[0]"),
+])
+def test_fields_of_the_wrong_type_are_400s_naming_them(inst: Instance, extra: dict, param: str) -> None:
+    code, body = inst.post("/v1/responses", {"model": CYCLE, **extra})
+    assert code == 400 and body["error"]["param"] == param

@@ -31,7 +31,8 @@ async def test_sigkill_mid_stream_gives_a_clean_error_then_the_next_request_relo
             old_pid = inst.slot("cycle")["pid"]
             os.kill(old_pid, signal.SIGKILL)
             rest = (await resp.content.read()).decode()
-    assert '"code": "engine_failed"' in rest
+    last = [line for line in rest.splitlines() if line.startswith("data:")][-1]
+    assert json.loads(last[5:])["error"]["code"] == "engine_failed"  # the stream ends with an error event
     wait_until(lambda: inst.slot("cycle") is None, what="the dead slot to leave the table")
     error = inst.status()["last_errors"]["cycle"]
     assert "SIGKILL" in error["message"] and error["severity"] == "transient"

@@ -169,6 +169,16 @@ def llama_servers_of(home: Path) -> list[psutil.Process]:
 def running_instance(home: Path, llama_server: str, models: dict[str, Path], config: str = "",
                      address: str = "127.0.0.1") -> Iterator[Instance]:
     """A started Instance with `models` imported (for fixtures wider than one test); all it started is stopped."""
+    inst = prepare_instance(home, llama_server, models, config, address)
+    try:
+        yield inst.start()
+    finally:
+        clean_up(inst)
+
+
+def prepare_instance(home: Path, llama_server: str, models: dict[str, Path], config: str = "",
+                     address: str = "127.0.0.1") -> Instance:
+    """An Instance, not started yet, whose store holds `models` (name: GGUF path)."""
     from catalog.store import ModelStore
     from manager.config import Paths
 
@@ -176,10 +186,14 @@ def running_instance(home: Path, llama_server: str, models: dict[str, Path], con
     store = ModelStore(Paths(home))
     for name, path in models.items():
         store.import_gguf(path, name)
-    try:
-        yield inst.start()
-    finally:
-        inst.stop()
-        for proc in llama_servers_of(home):  # nothing of ours may outlive the tests
-            proc.kill()
-        shutil.rmtree(Paths(home).runtime, ignore_errors=True)
+    return inst
+
+
+def clean_up(inst: Instance) -> None:
+    """Stop everything `inst` started: nothing of ours may outlive a test, not even an engine it lost track of."""
+    from manager.config import Paths
+
+    inst.stop()
+    for proc in llama_servers_of(inst.home):
+        proc.kill()
+    shutil.rmtree(Paths(inst.home).runtime, ignore_errors=True)

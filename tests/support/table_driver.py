@@ -133,6 +133,12 @@ class Driver:
         self.table.ready(slot.key, slot.generation)
         self.settle()
 
+    def advance(self, seconds: float) -> None:
+        """Time passes: the manager's periodic tick sees it."""
+        self.clock.t += seconds
+        self.table.tick()
+        self.settle()
+
     def stopped_engine(self, model: str, generation: int) -> None:
         self.table.stopped((model, CHAT), generation)
         self.settle()

@@ -144,9 +144,13 @@ def _random_weights(n_vocab: int, seed: int) -> dict[str, np.ndarray]:
         if len(shape) == 1:
             weights[name] = np.ones(shape, np.float32)
         else:
-            # 1/sqrt(fan_in) keeps activations O(1) through the layers.
-            weights[name] = (rng.standard_normal(shape) / np.sqrt(shape[1])).astype(np.float32)
+            weights[name] = _scaled_normal(rng, shape)
     return weights
+
+
+def _scaled_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Random weights scaled by 1/sqrt(fan_in), which keeps activations O(1) through the layers."""
+    return (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
 
 
 def _cycle_weights(vocab: Vocab) -> dict[str, np.ndarray]:
@@ -227,6 +231,11 @@ def _write(
     if pooling is not None:
         writer.add_pooling_type(pooling)
     _add_tokenizer(writer, vocab)
+    return _save(writer, weights, path)
+
+
+def _save(writer: gguf.GGUFWriter, weights: dict[str, np.ndarray], path: Path) -> Path:
+    """Add the tensors after the metadata, and write the file out."""
     for tensor_name, array in weights.items():
         writer.add_tensor(tensor_name, array)
     writer.write_header_to_file()
@@ -294,18 +303,12 @@ def write_mmproj(path: str | Path, *, seed: int = 0) -> Path:
     writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-5)
     writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
     writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
-    for name, array in _mmproj_weights(np.random.default_rng(seed)).items():
-        writer.add_tensor(name, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return _save(writer, _mmproj_weights(np.random.default_rng(seed)), path)
 
 
 def _mmproj_weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
     def matrix(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
+        return _scaled_normal(rng, shape)
 
     def norm(prefix: str, width: int) -> dict[str, np.ndarray]:
         return {f"{prefix}.weight": np.ones(width, np.float32), f"{prefix}.bias": np.zeros(width, np.float32)}

@@ -13,9 +13,8 @@ import json
 import logging
 from typing import Any
 
-from gateway.dataplane.model import ChatRequest, Message, Sampling, Tool, ToolCall
-from gateway.dataplane.validate import ANTHROPIC, check, check_messages, require
-from gateway.errors import ApiError
+from gateway.dataplane.model import ChatRequest, Message, Sampling, Tool, ToolCall, flatten
+from gateway.dataplane.validate import ANTHROPIC, check, check_messages, invalid, require
 
 log = logging.getLogger("lmforge.gateway")
 
@@ -26,10 +25,6 @@ THINKING = frozenset({"enabled", "disabled", "adaptive"})
 UNSERVED = "LMForge serves text, image, tool_use, tool_result and thinking blocks"
 
 
-def bad(where: str, message: str) -> ApiError:
-    return ApiError(400, f"{where} {message}", param=where, code="invalid_request")
-
-
 def check_request(body: dict[str, Any], *required: str) -> None:
     """Types and ranges of the shared fields, the required ones, and user/assistant roles only."""
     check(body, ANTHROPIC)
@@ -37,7 +32,7 @@ def check_request(body: dict[str, Any], *required: str) -> None:
     check_messages(body["messages"], ROLES)
     for i, message in enumerate(body["messages"]):
         if message.get("content") is None:
-            raise bad(f"messages[{i}].content", "is required: a string or a list of content blocks")
+            raise invalid(f"messages[{i}].content", "is required: a string or a list of content blocks")
 
 
 def to_chat(body: dict[str, Any], model: str) -> ChatRequest:
@@ -57,20 +52,21 @@ def to_chat(body: dict[str, Any], model: str) -> ChatRequest:
     if parallel is False:
         extra["parallel_tool_calls"] = False
     return ChatRequest(model=model, messages=messages, sampling=sampling, tools=tools_of(body.get("tools")),
-                       tool_choice=choice, response_format=response_format_of(body), extra=extra)
+                       tool_choice=choice, response_format=response_format_of(body),
+                       keep_alive=body.get("keep_alive"), extra=extra)
 
 
 def system_text(system: Any) -> str:
     if system is None or isinstance(system, str):
         return system or ""
     if not isinstance(system, list):
-        raise bad("system", "must be a string or a list of text blocks")
+        raise invalid("system", "must be a string or a list of text blocks")
     return "\n".join(text_of(block, f"system[{i}]") for i, block in enumerate(system))
 
 
 def text_of(block: Any, where: str) -> str:
     if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
-        raise bad(where, 'must be a text block: {"type": "text", "text": "..."}')
+        raise invalid(where, 'must be a text block: {"type": "text", "text": "..."}')
     return block["text"]
 
 
@@ -79,7 +75,7 @@ def blocks(content: str | list[Any], where: str) -> list[dict[str, Any]]:
         return [{"type": "text", "text": content}]
     for j, block in enumerate(content):
         if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-            raise bad(f"{where}[{j}]", "must be a content block object with a type")
+            raise invalid(f"{where}[{j}]", "must be a content block object with a type")
     return content
 
 
@@ -98,7 +94,7 @@ def user_turn(content: str | list[Any], where: str) -> list[Message]:
             tools.append(Message(role="tool", content=text, tool_call_id=block["tool_use_id"]))
             parts += images
         else:
-            raise bad(f"{at}.type", f"{kind!r} is not supported in a user turn; {UNSERVED}")
+            raise invalid(f"{at}.type", f"{kind!r} is not supported in a user turn; {UNSERVED}")
     if not parts:
         return tools
     return [*tools, Message(role="user", content=flatten(parts))]
@@ -118,13 +114,13 @@ def assistant_turn(content: str | list[Any], where: str) -> list[Message]:
             continue  # encrypted by Anthropic: nothing a local model can read
         elif kind == "tool_use":
             if not isinstance(block.get("name"), str) or not isinstance(block.get("id"), str):
-                raise bad(at, "a tool_use block needs a string id and name")
+                raise invalid(at, "a tool_use block needs a string id and name")
             arguments = block.get("input") if block.get("input") is not None else {}
             if not isinstance(arguments, dict):
-                raise bad(f"{at}.input", "must be an object")
+                raise invalid(f"{at}.input", "must be an object")
             calls.append(ToolCall(id=block["id"], name=block["name"], arguments=json.dumps(arguments)))
         else:
-            raise bad(f"{at}.type", f"{kind!r} is not supported in an assistant turn; {UNSERVED}")
+            raise invalid(f"{at}.type", f"{kind!r} is not supported in an assistant turn; {UNSERVED}")
     return [Message(role="assistant", content="".join(text), tool_calls=calls,
                     reasoning="".join(reasoning) or None)]
 
@@ -132,7 +128,7 @@ def assistant_turn(content: str | list[Any], where: str) -> list[Message]:
 def tool_result(block: dict[str, Any], where: str) -> tuple[str, list[dict[str, Any]]]:
     """A tool_result's text for the `tool` message, and its images (which a tool message cannot carry)."""
     if not isinstance(block.get("tool_use_id"), str):
-        raise bad(f"{where}.tool_use_id", "is required: the id of the tool_use this answers")
+        raise invalid(f"{where}.tool_use_id", "is required: the id of the tool_use this answers")
     content = block.get("content")
     text: list[str] = []
     images: list[dict[str, Any]] = []
@@ -146,7 +142,7 @@ def tool_result(block: dict[str, Any], where: str) -> tuple[str, list[dict[str, 
             else:
                 text.append(text_of(part, at))
     elif content is not None:
-        raise bad(f"{where}.content", "must be a string or a list of text and image blocks")
+        raise invalid(f"{where}.content", "must be a string or a list of text and image blocks")
     result = "\n".join(text)
     # Templates have no place for Anthropic's error flag: the model reads it in the text.
     return (f"Error: {result}" if block.get("is_error") else result), images
@@ -155,20 +151,13 @@ def tool_result(block: dict[str, Any], where: str) -> tuple[str, list[dict[str, 
 def image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
     source = block.get("source")
     if not isinstance(source, dict):
-        raise bad(f"{where}.source", "is required: {\"type\": \"base64\", \"media_type\", \"data\"} or a url")
+        raise invalid(f"{where}.source", "is required: {\"type\": \"base64\", \"media_type\", \"data\"} or a url")
     if source.get("type") == "base64" and isinstance(source.get("data"), str):
         media = source.get("media_type") or "image/png"
         return {"type": "image_url", "image_url": {"url": f"data:{media};base64,{source['data']}"}}
     if source.get("type") == "url" and isinstance(source.get("url"), str):
         return {"type": "image_url", "image_url": {"url": source["url"]}}
-    raise bad(f"{where}.source.type", f"{source.get('type')!r} is not supported: send base64 data or a url")
-
-
-def flatten(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
-    """Plain text when there is no image: every chat template reads a string."""
-    if all(p["type"] == "text" for p in parts):
-        return "\n".join(p["text"] for p in parts)
-    return parts
+    raise invalid(f"{where}.source.type", f"{source.get('type')!r} is not supported: send base64 data or a url")
 
 
 def tools_of(tools: list[Any] | None) -> list[Tool]:
@@ -176,19 +165,19 @@ def tools_of(tools: list[Any] | None) -> list[Tool]:
     for i, tool in enumerate(tools or ()):
         where = f"tools[{i}]"
         if not isinstance(tool, dict):
-            raise bad(where, "must be an object with name and input_schema")
+            raise invalid(where, "must be an object with name and input_schema")
         if tool.get("type") not in (None, "custom"):
             # Anthropic's server tools (web search, code execution) have nothing to run them here;
             # an agent may send them with every request, so they are left out, not refused.
             log.info("ignoring %s of type %r: LMForge runs custom tools only", where, tool["type"])
             continue
         if not isinstance(tool.get("name"), str) or not tool["name"]:
-            raise bad(f"{where}.name", "is required")
+            raise invalid(f"{where}.name", "is required")
         schema = tool.get("input_schema")
         if schema is not None and not isinstance(schema, dict):
-            raise bad(f"{where}.input_schema", "must be a JSON schema object")
+            raise invalid(f"{where}.input_schema", "must be a JSON schema object")
         out.append(Tool(name=tool["name"], description=str(tool.get("description") or ""),
-                        parameters=schema or {"type": "object"}))
+                        parameters=schema or {}))
     return out
 
 
@@ -197,12 +186,12 @@ def tool_choice_of(choice: Any) -> tuple[str | dict[str, Any] | None, bool | Non
     if choice is None:
         return None, None
     if not isinstance(choice, dict) or choice.get("type") not in (*TOOL_CHOICE, "tool"):
-        raise bad("tool_choice", 'must be {"type": "auto" | "any" | "tool" | "none"}')
+        raise invalid("tool_choice", 'must be {"type": "auto" | "any" | "tool" | "none"}')
     parallel = False if choice.get("disable_parallel_tool_use") else None
     if choice["type"] != "tool":
         return TOOL_CHOICE[choice["type"]], parallel
     if not isinstance(choice.get("name"), str):
-        raise bad("tool_choice.name", 'is required with {"type": "tool"}')
+        raise invalid("tool_choice.name", 'is required with {"type": "tool"}')
     return {"type": "function", "function": {"name": choice["name"]}}, parallel
 
 
@@ -215,7 +204,7 @@ def response_format_of(body: dict[str, Any]) -> dict[str, Any] | None:
     if fmt is None:
         return None
     if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
-        raise bad(where, 'must be {"type": "json_schema", "schema": {...}}')
+        raise invalid(where, 'must be {"type": "json_schema", "schema": {...}}')
     return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"]}}
 
 
@@ -223,5 +212,5 @@ def thinking_on(thinking: Any) -> bool:
     if thinking is None:
         return False
     if not isinstance(thinking, dict) or thinking.get("type") not in THINKING:
-        raise bad("thinking.type", 'must be "enabled", "disabled" or "adaptive"')
+        raise invalid("thinking.type", 'must be "enabled", "disabled" or "adaptive"')
     return thinking["type"] != "disabled"

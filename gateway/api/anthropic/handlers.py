@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from aiohttp import web
 
 from gateway.api.anthropic.codec import check_request, to_chat
@@ -12,34 +11,25 @@ from gateway.api.anthropic.render import MessageStream, whole_message
 from gateway.dataplane.engine import Engine, with_engine
 from gateway.dataplane.gates import find_model, require_kind, require_vision
 from gateway.dataplane.model import ChatRequest, engine_body
-from gateway.dataplane.respond import queued_stream, stream, whole
+from gateway.dataplane.respond import answer, json_reply
 from gateway.dataplane.validate import read_json
-from gateway.sse import SSE_HEADERS
-from manager.protocol import ModelEntry, SlotKind
+from manager.protocol import SlotKind
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     check_request(body, "max_tokens")
-    entry, req = _checked(request, body)
+    req = _checked(request, body)
     asked = body["model"]
-    renderer = MessageStream(asked)
-
-    async def work(engine: Engine) -> web.StreamResponse:
-        events = await engine.events("/v1/chat/completions", engine_body(req))
-        if not body.get("stream"):
-            return web.json_response(whole_message(await whole(events), asked), dumps=_dumps)
-        return await stream(request, engine, events, renderer, SSE_HEADERS)
-
-    queued = queued_stream(request, renderer, SSE_HEADERS) if body.get("stream") else None
-    return await with_engine(request, work, model=entry.name, kind=SlotKind.CHAT, queued=queued)
+    return await answer(request, req, streamed=bool(body.get("stream")), renderer=MessageStream(asked),
+                        whole_reply=lambda done: whole_message(done, asked))
 
 
 async def count_tokens(request: web.Request) -> web.Response:
     """The prompt's length as the engine counts it: its own chat template, then its own tokenizer."""
     body = await read_json(request)
     check_request(body)
-    entry, req = _checked(request, body)
+    req = _checked(request, body)
     chat = engine_body(req, stream=False)
 
     async def work(engine: Engine) -> int:
@@ -48,18 +38,15 @@ async def count_tokens(request: web.Request) -> web.Response:
         tokens = await engine.json("/tokenize", {"content": prompt, "add_special": True, "parse_special": True})
         return len(tokens["tokens"])
 
-    count = await with_engine(request, work, model=entry.name, kind=SlotKind.CHAT)
-    return web.json_response({"input_tokens": count})
+    count = await with_engine(request, work, model=req.model, kind=SlotKind.CHAT, keep_alive=req.keep_alive,
+                              num_ctx=req.num_ctx)
+    return json_reply({"input_tokens": count})
 
 
-def _checked(request: web.Request, body: dict[str, Any]) -> tuple[ModelEntry, ChatRequest]:
-    """The model entry and the internal request, with every gate passed before any engine work."""
+def _checked(request: web.Request, body: dict[str, Any]) -> ChatRequest:
+    """The internal request, with every gate passed before any engine work."""
     entry = find_model(request, body["model"])
     require_kind(entry, SlotKind.CHAT)
     req = to_chat(body, entry.name)
-    require_vision(entry, [{"content": m.content} for m in req.messages])
-    return entry, req
-
-
-def _dumps(data: Any) -> str:
-    return msgspec.json.encode(data).decode()
+    require_vision(entry, req.messages)
+    return req

@@ -9,17 +9,14 @@ stream does. The engine reports token counts only at the end, so
 
 from __future__ import annotations
 
-import json
-import logging
 import uuid
 from typing import Any
 
 import msgspec
 
-from gateway.dataplane.collect import Completion
+from gateway.dataplane.collect import Completion, arguments_object
 from gateway.dataplane.model import Event, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
-
-log = logging.getLogger("lmforge.gateway")
+from gateway.sse import frame
 
 _encode = msgspec.json.encode
 STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use"}
@@ -39,17 +36,6 @@ def stop_reason(finish: str, stop_word: str | None, tool_calls: bool) -> tuple[s
     return STOP_REASONS.get(finish, "end_turn"), None
 
 
-def tool_input(arguments: str, name: str) -> dict[str, Any]:
-    try:
-        value = json.loads(arguments or "{}")
-    except (ValueError, RecursionError):  # a model may write any text, nested arbitrarily deep
-        value = None
-    if not isinstance(value, dict):
-        log.warning("tool call %s came with arguments that are not a JSON object: %.200r", name, arguments)
-        return {}
-    return value
-
-
 def whole_message(done: Completion, model: str) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
     if done.reasoning:
@@ -58,15 +44,11 @@ def whole_message(done: Completion, model: str) -> dict[str, Any]:
         content.append({"type": "text", "text": done.text})
     for call in done.tool_calls:
         content.append({"type": "tool_use", "id": call.id, "name": call.name,
-                        "input": tool_input(call.arguments, call.name)})
+                        "input": arguments_object(call)})
     reason, sequence = stop_reason(done.finish, done.stop_word, bool(done.tool_calls))
     return {"id": message_id(), "type": "message", "role": "assistant", "model": model, "content": content,
             "stop_reason": reason, "stop_sequence": sequence,
             "usage": {"input_tokens": done.usage.prompt_tokens, "output_tokens": done.usage.completion_tokens}}
-
-
-def frame(event: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + event.encode() + b"\ndata: " + _encode(data) + b"\n\n"
 
 
 def error_event(message: str) -> bytes:

@@ -17,6 +17,7 @@ from gateway.openapi import openapi_document
 from gateway.sse import PING, SSE_HEADERS, frame
 from manager.client import RESYNC, ManagerUnavailable
 from manager.protocol import (
+    IMPORT_TIMEOUT_S,
     TOPICS,
     DeleteModelReply,
     DeleteModelRequest,
@@ -140,10 +141,9 @@ async def close_streams(app: web.Application) -> None:
 
 async def model_switch(request: web.Request) -> web.Response:
     body: SwitchBody = parse_body(await request.read(), SwitchBody)
-    settings = request.app[SETTINGS]
     reply: LoadReply = await request.app[MANAGER].request(
         LoadRequest, model=body.model, kind=body.kind, pin=body.pin, keep_alive=body.keep_alive, num_ctx=body.num_ctx,
-        timeout=settings.load_timeout_s + settings.drain_timeout_s + 30,
+        timeout=request.app[SETTINGS].acquire_wait_s,
     )
     return web.json_response({"status": "ready", "model": body.model, "load_s": round(reply.load_s, 3),
                               "slot": msgspec.to_builtins(reply.slot)})
@@ -161,18 +161,8 @@ async def model_list(request: web.Request) -> web.Response:
     return web.json_response({"models": msgspec.to_builtins(reply.models)})
 
 
-IMPORT_TIMEOUT_S = 3600.0  # hashing (or copying, across filesystems) a large GGUF takes a while
-
-
-def require_loopback(request: web.Request, what: str) -> None:
-    """`what` reads files on this machine by path: only a caller on this machine may ask."""
-    if not request[PEER].loopback:  # the caller's address: behind a trusted proxy, the one it forwards for
-        raise ApiError(403, f"{what} reads files on the LMForge machine and is allowed from that machine only",
-                       code="forbidden")
-
-
 async def model_import(request: web.Request) -> web.Response:
-    require_loopback(request, "model import")
+    """It reads files by path on this machine: the auth middleware lets only a caller there (Access.LOCAL) in."""
     body: ImportBody = parse_body(await request.read(), ImportBody)
     for field in ("path", "mmproj"):
         value = getattr(body, field)

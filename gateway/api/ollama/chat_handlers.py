@@ -19,7 +19,7 @@ from gateway.api.ollama.frames import Frames, FrameStream
 from gateway.api.ollama.infill import infill_events
 from gateway.dataplane import respond
 from gateway.dataplane.engine import Engine, Events, with_engine
-from gateway.dataplane.gates import find_model, require_kind, require_vision
+from gateway.dataplane.gates import require_kind, require_vision
 from gateway.dataplane.model import ChatRequest, TextRequest, engine_body
 from gateway.errors import ApiError
 from gateway.keys import MANAGER
@@ -28,21 +28,13 @@ from manager.protocol import ModelEntry, SlotKind, UnloadRequest
 
 log = logging.getLogger("lmforge.gateway")
 
-NDJSON = "application/x-ndjson"
 Opener = Callable[[Engine], Awaitable[Events]]
 
 
-async def _begin(request: web.Request, *, chat: bool) -> tuple[dict[str, Any], ModelEntry, Frames]:
-    """The checked body, the model it names, and the frames its answer will be written in."""
-    started = time.perf_counter_ns()
-    body = codec.read_body(await request.read())
-    name = codec.model_name(body)
-    codec.validate(body)
-    return body, find_model(request, name), Frames(name, chat=chat, started_ns=started)
-
-
 async def chat(request: web.Request) -> web.StreamResponse:
-    body, entry, frames = await _begin(request, chat=True)
+    started = time.perf_counter_ns()
+    body, entry = await codec.read_request(request)
+    frames = Frames(body["model"], chat=True, started_ns=started)
     if not body.get("messages"):
         return await load_or_unload(request, entry, body, frames)
     require_kind(entry, SlotKind.CHAT)
@@ -52,7 +44,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
-    body, entry, frames = await _begin(request, chat=False)
+    started = time.perf_counter_ns()
+    body, entry = await codec.read_request(request)
+    frames = Frames(body["model"], chat=False, started_ns=started)
     for ignored in ("template", "context"):
         if body.get(ignored):
             log.info("ollama generate: %s ignored (the model's own chat template is used)", ignored)
@@ -100,7 +94,7 @@ async def answer(request: web.Request, req: ChatRequest | TextRequest, frames: F
         events = await open_events(engine)
         if stream:
             return await respond.stream(request, engine, events, FrameStream(frames, engine.lease.load_s),
-                                        {"Content-Type": NDJSON})
+                                        {"Content-Type": codec.NDJSON})
         done = await respond.whole(events)
         return web.Response(body=frames.whole(done, engine.lease.load_s), content_type="application/json",
                             headers={"X-Request-Id": engine.trace})
@@ -112,15 +106,21 @@ async def answer(request: web.Request, req: ChatRequest | TextRequest, frames: F
 async def load_or_unload(request: web.Request, entry: ModelEntry, body: dict[str, Any],
                          frames: Frames) -> web.Response:
     """Ollama's empty request: load the model (nothing else), or unload it when keep_alive is 0."""
-    keep_alive = codec.keep_alive(body)
-    if keep_alive is not None and parse_keep_alive(keep_alive) == 0:
+    keep_alive = body.get("keep_alive")
+    if keep_alive is not None and parse_keep_alive(keep_alive) == 0:  # checked already: it parses
         await request.app[MANAGER].request(UnloadRequest, model=entry.name)
         return web.Response(body=frames.bare("unload"), content_type="application/json")
     kind = SlotKind.CHAT if SlotKind.CHAT in entry.kinds else entry.kinds[0]
     _, num_ctx, _ = codec.options(body.get("options") or {})
-
-    async def loaded(engine: Engine) -> None:
-        return None
-
-    await with_engine(request, loaded, model=entry.name, kind=kind, keep_alive=keep_alive, num_ctx=num_ctx)
+    await load(request, entry, kind, body, num_ctx=num_ctx)
     return web.Response(body=frames.bare("load"), content_type="application/json")
+
+
+async def load(request: web.Request, entry: ModelEntry, kind: SlotKind, body: dict[str, Any],
+               num_ctx: int = 0) -> float:
+    """Load `entry` for `kind` and nothing else (Ollama's request with nothing to say); the seconds it took."""
+    async def loaded(engine: Engine) -> float:
+        return engine.lease.load_s
+
+    return await with_engine(request, loaded, model=entry.name, kind=kind, keep_alive=body.get("keep_alive"),
+                             num_ctx=num_ctx)

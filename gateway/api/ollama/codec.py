@@ -1,4 +1,5 @@
-"""Ollama's /api/chat and /api/generate bodies, checked and translated into the internal requests.
+"""Ollama's request bodies read and checked (with the model they name), and /api/chat and /api/generate
+translated into the internal requests.
 
 Ollama's `options` map onto `Sampling`; an option the engine cannot take per
 request (threads, GPU layers, memory mapping...) is logged and ignored, never
@@ -13,10 +14,12 @@ import json
 import logging
 from typing import Any
 
+from aiohttp import web
+
+from gateway.dataplane.gates import find_model
 from gateway.dataplane.model import ChatRequest, Message, Sampling, TextRequest, Tool, ToolCall
-from gateway.dataplane.validate import OLLAMA, OLLAMA_OPTIONS, check, check_messages, decode_object
+from gateway.dataplane.validate import OLLAMA, OLLAMA_OPTIONS, check, check_messages, read_json
 from gateway.errors import ApiError
-from manager.keepalive import KeepAliveError, parse_keep_alive
 from manager.protocol import ModelEntry
 
 log = logging.getLogger("lmforge.gateway")
@@ -33,13 +36,15 @@ PASSED = ("mirostat", "mirostat_tau", "mirostat_eta")
 IMAGE_TYPES = {"iVBORw0KGgo": "image/png", "/9j/": "image/jpeg", "R0lGOD": "image/gif", "UklGR": "image/webp",
                "Qk": "image/bmp"}
 THINK_LEVELS = ("low", "medium", "high")  # gpt-oss's reasoning efforts, which Ollama's `think` also takes
+NDJSON = "application/x-ndjson"  # Ollama's streams: one JSON object a line
 
 
-def read_body(raw: bytes) -> dict[str, Any]:
-    """The request's JSON object; 400 when it is missing or not JSON."""
-    if not raw.strip():
-        raise ApiError(400, "missing request body; send a JSON object", code="invalid_request")
-    return decode_object(raw)
+async def read_request(request: web.Request, *, legacy: bool = False) -> tuple[dict[str, Any], ModelEntry]:
+    """The request's body, checked, and the installed model it names; 400 or 404 before any engine work."""
+    body = await read_json(request)
+    name = model_name(body, legacy=legacy)
+    validate(body)
+    return body, find_model(request, name)
 
 
 def model_name(body: dict[str, Any], *, legacy: bool = False) -> str:
@@ -55,23 +60,11 @@ def validate(body: dict[str, Any]) -> None:
     check(body, OLLAMA)
     if body.get("options") is not None:
         check(body["options"], OLLAMA_OPTIONS, "options.")
-    keep_alive(body)
     response_format(body.get("format"))
     think = body.get("think")
     if think is not None and not isinstance(think, bool) and think not in THINK_LEVELS:
         raise ApiError(400, f"think must be true, false or one of {', '.join(THINK_LEVELS)} (got {think!r})",
                        param="think", code="invalid_request")
-
-
-def keep_alive(body: dict[str, Any]) -> str | float | None:
-    value = body.get("keep_alive")
-    if value is None:
-        return None
-    try:
-        parse_keep_alive(value)
-    except KeepAliveError as exc:
-        raise ApiError(400, str(exc), param="keep_alive", code="invalid_request") from None
-    return value
 
 
 def chat_request(entry: ModelEntry, body: dict[str, Any]) -> ChatRequest:
@@ -109,7 +102,7 @@ def settings(body: dict[str, Any]) -> dict[str, Any]:
         if isinstance(think, str):
             kwargs["reasoning_effort"] = think
         extra["chat_template_kwargs"] = kwargs
-    return {"sampling": sampling, "num_ctx": num_ctx, "extra": extra, "keep_alive": keep_alive(body),
+    return {"sampling": sampling, "num_ctx": num_ctx, "extra": extra, "keep_alive": body.get("keep_alive"),
             "response_format": response_format(body.get("format"))}
 
 

@@ -9,11 +9,10 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.ollama import codec
-
-from gateway.api.ollama.frames import json_reply
+from gateway.api.ollama.chat_handlers import load
 from gateway.dataplane.embed import embed_inputs, embedding_inputs
-from gateway.dataplane.engine import Engine, with_engine
-from gateway.dataplane.gates import find_model, require_kind
+from gateway.dataplane.gates import require_kind
+from gateway.dataplane.respond import json_reply
 from gateway.errors import ApiError
 from manager.protocol import ModelEntry, SlotKind
 
@@ -25,7 +24,7 @@ async def embed(request: web.Request) -> web.Response:
     body, entry = await _checked(request)
     given = body.get("input")
     if given is None or given == "" or given == []:  # Ollama's way to load an embedding model
-        load_s = await _load(request, entry, body)
+        load_s = await load(request, entry, SlotKind.EMBED, body)
         return json_reply({"model": body["model"], "embeddings": [], "load_duration": int(load_s * 1e9)})
     if not (isinstance(given, str) or (isinstance(given, list) and all(isinstance(v, str) for v in given))):
         # Ollama takes text only (no token arrays, unlike OpenAI's embeddings).
@@ -34,7 +33,7 @@ async def embed(request: web.Request) -> web.Response:
     if body.get("truncate") is False:
         log.info("ollama embed: truncate=false: inputs longer than the context are the engine's error")
     dimensions = body.get("dimensions")
-    done = await embed_inputs(request, entry, inputs, keep_alive=codec.keep_alive(body), dimensions=dimensions)
+    done = await embed_inputs(request, entry, inputs, keep_alive=body.get("keep_alive"), dimensions=dimensions)
     return json_reply({
         "model": body["model"], "embeddings": done.vectors, "total_duration": time.perf_counter_ns() - started,
         "load_duration": int(done.load_s * 1e9), "prompt_eval_count": done.prompt_tokens,
@@ -46,27 +45,16 @@ async def embeddings(request: web.Request) -> web.Response:
     body, entry = await _checked(request)
     prompt = body.get("prompt")
     if not prompt:
-        await _load(request, entry, body)
+        await load(request, entry, SlotKind.EMBED, body)
         return json_reply({"embedding": []})
-    done = await embed_inputs(request, entry, [prompt], keep_alive=codec.keep_alive(body))
+    done = await embed_inputs(request, entry, [prompt], keep_alive=body.get("keep_alive"))
     return json_reply({"embedding": done.vectors[0]})
 
 
 async def _checked(request: web.Request) -> tuple[dict[str, Any], ModelEntry]:
-    body = codec.read_body(await request.read())
-    name = codec.model_name(body)
-    codec.validate(body)
+    body, entry = await codec.read_request(request)
     if body.get("options"):
         log.info("ollama embed: options %s ignored (an embedding engine takes none per request)",
                  ", ".join(sorted(body["options"])))
-    entry = find_model(request, name)
     require_kind(entry, SlotKind.EMBED)
     return body, entry
-
-
-async def _load(request: web.Request, entry: ModelEntry, body: dict[str, Any]) -> float:
-    async def loaded(engine: Engine) -> float:
-        return engine.lease.load_s
-
-    return await with_engine(request, loaded, model=entry.name, kind=SlotKind.EMBED,
-                             keep_alive=codec.keep_alive(body))

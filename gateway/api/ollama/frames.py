@@ -8,19 +8,14 @@ spliced from pre-encoded bytes: they are most of the work of a stream.
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 from typing import Any
 
 import msgspec
-from aiohttp import web
 
 from gateway.api.ollama.times import now
-from gateway.dataplane.collect import Completion, ToolCalls
+from gateway.dataplane.collect import Completion, ToolCalls, arguments_object
 from gateway.dataplane.model import Event, ReasoningDelta, TextDelta, ToolCall, ToolCallDelta, Usage
-
-log = logging.getLogger("lmforge.gateway")
 
 _encode = msgspec.json.encode
 # Ollama ends a turn that called tools with "stop", not OpenAI's "tool_calls".
@@ -139,17 +134,4 @@ class FrameStream:
 
 def tool_call(call: ToolCall, index: int) -> dict[str, Any]:
     """One call as Ollama writes it: arguments an object, not OpenAI's JSON text."""
-    try:
-        arguments = json.loads(call.arguments) if call.arguments else {}
-    except (ValueError, RecursionError):  # a model may write any text, nested arbitrarily deep
-        arguments = None
-    if not isinstance(arguments, dict):
-        log.warning("tool call %s: the model's arguments are not a JSON object (%.80s); sent as {}",
-                    call.name, call.arguments)
-        arguments = {}
-    return {"id": call.id, "function": {"index": index, "name": call.name, "arguments": arguments}}
-
-
-def json_reply(data: Any) -> web.Response:
-    """A whole JSON answer, encoded by msgspec (embeddings are long lists of floats)."""
-    return web.Response(body=_encode(data), content_type="application/json")
+    return {"id": call.id, "function": {"index": index, "name": call.name, "arguments": arguments_object(call)}}

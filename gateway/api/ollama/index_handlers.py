@@ -22,19 +22,19 @@ from aiohttp import web
 
 from catalog.capabilities import is_projector
 from catalog.gguf_info import GGUFError, GGUFInfo, read_gguf_info
-from gateway.api.native.handlers import IMPORT_TIMEOUT_S, require_loopback
+from gateway.api.ollama.codec import NDJSON
 from gateway.dataplane.gates import valid_name
-from gateway.dataplane.validate import decode_object
+from gateway.dataplane.validate import decode_as
 from gateway.errors import ApiError, from_manager
 from gateway.keys import MANAGER, PATHS
+from gateway.middleware.auth import require_local
 from manager.client import ManagerError, ManagerUnavailable
-from manager.protocol import CopyModelRequest, DeleteModelRequest, ErrorCode, ImportModelRequest
+from manager.protocol import IMPORT_TIMEOUT_S, CopyModelRequest, DeleteModelRequest, ErrorCode, ImportModelRequest
 
 log = logging.getLogger("lmforge.gateway")
 
 DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 CHUNK = 1 << 20
-NDJSON = "application/x-ndjson"
 # Keys of Ollama's create request that LMForge reads; any other is accepted, logged and ignored.
 CREATE_KEYS = {"model", "name", "stream", "files", "from", "modelfile", "adapters"}
 IGNORED_COMMANDS = {"TEMPLATE", "SYSTEM", "PARAMETER", "LICENSE", "MESSAGE"}
@@ -60,14 +60,6 @@ class DeleteBody(msgspec.Struct):
     name: str = ""
 
 
-def setup_index_routes(app: web.Application) -> None:
-    app.router.add_route("HEAD", "/api/blobs/{digest}", head_blob)
-    app.router.add_post("/api/blobs/{digest}", create_blob)
-    app.router.add_post("/api/create", create)
-    app.router.add_post("/api/copy", copy)
-    app.router.add_delete("/api/delete", delete)
-
-
 # --- blobs ---
 
 
@@ -75,7 +67,7 @@ def blob_path(request: web.Request, digest: str) -> Path:
     match = DIGEST.match(digest)
     if match is None:
         raise ApiError(400, f"invalid digest {digest!r}: expected sha256:<64 lowercase hex digits>", param="digest")
-    return request.app[PATHS].home / "blobs" / f"sha256-{match.group(1)}"
+    return request.app[PATHS].blobs / f"sha256-{match.group(1)}"
 
 
 async def head_blob(request: web.Request) -> web.Response:
@@ -112,7 +104,11 @@ async def create_blob(request: web.Request) -> web.Response:
 
 
 async def create(request: web.Request) -> web.StreamResponse:
-    body = _decode(await request.read(), CreateBody)
+    raw = await request.read()
+    body = decode_as(raw, CreateBody)
+    if ignored := sorted(set(msgspec.json.decode(raw, type=dict[str, msgspec.Raw])) - CREATE_KEYS):
+        log.info("create %s: ignoring %s (LMForge serves the GGUF as it is)", body.model or body.name,
+                 ", ".join(ignored))
     name = _valid_name(body.model or body.name, "model")
     if body.adapters:
         raise ApiError(400, "LoRA adapters are not supported", param="adapters")
@@ -129,21 +125,9 @@ async def create(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "neither 'from' nor 'files' was given: name the GGUF blobs to create the model from")
     model, mmproj = await _model_and_projector(request, files)
     steps = ["parsing GGUF", *(f"using existing layer {digest}" for digest in files.values())]
+    # The blob was hashed as it was uploaded, and is named by that hash: the manager need not read it again.
     return await _progress(request, body.stream, steps, ImportModelRequest, path=str(model), name=name,
-                           mmproj=str(mmproj or ""))
-
-
-def _decode(raw: bytes, cls: type) -> Any:
-    if not raw.strip():
-        raise ApiError(400, "missing request body")
-    data = decode_object(raw)
-    if cls is CreateBody and (ignored := sorted(set(data) - CREATE_KEYS)):
-        log.info("create %s: ignoring %s (LMForge serves the GGUF as it is)", data.get("model") or data.get("name"),
-                 ", ".join(ignored))
-    try:
-        return msgspec.convert(data, cls)
-    except msgspec.ValidationError as exc:
-        raise ApiError(400, f"invalid request: {exc}") from None
+                           mmproj=str(mmproj or ""), sha256=model.name.removeprefix("sha256-"))
 
 
 def _valid_name(name: str, field: str) -> str:
@@ -165,7 +149,7 @@ def _from_modelfile(request: web.Request, modelfile: str) -> tuple[str, dict[str
     if DIGEST.match(target.removeprefix("@")):  # older clients upload the file and write FROM @sha256:...
         return "", {"model.gguf": target.removeprefix("@")}, None
     if target.startswith(("/", ".", "~")):
-        require_loopback(request, "a modelfile FROM a file path")
+        require_local(request, "a modelfile FROM a file path")
         if not target.startswith("/"):
             raise ApiError(400, f"FROM {target}: a file path must be absolute on the LMForge machine "
                                 "(or upload the file as a blob)", param="modelfile")
@@ -234,7 +218,7 @@ async def _ollama_errors(change: Any, fields: dict[str, Any]) -> Any:
 
 
 async def copy(request: web.Request) -> web.Response:
-    body: CopyBody = _decode(await request.read(), CopyBody)
+    body = decode_as(await request.read(), CopyBody)
     _valid_name(body.source, "source")
     _valid_name(body.destination, "destination")
     await _ollama_errors(request.app[MANAGER].request(CopyModelRequest, source=body.source,
@@ -243,7 +227,7 @@ async def copy(request: web.Request) -> web.Response:
 
 
 async def delete(request: web.Request) -> web.Response:
-    body: DeleteBody = _decode(await request.read(), DeleteBody)
+    body = decode_as(await request.read(), DeleteBody)
     name = _valid_name(body.model or body.name, "model")
     await _ollama_errors(request.app[MANAGER].request(DeleteModelRequest, model=name), {"model": name})
     return web.Response(status=200)

@@ -7,13 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
-from catalog.capabilities import CHAT_TEMPLATE_KEY
-from catalog.gguf_info import GGUFInfo
+from catalog.gguf_info import CHAT_TEMPLATE_KEY, GGUFInfo
 from gateway.api.ollama import codec
 from gateway.api.ollama.details import capabilities, details, digest, header, tagged
-from gateway.api.ollama.frames import json_reply
 from gateway.api.ollama.times import FOREVER_S, rfc3339
-from gateway.dataplane.gates import find_model
+from gateway.dataplane.respond import json_reply
 from gateway.keys import MANAGER, SETTINGS, STORE
 from manager.context import start_ctx
 from manager.protocol import ModelEntry, SlotInfo, SlotKind, SlotState, SnapshotReply, SnapshotRequest
@@ -43,10 +41,9 @@ def listed(entry: ModelEntry) -> dict[str, Any]:
 
 
 async def show(request: web.Request) -> web.Response:
-    body = codec.read_body(await request.read())
-    entry = find_model(request, codec.model_name(body, legacy=True))
+    _, entry = await codec.read_request(request, legacy=True)
     info = await header(entry)
-    template = info.metadata.get(CHAT_TEMPLATE_KEY, "") if info else ""
+    template = info.chat_template if info else ""
     return json_reply({
         "license": "",
         "modelfile": f"# Modelfile of {tagged(entry.name)}, as LMForge serves it\nFROM {entry.path}\n",

@@ -1,10 +1,10 @@
-"""Routes of the Ollama-compatible /api (the model-index routes are set up by index_handlers)."""
+"""Routes of the Ollama-compatible /api: inference, listings, and the model index (blobs, create, copy, delete)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.api.ollama import chat_handlers, embed_handlers, listing_handlers
+from gateway.api.ollama import chat_handlers, embed_handlers, index_handlers, listing_handlers
 
 
 def setup_ollama_routes(app: web.Application) -> None:
@@ -17,3 +17,8 @@ def setup_ollama_routes(app: web.Application) -> None:
     app.router.add_post("/api/generate", chat_handlers.generate)
     app.router.add_post("/api/embed", embed_handlers.embed)
     app.router.add_post("/api/embeddings", embed_handlers.embeddings)
+    app.router.add_route("HEAD", "/api/blobs/{digest}", index_handlers.head_blob)
+    app.router.add_post("/api/blobs/{digest}", index_handlers.create_blob)
+    app.router.add_post("/api/create", index_handlers.create)
+    app.router.add_post("/api/copy", index_handlers.copy)
+    app.router.add_delete("/api/delete", index_handlers.delete)

@@ -20,8 +20,6 @@ from manager.protocol import SlotKind
 
 RULES = {"model": Rule("str"), "query": Rule("str"), "documents": Rule("list"), "top_n": Rule("int", 1, 2**31),
          "return_documents": Rule("bool"), "keep_alive": Rule("duration")}
-# Engines able to rerank, by model format: llama.cpp's llama-server with --reranking.
-RERANK_FORMATS = frozenset({"gguf"})
 
 
 async def rerank(request: web.Request) -> web.Response:
@@ -32,9 +30,6 @@ async def rerank(request: web.Request) -> web.Response:
     if not texts:
         raise ApiError(400, "documents must not be empty", param="documents", code="invalid_request")
     entry = find_model(request, body["model"])
-    if entry.format not in RERANK_FORMATS:
-        raise ApiError(501, f"the engine serving {entry.name!r} ({entry.format}) cannot rerank",
-                       code="not_supported")
     require_kind(entry, SlotKind.RERANK)
 
     async def work(engine: Engine) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import msgspec
 
 from gateway.dataplane.collect import Completion
 from gateway.dataplane.model import Event, Finish, ReasoningDelta, TextDelta, ToolCall, ToolCallDelta, Usage
+from gateway.sse import frame
 
 _encode = msgspec.json.encode
 
@@ -29,10 +30,9 @@ class ResponseShell:
     """The response object's fields that come from the request; `render` fills in status, output and usage."""
 
     def __init__(self, body: dict[str, Any]) -> None:
-        self.id = new_id("resp")
         fmt = (body.get("text") or {}).get("format") or {"type": "text"}
         self.fields: dict[str, Any] = {
-            "id": self.id, "object": "response", "created_at": int(time.time()), "status": "in_progress",
+            "id": new_id("resp"), "object": "response", "created_at": int(time.time()), "status": "in_progress",
             "error": None, "incomplete_details": None, "instructions": body.get("instructions"),
             "max_output_tokens": body.get("max_output_tokens"), "model": body["model"], "output": [],
             "parallel_tool_calls": body.get("parallel_tool_calls", True), "previous_response_id": None,
@@ -109,7 +109,7 @@ class ResponseStream:
     def event(self, kind: str, **fields: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.seq, **fields}
         self.seq += 1
-        return b"event: " + kind.encode() + b"\ndata: " + _encode(data) + b"\n\n"
+        return frame(kind, data)
 
     def start(self) -> bytes:
         response = self.shell.render([], None, None)

@@ -11,17 +11,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import msgspec
 from aiohttp import web
 
 from gateway.api.openai.response_output import ResponseShell, ResponseStream, whole_response
-from gateway.dataplane.engine import Engine, with_engine
 from gateway.dataplane.gates import find_model, require_kind, require_vision
-from gateway.dataplane.model import ChatRequest, Message, Sampling, Tool, ToolCall, engine_body
-from gateway.dataplane.respond import queued_stream, stream, whole
-from gateway.dataplane.validate import OPENAI, check, read_json, require
+from gateway.dataplane.model import ChatRequest, Message, Sampling, Tool, ToolCall, flatten
+from gateway.dataplane.respond import answer
+from gateway.dataplane.validate import RESPONSES, check, invalid, read_json, require
 from gateway.errors import ApiError
-from gateway.sse import SSE_HEADERS
 from manager.protocol import SlotKind
 
 log = logging.getLogger("lmforge.gateway")
@@ -33,42 +30,30 @@ STATEFUL = {"previous_response_id": "this server keeps no response state; send t
             "prompt": "this server keeps no stored prompts; send instructions and input instead"}
 
 
-def bad(where: str, message: str) -> ApiError:
-    return ApiError(400, f"{where} {message}", param=where, code="invalid_request")
-
-
 async def create_response(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    check(body, OPENAI)
+    check(body, RESPONSES)
     require(body, "model", "input")
     for field, why in STATEFUL.items():
         if body.get(field) is not None:
             raise ApiError(400, f"{field} is not supported: {why}", param=field, code="unsupported_parameter")
     if body.get("background"):
-        raise bad("background", "is not supported: this server keeps no response state to poll")
+        raise invalid("background", "is not supported: this server keeps no response state to poll")
     if body.get("store"):
         log.info("responses: store=true ignored (LMForge keeps no response state)")
     entry = find_model(request, body["model"])
     require_kind(entry, SlotKind.CHAT)
     req = to_chat(body, entry.name)
-    require_vision(entry, [{"content": m.content} for m in req.messages])
+    require_vision(entry, req.messages)
     shell = ResponseShell(body)
-    renderer = ResponseStream(shell)
-
-    async def work(engine: Engine) -> web.StreamResponse:
-        events = await engine.events("/v1/chat/completions", engine_body(req))
-        if not body.get("stream"):
-            return web.json_response(whole_response(shell, await whole(events)), dumps=_dumps)
-        return await stream(request, engine, events, renderer, SSE_HEADERS)
-
-    queued = queued_stream(request, renderer, SSE_HEADERS) if body.get("stream") else None
-    return await with_engine(request, work, model=entry.name, kind=SlotKind.CHAT, queued=queued)
+    return await answer(request, req, streamed=bool(body.get("stream")), renderer=ResponseStream(shell),
+                        whole_reply=lambda done: whole_response(shell, done))
 
 
 def to_chat(body: dict[str, Any], model: str) -> ChatRequest:
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
-        raise bad("instructions", "must be a string")
+        raise invalid("instructions", "must be a string")
     messages = [Message(role="system", content=instructions)] if instructions else []
     messages += input_messages(body["input"])
     sampling = Sampling(max_tokens=body.get("max_output_tokens"), temperature=body.get("temperature"),
@@ -76,19 +61,20 @@ def to_chat(body: dict[str, Any], model: str) -> ChatRequest:
     extra = {} if body.get("parallel_tool_calls") is not False else {"parallel_tool_calls": False}
     return ChatRequest(model=model, messages=messages, sampling=sampling, tools=tools_of(body.get("tools")),
                        tool_choice=tool_choice_of(body.get("tool_choice")),
-                       response_format=response_format_of(body.get("text")), extra=extra)
+                       response_format=response_format_of(body.get("text")), keep_alive=body.get("keep_alive"),
+                       extra=extra)
 
 
 def input_messages(items: Any) -> list[Message]:
     if isinstance(items, str):
         return [Message(role="user", content=items)]
     if not isinstance(items, list):
-        raise bad("input", "must be a string or an array of input items")
+        raise invalid("input", "must be a string or an array of input items")
     out: list[Message] = []
     for i, item in enumerate(items):
         where = f"input[{i}]"
         if not isinstance(item, dict):
-            raise bad(where, "must be an input item object")
+            raise invalid(where, "must be an input item object")
         kind = item.get("type") or ("message" if "role" in item else None)
         if kind == "message":
             out.append(message_of(item, where))
@@ -106,35 +92,36 @@ def input_messages(items: Any) -> list[Message]:
         elif kind == "reasoning":
             continue  # a previous turn's reasoning: templates drop it from history anyway
         else:
-            raise bad(f"{where}.type", f"{kind!r} is not supported; LMForge takes message, function_call and "
-                      "function_call_output items")
+            raise invalid(f"{where}.type", f"{kind!r} is not supported; LMForge takes message, function_call "
+                          "and function_call_output items")
     return out
 
 
 def message_of(item: dict[str, Any], where: str) -> Message:
-    role = ROLES.get(item.get("role"))  # type: ignore[arg-type]
+    role = item.get("role")
+    role = ROLES.get(role) if isinstance(role, str) else None
     if role is None:
-        raise bad(f"{where}.role", f"must be one of user, assistant, system, developer (got {item.get('role')!r})")
+        raise invalid(f"{where}.role", f"must be one of user, assistant, system, developer (got {item.get('role')!r})")
     content = item.get("content")
     if isinstance(content, str):
         return Message(role=role, content=content)
     if not isinstance(content, list):
-        raise bad(f"{where}.content", "must be a string or an array of content parts")
+        raise invalid(f"{where}.content", "must be a string or an array of content parts")
     parts: list[dict[str, Any]] = []
     for j, part in enumerate(content):
         at = f"{where}.content[{j}]"
         kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str):
+            raise invalid(at, "must be a content part object with a string type")
         if kind in TEXT_PARTS or kind == "refusal":
             parts.append({"type": "text", "text": _string(part, "refusal" if kind == "refusal" else "text", at)})
         elif kind == "input_image":
             if not isinstance(part.get("image_url"), str):
-                raise bad(f"{at}.image_url", "is required (a URL or a data: URL); file_id needs stored files")
+                raise invalid(f"{at}.image_url", "is required (a URL or a data: URL); file_id needs stored files")
             parts.append({"type": "image_url", "image_url": {"url": part["image_url"]}})
         else:
-            raise bad(f"{at}.type", f"{kind!r} is not supported; send input_text, input_image or output_text parts")
-    if all(p["type"] == "text" for p in parts):  # every chat template reads a string
-        return Message(role=role, content="\n".join(p["text"] for p in parts))
-    return Message(role=role, content=parts)
+            raise invalid(f"{at}.type", f"{kind!r} is not supported; send input_text, input_image or output_text parts")
+    return Message(role=role, content=flatten(parts))
 
 
 def output_text(output: Any, where: str) -> str:
@@ -142,8 +129,8 @@ def output_text(output: Any, where: str) -> str:
         return output
     if isinstance(output, list):
         return "\n".join(_string(p, "text", f"{where}[{k}]") for k, p in enumerate(output)
-                         if isinstance(p, dict) and p.get("type") in TEXT_PARTS)
-    raise bad(where, "must be a string or an array of input_text parts")
+                         if isinstance(p, dict) and isinstance(p.get("type"), str) and p["type"] in TEXT_PARTS)
+    raise invalid(where, "must be a string or an array of input_text parts")
 
 
 def tools_of(tools: list[Any] | None) -> list[Tool]:
@@ -151,7 +138,7 @@ def tools_of(tools: list[Any] | None) -> list[Tool]:
     for i, tool in enumerate(tools or ()):
         where = f"tools[{i}]"
         if not isinstance(tool, dict):
-            raise bad(where, "must be an object")
+            raise invalid(where, "must be an object")
         if tool.get("type") != "function":
             # Hosted tools (web_search, local_shell, custom grammars) have nothing to run them here;
             # agents such as Codex send them on every request, so they are left out, not refused.
@@ -159,9 +146,9 @@ def tools_of(tools: list[Any] | None) -> list[Tool]:
             continue
         parameters = tool.get("parameters")
         if parameters is not None and not isinstance(parameters, dict):
-            raise bad(f"{where}.parameters", "must be a JSON schema object")
+            raise invalid(f"{where}.parameters", "must be a JSON schema object")
         out.append(Tool(name=_string(tool, "name", where), description=str(tool.get("description") or ""),
-                        parameters=parameters or {"type": "object"}))
+                        parameters=parameters or {}))
     return out
 
 
@@ -170,13 +157,15 @@ def tool_choice_of(choice: Any) -> str | dict[str, Any] | None:
         return choice
     if isinstance(choice, dict) and choice.get("type") == "function":
         return {"type": "function", "function": {"name": _string(choice, "name", "tool_choice")}}
-    raise bad("tool_choice", 'must be "auto", "none", "required" or {"type": "function", "name": ...}')
+    raise invalid("tool_choice", 'must be "auto", "none", "required" or {"type": "function", "name": ...}')
 
 
 def response_format_of(text: Any) -> dict[str, Any] | None:
     if text is None:
         return None
-    fmt = text.get("format") if isinstance(text, dict) else None
+    if not isinstance(text, dict):
+        raise invalid("text", 'must be an object such as {"format": {"type": "json_schema", ...}}')
+    fmt = text.get("format")
     kind = fmt.get("type") if isinstance(fmt, dict) else None
     if fmt is None or kind == "text":
         return None
@@ -184,18 +173,14 @@ def response_format_of(text: Any) -> dict[str, Any] | None:
         return {"type": "json_object"}
     if kind == "json_schema":
         if not isinstance(fmt.get("schema"), dict):
-            raise bad("text.format.schema", "is required with json_schema: a JSON schema object")
+            raise invalid("text.format.schema", "is required with json_schema: a JSON schema object")
         schema = {"name": fmt.get("name") or "response", "schema": fmt["schema"], "strict": bool(fmt.get("strict"))}
         return {"type": "json_schema", "json_schema": schema}
-    raise bad("text.format.type", 'must be "text", "json_object" or "json_schema"')
+    raise invalid("text.format.type", 'must be "text", "json_object" or "json_schema"')
 
 
 def _string(obj: dict[str, Any], key: str, where: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str):
-        raise bad(f"{where}.{key}", "is required and must be a string")
+        raise invalid(f"{where}.{key}", "is required and must be a string")
     return value
-
-
-def _dumps(data: Any) -> str:
-    return msgspec.json.encode(data).decode()

@@ -11,7 +11,8 @@ from typing import Any
 
 import msgspec
 
-from gateway.dataplane.validate import OPENAI, check, check_function_tools, check_messages, decode_object, require
+from gateway.dataplane.validate import (COMPLETIONS, OPENAI, check, check_function_tools, check_messages,
+                                       decode_object, require)
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -27,7 +28,7 @@ class Relay(msgspec.Struct, kw_only=True):
 def relay_body(raw: bytes, *, chat: bool) -> Relay:
     """Validate a chat or completions body and return the bytes to forward."""
     body = decode_object(raw)
-    check(body, OPENAI)
+    check(body, OPENAI if chat else COMPLETIONS)
     require(body, "model")
     if chat:
         require(body, "messages")

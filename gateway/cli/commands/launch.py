@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from catalog.store import write_atomic
 from gateway.cli.client import ApiError, GatewayError
 from gateway.cli.context import CommandError, Context
 
@@ -191,7 +192,7 @@ def launch(args: argparse.Namespace, ctx: Context) -> int:
     target = Target(ctx.client.url, model, got, key, ctx.paths.home / "launch")
     wiring = agent.wire(target)
     for path, text in wiring.files.items():
-        _write(path, text)
+        write_atomic(path, text.encode())
     ctx.term.info(f"launching {agent.title} on {model} ({got}-token context) at {target.base_url}")
     try:
         return run_agent([binary, *wiring.args, *args.agent_args], {**os.environ, **wiring.env})
@@ -303,11 +304,4 @@ def _load(ctx: Context, model: str, want: int) -> int:
 
 def _switch(ctx: Context, model: str, num_ctx: int) -> dict:
     body = {"model": model, "kind": "chat", "num_ctx": num_ctx, "keep_alive": "-1"}
-    return ctx.client.post("/lf/model/switch", body, timeout=600)["slot"]
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    return ctx.client.post("/lf/model/switch", body, timeout=ctx.load_timeout_s)["slot"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import msgspec
 
@@ -13,8 +14,10 @@ from catalog.store import ModelStore, StoreError
 from gateway.cli.client import ApiError, GatewayDown
 from gateway.cli.context import CommandError, Context
 from manager.keepalive import describe
+from manager.protocol import IMPORT_TIMEOUT_S
 
 GiB = 1024**3
+T = TypeVar("T")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,15 +45,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=unload)
 
 
-def list_models(args: argparse.Namespace, ctx: Context) -> int:
+def _gateway_or_here(ask: Callable[[], T], here: Callable[[], T]) -> T:
+    """`ask` the gateway; with LMForge (or its manager) not running, do it `here`, on the store itself: nothing
+    runs then that could write the index meanwhile."""
     try:
-        models = ctx.client.get("/lf/model/list")["models"]
+        return ask()
     except GatewayDown:
-        models = _installed(ctx)  # the store is readable without LMForge running
+        return here()
     except ApiError as exc:
         if exc.code != "manager_unavailable":
             raise
-        models = _installed(ctx)
+        return here()
+
+
+def list_models(args: argparse.Namespace, ctx: Context) -> int:
+    models = _gateway_or_here(lambda: ctx.client.get("/lf/model/list")["models"], lambda: _installed(ctx))
     if args.json:
         ctx.term.json(models)
         return 0
@@ -118,14 +127,8 @@ def import_model(args: argparse.Namespace, ctx: Context) -> int:
     """Through the gateway, so that the manager, the index's one writer, makes the change."""
     path, mmproj = args.file.expanduser().absolute(), args.mmproj and args.mmproj.expanduser().absolute()
     body = {"path": str(path), "name": args.name, "mmproj": str(mmproj or "")}
-    try:
-        entry = ctx.client.post("/lf/model/import", body, timeout=3600)["model"]
-    except GatewayDown:
-        entry = _import_here(ctx, path, args.name, mmproj)  # nothing runs that could write the index meanwhile
-    except ApiError as exc:
-        if exc.code != "manager_unavailable":
-            raise
-        entry = _import_here(ctx, path, args.name, mmproj)
+    entry = _gateway_or_here(lambda: ctx.client.post("/lf/model/import", body, timeout=IMPORT_TIMEOUT_S)["model"],
+                             lambda: _import_here(ctx, path, args.name, mmproj))
     serves = [*entry["kinds"], *(["vision"] if entry.get("vision") else [])]
     ctx.term.success(f"imported {entry['name']} ({entry['size_bytes'] / GiB:.2f} GiB, {entry['architecture']} "
                      f"{entry['quantization']}, serves {', '.join(serves)})")
@@ -143,7 +146,7 @@ def load(args: argparse.Namespace, ctx: Context) -> int:
     body = {"model": args.model, "pin": args.pin, "kind": args.kind}
     if args.keep_alive is not None:
         body["keep_alive"] = args.keep_alive
-    reply = ctx.client.post("/lf/model/switch", body, timeout=600)
+    reply = ctx.client.post("/lf/model/switch", body, timeout=ctx.load_timeout_s)
     ctx.term.success(f"{args.model} is ready (pid {reply['slot']['pid']}, loaded in {reply['load_s']:.2f}s)")
     return 0
 

@@ -90,6 +90,26 @@ def test_import_places_the_file_and_reads_its_header(store: ModelStore, models_d
     assert imported.kinds == (SlotKind.CHAT, SlotKind.EMBED)
 
 
+def test_an_uploaded_blob_is_indexed_under_the_digest_it_is_named_by_without_hashing_it_again(
+        store: ModelStore, models_dir: Path) -> None:
+    """A blob is named by the digest create_blob checked its bytes against; the name stands in for the hash.
+    The blob here is named by a digest its bytes do not have, so the entry shows which one the store used."""
+    named = "ab" * 32
+    blob = store.paths.home / "blobs" / f"sha256-{named}"
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes((models_dir / "chat.gguf").read_bytes())
+    assert store.import_gguf(blob, "uploaded", sha256=named).sha256 == named
+
+
+def test_a_digest_claimed_for_any_other_file_is_not_believed(store: ModelStore, models_dir: Path) -> None:
+    hashed = store.import_gguf(models_dir / "chat.gguf", "hashed").sha256
+    assert store.import_gguf(models_dir / "chat.gguf", "claimed", sha256="ab" * 32).sha256 == hashed
+    blob = store.paths.home / "blobs" / f"sha256-{'cd' * 32}"
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes((models_dir / "chat.gguf").read_bytes())
+    assert store.import_gguf(blob, "another-blob", sha256="ab" * 32).sha256 == hashed  # not the name it has
+
+
 def test_import_recognises_embedding_and_rerank_models(store: ModelStore, models_dir: Path) -> None:
     assert store.import_gguf(models_dir / "embed.gguf", "e").kinds == (SlotKind.EMBED,)
     assert store.import_gguf(models_dir / "rerank.gguf", "r").kinds == (SlotKind.RERANK,)

@@ -8,6 +8,8 @@ import pytest
 
 from gateway.api.openai.schemas import relay_body
 from gateway.dataplane.engine import engine_error
+from gateway.dataplane.gates import has_image
+from gateway.dataplane.model import Message
 from gateway.dataplane.validate import OLLAMA_OPTIONS, check
 from gateway.errors import STATUS, ApiError, Dialect
 from manager.protocol import ErrorCode
@@ -107,3 +109,30 @@ def test_a_message_name_of_the_wrong_type_is_a_400() -> None:
 def test_llama_servers_parse_failures_are_the_callers_400() -> None:
     body = json.dumps({"error": {"code": 500, "message": "Failed to parse tools: Unsupported tool type"}})
     assert engine_error(500, body.encode()).status == 400
+
+
+@pytest.mark.parametrize(("messages", "param"), [
+    (b'[{"role": "user", "content": [{"type": ["image_url"]}]}]', "messages[0].content[0]"),
+    (b'[{"role": "user", "content": [{"type": {"a": 1}}]}]', "messages[0].content[0]"),
+    (b'[{"role": "user", "content": ["hi"]}]', "messages[0].content[0]"),
+    (b'[{"role": {"a": 1}, "content": "hi"}]', "messages[0].role"),
+])
+def test_content_parts_and_roles_of_the_wrong_type_are_400s(messages: bytes, param: str) -> None:
+    with pytest.raises(ApiError) as err:
+        relay_body(b'{"model": "m", "messages": ' + messages + b'}', chat=True)
+    assert err.value.status == 400 and err.value.param == param
+
+
+def test_a_part_type_that_is_not_a_string_is_no_image() -> None:
+    assert not has_image({"role": "user", "content": [{"type": ["image_url"]}]})
+    assert has_image(Message(role="user", content=[{"type": "image_url", "image_url": {"url": "x"}}]))
+
+
+def test_completions_take_logprobs_as_a_count_and_chat_as_a_flag() -> None:
+    relay = relay_body(b'{"model": "m", "prompt": "x", "logprobs": 3}', chat=False)
+    assert relay.body["logprobs"] == 3
+    for raw, chat in ((b'{"model": "m", "prompt": "x", "logprobs": 6}', False),
+                      (b'{"model": "m", "logprobs": 3, ' + CHAT + b'}', True)):
+        with pytest.raises(ApiError) as err:
+            relay_body(raw, chat=chat)
+        assert err.value.status == 400 and err.value.param == "logprobs"

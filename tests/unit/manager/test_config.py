@@ -47,3 +47,36 @@ def test_runtime_directory_is_short_and_per_home(tmp_path: Path) -> None:
     _, a = load_settings(tmp_path / "a")
     _, b = load_settings(tmp_path / "b")
     assert a.runtime != b.runtime and len(str(a.runtime / "supervisor.sock")) < 100
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('api_key = "short"', "api_key is shorter than 8"),
+    ('[[api_keys]]\nkey = "tiny"\nname = "webui"', "webui is shorter than 8"),
+    ('[[api_keys]]\nkey = "long-enough-key"\nscope = "root"', "scope 'root'"),
+    ('api_key = "long-enough-key"\n[[api_keys]]\nkey = "long-enough-key"', "listed twice"),
+    ('host = "0.0.0.0"', "allow_unauthenticated"),
+    ('trusted_networks = ["192.168.1.0/33"]', "trusted_networks"),
+    ("max_queue = 5000", "max_queue must be 0-1024"),
+    ('tls_cert = "c.pem"', "tls_cert and tls_key must be set together"),
+])
+def test_security_settings_are_checked_and_name_the_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            text: str, message: str) -> None:
+    monkeypatch.delenv("LMFORGE_API_KEY", raising=False)
+    (tmp_path / "config.toml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(tmp_path)
+
+
+def test_a_short_key_from_the_environment_is_refused_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LMFORGE_API_KEY", "x")
+    with pytest.raises(ConfigError, match="api_key is shorter"):
+        load_settings(tmp_path)
+
+
+def test_tls_paths_are_absolute_for_every_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway and the CLI start in different directories: both must read the same files."""
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    (tmp_path / "config.toml").write_text('tls_cert = "certs/c.pem"\ntls_key = "~/k.pem"\n')
+    settings, _ = load_settings(tmp_path)
+    assert settings.tls_cert == str(tmp_path / "certs" / "c.pem")
+    assert settings.tls_key == str(tmp_path / "user" / "k.pem")

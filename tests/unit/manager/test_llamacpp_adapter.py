@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from catalog.gguf_info import GGUFInfo
 from catalog.store import ModelStore
 from manager.config import LlamaCppSettings, Paths, Settings
-from manager.engines.llamacpp import LlamaCppAdapter
+from manager.engines.llamacpp import LlamaCppAdapter, builtin_template, has_chat_template
 from manager.engines.base import EngineMissing
 from manager.protocol import GpuInfo, HardwareSnapshot, ModelEntry, SlotKind
 
@@ -86,6 +87,16 @@ def test_command_line_per_kind(tmp_path: Path, entries: dict) -> None:
     assert "--embeddings" in embed and embed[embed.index("--pooling") + 1] == "mean"
     assert "--pooling" not in argv("embed", SlotKind.EMBED)  # the model's own pooling applies
     assert "--reranking" in argv("rerank", SlotKind.RERANK)
+
+
+def test_only_a_file_without_a_template_is_told_its_architectures_built_in_one() -> None:
+    def header(arch: str, template: str = "") -> GGUFInfo:
+        return GGUFInfo(Path("m.gguf"), 0, 3, {"general.architecture": arch, "tokenizer.chat_template": template})
+
+    assert builtin_template(header("gemma3")) == "gemma" and has_chat_template(header("gemma3"))
+    assert builtin_template(header("gemma3", "{{ messages }}")) is None  # its own wins
+    assert builtin_template(header("llama")) is None and not has_chat_template(header("llama"))
+    assert has_chat_template(header("llama", "{{ messages }}"))
 
 
 def test_missing_configured_binary_says_where_it_looked(tmp_path: Path) -> None:

@@ -3,8 +3,8 @@ refuses past it; a global cap bounds every slot together. Driven through the slo
 
 from __future__ import annotations
 
-from manager.protocol import AcquireReply, ErrorCode, LoadReply, Severity, SlotState
-from tests.support.table_driver import CHAT, Driver
+from manager.protocol import AbandonNotice, AcquireReply, ErrorCode, LoadReply, Severity, SlotState
+from tests.support.table_driver import CHAT, GATEWAY, Driver
 
 
 def waiting(d: Driver, model: str) -> list[int]:
@@ -68,9 +68,10 @@ def test_a_cold_model_lets_its_engine_slots_and_max_queue_wait_for_the_load() ->
     rids = [d.acquire("a") for _ in range(3)]
     refused = d.error(d.acquire("a"))
     assert refused.code == ErrorCode.CONCURRENCY_LIMIT and "still loading" in refused.message
+    d.clock.t += 7  # the engine takes 7 s to load
     d.ready("a")
     assert [granted(d, r) for r in rids] == [True, True, False] and waiting(d, "a") == [rids[2]]
-    assert d.lease(rids[0]).load_s >= 0
+    assert d.lease(rids[0]).load_s == 7
 
 
 def test_max_queue_zero_still_serves_a_cold_model_its_engine_slots() -> None:
@@ -110,9 +111,7 @@ def test_a_model_idle_only_because_the_cap_is_reached_does_not_expire_while_a_re
     d.release(d.warm("a").lease_id)
     b = d.warm("b")
     queued = d.acquire("a")
-    d.clock.t += 60
-    d.table.tick()
-    d.settle()
+    d.advance(60)
     assert d.state("a") == SlotState.READY and not granted(d, queued)
     d.release(b.lease_id)
     assert granted(d, queued)
@@ -141,16 +140,16 @@ def test_abandoning_the_last_request_a_slot_waited_for_starts_its_keep_alive() -
     queued = d.acquire("a")  # waits for the cap
     assert d.table.slots[("a", CHAT)].expires_at is None
     d.abandon(queued)
-    d.clock.t += 11
-    d.table.tick()
-    d.settle()
+    d.advance(11)
     assert d.state("a") is None
 
 
 def test_a_granted_acquire_abandoned_too_late_changes_nothing() -> None:
     d = Driver(parallel=1)
-    lease = d.warm("a")
-    d.abandon(1)
+    rid = d.acquire("a")
+    d.ready("a")
+    lease = d.lease(rid)
+    d.abandon(rid)
     assert d.inflight("a") == 1
     d.release(lease.lease_id)
     assert d.inflight("a") == 0
@@ -174,9 +173,7 @@ def test_a_yielding_slot_queues_new_acquires_and_they_follow_it_to_its_next_load
     d = Driver(budget_mb=150, fair_share_s=5.0, parallel=4)
     a = d.warm("a")
     b = d.acquire("b")
-    d.clock.t += 6
-    d.table.tick()
-    d.settle()
+    d.advance(6)
     queued = d.acquire("a")  # a engine slots are free, but a yields to b: it queues
     assert not granted(d, queued) and waiting(d, "a") == [queued]
     d.release(a.lease_id)
@@ -184,9 +181,7 @@ def test_a_yielding_slot_queues_new_acquires_and_they_follow_it_to_its_next_load
     assert waiting(d, "a") == [queued] and d.state("a") == SlotState.PENDING
     d.ready("b")
     d.release(d.lease(b).lease_id)
-    d.clock.t += 0.6
-    d.table.tick()
-    d.settle()
+    d.advance(0.6)
     d.stopped_engine("b", d.lease(b).generation)
     d.ready("a")
     assert granted(d, queued)
@@ -242,6 +237,15 @@ def test_each_queue_change_is_published_once_with_its_requests_in_order() -> Non
     d.table.tick()
     d.settle()
     assert len(d.queue_events) == 4  # nothing changed: nothing published
+
+
+def test_a_queue_that_changed_inside_but_kept_its_length_and_head_is_published() -> None:
+    d = Driver(parallel=1)
+    d.warm("a")
+    first, second, third = (d.acquire("a") for _ in range(3))
+    d.table.abandon(GATEWAY, AbandonNotice(req_id=second))  # no drain between the two changes
+    fourth = d.acquire("a")
+    assert [e.req_id for e in d.queue_events[-1].queued] == [first, third, fourth]
 
 
 def test_a_queue_waiting_for_a_load_says_so_until_the_engine_is_ready() -> None:

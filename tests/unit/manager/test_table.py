@@ -133,13 +133,9 @@ def test_keep_alive_zero_of_the_latest_request_unloads_once_every_request_ends()
 def test_idle_expiry_runs_on_the_clock() -> None:
     d = Driver()
     d.release(d.warm("a").lease_id)
-    d.clock.t += 299
-    d.table.tick()
-    d.settle()
+    d.advance(299)
     assert d.state("a") == SlotState.READY
-    d.clock.t += 2
-    d.table.tick()
-    d.settle()
+    d.advance(2)
     assert d.state("a") is None
 
 
@@ -152,9 +148,7 @@ def test_two_models_needing_the_same_memory_load_one_after_the_other() -> None:
     assert d.state("a") == SlotState.LOADING and d.state("b") == SlotState.PENDING
     d.ready("a")
     d.release(d.lease(a).lease_id)
-    d.clock.t += 0.6  # b waited on a while a was busy: a goes once its traffic pauses
-    d.table.tick()
-    d.settle()
+    d.advance(0.6)  # b waited on a while a was busy: a goes once its traffic pauses
     assert ("a", 1) in d.stopped
     d.stopped_engine("a", 1)
     assert d.state("b") == SlotState.LOADING
@@ -170,9 +164,7 @@ def test_a_starved_load_gets_its_turn_after_the_fair_share_and_the_busy_model_qu
     more_a = d.acquire("a")
     assert isinstance(d.replies[more_a], AcquireReply)  # within the fair share: still served
     d.release(d.lease(more_a).lease_id)
-    d.clock.t += 2
-    d.table.tick()
-    d.settle()
+    d.advance(2)
     queued = d.acquire("a")
     assert queued not in d.replies  # past it: a finishes what it has and queues the rest
     d.release(a.lease_id)
@@ -181,9 +173,7 @@ def test_a_starved_load_gets_its_turn_after_the_fair_share_and_the_busy_model_qu
     assert isinstance(d.replies[b], AcquireReply)
     assert d.state("a") == SlotState.PENDING  # the queued request waits for its own turn
     d.release(d.lease(b).lease_id)
-    d.clock.t += 0.6  # b's own traffic pauses
-    d.table.tick()
-    d.settle()
+    d.advance(0.6)  # b's own traffic pauses
     assert ("b", d.lease(b).generation) in d.stopped
     d.stopped_engine("b", d.lease(b).generation)
     d.ready("a")
@@ -194,14 +184,10 @@ def test_a_busy_model_is_not_made_to_yield_when_the_waiting_load_went_away() -> 
     d = Driver(budget_mb=150, fair_share_s=5.0, drain_timeout_s=8.0)
     a = d.warm("a")
     d.acquire("b")
-    d.clock.t += 6
-    d.table.tick()
-    d.settle()
+    d.advance(6)
     queued = d.acquire("a")
     assert queued not in d.replies
-    d.clock.t += 3  # b's drain timeout passes: it is refused, and a serves its queue again
-    d.table.tick()
-    d.settle()
+    d.advance(3)  # b's drain timeout passes: it is refused, and a serves its queue again
     assert isinstance(d.replies[queued], AcquireReply)
     assert d.inflight("a") == 2 and a.lease_id
 
@@ -210,9 +196,7 @@ def test_a_load_that_cannot_fit_beside_busy_models_is_refused_after_the_drain_ti
     d = Driver(budget_mb=150, drain_timeout_s=10.0)
     d.warm("a")
     b = d.acquire("b")
-    d.clock.t += 11
-    d.table.tick()
-    d.settle()
+    d.advance(11)
     err = d.error(b)
     assert err.code == ErrorCode.NO_CAPACITY and "needs" in err.message and "free" in err.message
 
@@ -309,9 +293,7 @@ def test_a_model_idle_between_requests_of_steady_traffic_is_not_evicted_at_once(
     again = d.acquire("a")  # ...and its next request comes
     assert isinstance(d.replies[again], AcquireReply)
     d.release(d.lease(again).lease_id)
-    d.clock.t += 0.6  # a's traffic pauses: now it goes
-    d.table.tick()
-    d.settle()
+    d.advance(0.6)  # a's traffic pauses: now it goes
     assert ("a", a.generation) in d.stopped
     d.stopped_engine("a", a.generation)
     d.ready("b")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.api.native.schemas import SwitchBody, parse_body
-from gateway.dataplane.validate import MAX_DEPTH, decode_object, nests_deeper
+from gateway.dataplane.validate import ANTHROPIC, MAX_DEPTH, OLLAMA, OPENAI, check, decode_object, nests_deeper
 from gateway.errors import ApiError
 
 
@@ -41,3 +41,13 @@ def test_typed_bodies_go_through_the_same_decoder() -> None:
         parse_body(b'{"model": "m", "x": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", SwitchBody)
     assert caught.value.status == 400 and "deep" in caught.value.message
     assert parse_body(b'{"model": "gemma3:270m"}', SwitchBody).model == "gemma3:270m"
+
+
+@pytest.mark.parametrize("rules", [OPENAI, ANTHROPIC, OLLAMA], ids=["openai", "anthropic", "ollama"])
+def test_a_keep_alive_that_is_not_a_duration_is_a_400_in_every_dialect(rules: dict) -> None:
+    for good in ("5m", "1h30m", "0", 0, -1, 300.5):
+        check({"keep_alive": good}, rules)
+    for bad in ("soon", "5 minutes", "", True, float("nan")):
+        with pytest.raises(ApiError) as refused:
+            check({"keep_alive": bad}, rules)
+        assert refused.value.status == 400 and refused.value.param == "keep_alive"

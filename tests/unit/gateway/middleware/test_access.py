@@ -5,8 +5,10 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 
-from gateway.middleware.auth import Access, Keys, access_of, decide
+from gateway.errors import ApiError
+from gateway.middleware.auth import PEER, Access, Keys, access_of, decide, require_local
 from gateway.middleware.peers import Peer, networks, parse_address, within
 from manager.config import ApiKey, Settings
 
@@ -23,7 +25,7 @@ ADMIN_KEY, INFERENCE_KEY = (Access.ADMIN, "api_key"), (Access.INFERENCE, "app")
     ("/lf/status", Access.MONITOR), ("/lf/status/stream", Access.MONITOR), ("/metrics", Access.MONITOR),
     ("/lf/model/unload", Access.ADMIN), ("/api/delete", Access.ADMIN), ("/api/create", Access.ADMIN),
     ("/api/blobs/sha256:00", Access.ADMIN), ("/lf/config", Access.ADMIN), ("/lf/model/pull", Access.ADMIN),
-    ("/lf/shutdown", Access.LOCAL),
+    ("/lf/shutdown", Access.LOCAL), ("/lf/model/import", Access.LOCAL),
     ("/v1/chat/completions/../../lf/model/unload", Access.ADMIN), ("/no/such/route", Access.ADMIN),
 ])
 def test_every_route_has_one_access_class_and_unknown_routes_are_admin(path: str, access: Access) -> None:
@@ -56,6 +58,40 @@ def test_health_is_public_and_shutdown_is_loopback_only_whatever_the_key() -> No
     for peer in (STRANGER, LAN_TRUSTED):
         refusal = decide(Access.LOCAL, peer, ADMIN_KEY, presented=True)
         assert refusal is not None and (refusal.status, refusal.code) == (403, "loopback_only")
+
+
+def test_a_caller_from_the_address_the_gateway_is_bound_to_is_on_this_machine() -> None:
+    """Bound to 192.168.1.5 alone, the gateway sees this machine's own CLI come from 192.168.1.5, not loopback."""
+    bound = ipaddress.ip_address("192.168.1.5")
+    this_machine = Peer(bound, trusted=False, interface=bound)
+    assert this_machine.local and decide(Access.LOCAL, this_machine, ADMIN_KEY, presented=True) is None
+    neighbour = Peer(ipaddress.ip_address("192.168.1.6"), trusted=False, interface=bound)
+    refusal = decide(Access.LOCAL, neighbour, ADMIN_KEY, presented=True)
+    assert not neighbour.local and refusal is not None and refusal.code == "loopback_only"
+    # On this machine, it still needs the key unless its address is in trusted_networks.
+    assert decide(Access.LOCAL, this_machine, None, presented=False) is not None
+    assert decide(Access.ADMIN, Peer(bound, trusted=True, interface=bound), None, presented=False) is None
+
+
+def request_from(remote: str | None, interface: str | None = None):  # type: ignore[no-untyped-def]
+    """The request as the auth middleware leaves it: with the caller it worked out (socket or trusted proxy)."""
+    request = make_mocked_request("POST", "/api/create")
+    request[PEER] = Peer(parse_address(remote) if remote else None, trusted=True,
+                         interface=parse_address(interface) if interface else None)
+    return request
+
+
+@pytest.mark.parametrize(("remote", "interface"), [("127.0.0.1", None), ("::1", None), ("::ffff:127.0.0.1", None),
+                                                   ("192.168.1.5", "192.168.1.5")])
+def test_a_caller_on_this_machine_may_import_by_path(remote: str, interface: str | None) -> None:
+    require_local(request_from(remote, interface), "model import")
+
+
+@pytest.mark.parametrize("remote", ["10.0.0.7", "192.168.1.20", "::2", None])
+def test_any_other_caller_is_forbidden(remote: str | None) -> None:
+    with pytest.raises(ApiError) as refused:
+        require_local(request_from(remote, "192.168.1.5"), "model import")
+    assert refused.value.status == 403 and "model import" in refused.value.message
 
 
 def test_a_placeholder_key_from_a_trusted_network_is_ignored_not_refused() -> None:

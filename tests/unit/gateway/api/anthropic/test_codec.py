@@ -106,3 +106,9 @@ def test_server_tools_are_left_out_and_custom_tools_kept() -> None:
     out = chat(messages=[{"role": "user", "content": "x"}],
                tools=[{"type": "bash_20250124", "name": "bash"}, {"name": "now", "input_schema": {"type": "object"}}])
     assert [t["function"]["name"] for t in out["tools"]] == ["now"]
+
+
+def test_keep_alive_reaches_the_internal_request() -> None:
+    body = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}], "keep_alive": 0}
+    check_request(body, "max_tokens")
+    assert to_chat(body, "canonical").keep_alive == 0

@@ -6,6 +6,8 @@ import json
 import logging
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.api.ollama import codec
 from gateway.dataplane.model import ChatRequest, Sampling, TextRequest, engine_body
@@ -54,7 +56,7 @@ def test_options_the_engine_cannot_take_are_logged_and_ignored(caplog: pytest.Lo
      ({"messages": "x"}, "messages must be an array (got 'x')"),
      ({"format": "xml"}, 'format must be "json" or a JSON schema object'),
      ({"think": "max"}, "think must be true, false or one of low, medium, high (got 'max')"),
-     ({"keep_alive": "soon"}, "keep_alive 'soon' is not a duration")],
+     ({"keep_alive": "soon"}, "keep_alive must be a duration such as \"30s\"")],
 )
 def test_bad_fields_are_400_naming_the_field(body: dict, message: str) -> None:
     with pytest.raises(ApiError) as caught:
@@ -137,12 +139,21 @@ def test_a_text_request_sends_its_format_as_the_schema_the_engine_reads() -> Non
         == {"type": "object"}
 
 
-@pytest.mark.parametrize(("raw", "fragment"), [(b"", "missing request body"), (b"{nope", "not valid JSON"),
+@pytest.mark.parametrize(("raw", "fragment"), [(b"", "the request body is empty"), (b"{nope", "not valid JSON"),
                                                (b"[1]", "must be a JSON object")])
-def test_unreadable_bodies_are_400(raw: bytes, fragment: str) -> None:
-    with pytest.raises(ApiError) as caught:
-        codec.read_body(raw)
-    assert caught.value.status == 400 and fragment in caught.value.message
+async def test_unreadable_bodies_are_400(raw: bytes, fragment: str) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            await codec.read_request(request)
+        except ApiError as exc:
+            return web.json_response({"message": exc.message}, status=exc.status)
+        return web.json_response({"message": "read"})
+
+    app = web.Application()
+    app.router.add_post("/api/chat", handler)
+    async with TestClient(TestServer(app)) as client:
+        reply = await client.post("/api/chat", data=raw)
+        assert reply.status == 400 and fragment in (await reply.json())["message"]
 
 
 def test_model_is_required_and_show_takes_the_legacy_name() -> None:

@@ -67,6 +67,11 @@ def test_text_format_becomes_response_format() -> None:
     ({"input": "x", "tool_choice": {"type": "mcp"}}, "tool_choice"),
     ({"input": "x", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
     ({"input": "x", "instructions": ["x"]}, "instructions"),
+    ({"input": "x", "text": "x"}, "text"),
+    ({"input": [{"role": {"a": 1}, "content": "x"}]}, "input[0].role"),
+    ({"input": [{"role": ["user"], "content": "x"}]}, "input[0].role"),
+    ({"input": [{"role": "user", "content": [{"type": {"a": 1}}]}]}, "input[0].content[0]"),
+    ({"input": [{"role": "user", "content": [{"type": ["input_text"], "text": "x"}]}]}, "input[0].content[0]"),
 ])
 def test_a_bad_field_is_a_400_naming_it(body: dict, param: str) -> None:
     with pytest.raises(ApiError) as err:
@@ -128,3 +133,13 @@ def test_hosted_tools_are_left_out_and_function_tools_kept() -> None:
     out = chat(input="x", tools=[{"type": "web_search"}, {"type": "local_shell"},
                                  {"type": "function", "name": "now", "parameters": {"type": "object"}}])
     assert [t["function"]["name"] for t in out["tools"]] == ["now"]
+
+
+def test_a_function_call_output_skips_parts_whose_type_is_not_a_string() -> None:
+    out = chat(input=[{"type": "function_call_output", "call_id": "c1",
+                       "output": [{"type": ["input_text"], "text": "no"}, {"type": "input_text", "text": "yes"}]}])
+    assert out["messages"][0]["content"] == "yes"
+
+
+def test_keep_alive_reaches_the_internal_request() -> None:
+    assert to_chat({"model": "m", "input": "x", "keep_alive": "10m"}, "canonical").keep_alive == "10m"

@@ -9,4 +9,4 @@ from catalog.downloader import DownloaderService
 from manager.startup import run_process
 
 if __name__ == "__main__":
-    sys.exit(run_process("downloader", lambda settings, paths: asyncio.run(DownloaderService(paths).run())))
+    sys.exit(run_process("downloader", lambda settings, paths: asyncio.run(DownloaderService(settings, paths).run())))

@@ -18,7 +18,12 @@ from manager.ipc import ensure_runtime_dir, remove_endpoints
 
 PROGRAMS = ("manager", "prober", "downloader", "gateway")
 # Passed through to the four programs so each instance keeps its own settings.
-ENV_PASSTHROUGH = ("LMFORGE_PORT", "LMFORGE_LLAMA_SERVER", "LMFORGE_LOG_LEVEL", "XDG_RUNTIME_DIR")
+ENV_PASSTHROUGH = (
+    "LMFORGE_PORT", "LMFORGE_LLAMA_SERVER", "LMFORGE_LOG_LEVEL", "XDG_RUNTIME_DIR",
+    # Pulls: the Hub (or a mirror) and its token, pip's index for the offline-first defaults, proxies.
+    "HF_ENDPOINT", "HF_TOKEN", "HF_HOME", "HF_HUB_OFFLINE", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS",
+    "PIP_CACHE_DIR", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy",
+)
 
 
 def render(paths: Paths, settings: Settings) -> str:

@@ -167,12 +167,16 @@ OLLAMA_EMBEDDINGS = _obj(["model", "prompt"], model=MODEL, prompt=STRING, option
 OLLAMA_SHOW = _obj(["model"], model=MODEL, verbose=BOOL)
 OLLAMA_COPY = _obj(["source", "destination"], source=MODEL, destination=MODEL)
 OLLAMA_DELETE = _obj(["model"], model=MODEL)
+OLLAMA_PULL = _obj(["model"], model=MODEL, stream=BOOL, insecure=BOOL)
 
 # --- native /lf --------------------------------------------------------------------
 
 KIND = _enum("chat", "embed", "rerank")
 SWITCH = _obj(["model"], model=MODEL, pin=BOOL, keep_alive=KEEP_ALIVE, kind=KIND, num_ctx=_int(0))
 UNLOAD = _obj(model=MODEL, kind=KIND)
+PULL = _obj(["model"], model=MODEL, keep=BOOL)
+CATALOG_KIND = {"name": "kind", "in": "query", "required": False,
+                "schema": _enum("chat", "embedding", "vision", "rerank")}
 OLLAMA_CREATE = _obj(["model"], **{"model": MODEL, "from": MODEL, "stream": BOOL, "modelfile": STRING,
                                    "files": {"type": "object", "additionalProperties": STRING}})
 
@@ -207,6 +211,8 @@ BLOBS = {
 }
 DELETE_BY_NAME = {"delete": {"summary": "delete an installed model", "parameters": [_path("name", MODEL)],
                              "responses": ANSWERS}}
+CANCEL_PULL = {"delete": {"summary": "cancel the pull of a model (the next pull resumes it)",
+                          "parameters": [_path("name", MODEL)], "responses": ANSWERS}}
 
 PATHS: dict[str, dict[str, Schema]] = {
     "/": _get("liveness, as Ollama answers it", head=True),
@@ -218,6 +224,9 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/lf/model/switch": _post("load a model and wait until it is ready", SWITCH),
     "/lf/model/unload": _post("unload a model (every loaded model when none is named)", UNLOAD),
     "/lf/model/delete/{name}": DELETE_BY_NAME,
+    "/lf/model/pull": _post("pull a model, its progress streamed as SSE", PULL),
+    "/lf/model/pull/{name}": CANCEL_PULL,
+    "/lf/catalog": _get("the catalog's shortcuts, with what fits this machine", CATALOG_KIND),
     "/v1/models": _get("installed models with capabilities"),
     "/v1/models/{id}": _get("one model", MODEL_ID_PARAMETER),
     "/v1/chat/completions": _post("OpenAI chat completion", CHAT_COMPLETION),
@@ -241,6 +250,7 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/api/blobs/{digest}": BLOBS,
     "/api/copy": _post("Ollama copy", OLLAMA_COPY),
     "/api/delete": _post("Ollama delete", OLLAMA_DELETE, method="delete"),
+    "/api/pull": _post("Ollama pull, with NDJSON progress", OLLAMA_PULL),
 }
 
 

@@ -181,8 +181,11 @@ class ManagerClient:
         if queued is not None:
             self._queued[req_id] = queued
         try:
-            reply = await asyncio.wait_for(future, timeout or self._request_timeout)
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that arrives with the reply,
+            # and a cancelled caller (a downloader's progress reporter) would then never stop.
+            async with asyncio.timeout(timeout or self._request_timeout):
+                reply = await future
+        except TimeoutError:
             self._abandon(req_id, cls)
             raise ManagerTimeout(f"the manager did not answer {cls.__name__} in time") from None
         except BaseException:  # cancelled, or failed because the manager went quiet

@@ -88,6 +88,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_backups: int = 3  # rotated files kept per log
     # Embedding inputs per engine call: longer lists are split and sent concurrently.
     embed_batch_size: int = 32
+    # --- pulls (catalog/downloader.py) ---
+    max_pulls: int = 2  # pulls downloading at once; more wait in a queue
+    disk_reserve_mb: int = 1024  # a pull must leave this much disk free, or it is refused before it starts
     llama_cpp: LlamaCppSettings = msgspec.field(default_factory=LlamaCppSettings)
 
     @property
@@ -112,6 +115,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             (self.header_timeout_s > 0 and self.body_timeout_s > 0, "header_timeout_s and body_timeout_s must be > 0"),
             (self.write_timeout_s > 0 and self.idle_timeout_s > 0, "write_timeout_s and idle_timeout_s must be > 0"),
             (0 <= self.max_queue <= 1024, "max_queue must be 0-1024"),
+            (1 <= self.max_pulls <= 16, "max_pulls must be 1-16"),
+            (self.disk_reserve_mb >= 0, "disk_reserve_mb must be >= 0"),
             (self.max_inflight >= 0, "max_inflight must be >= 0 (0: no cap)"),
             (bool(self.tls_cert) == bool(self.tls_key), "tls_cert and tls_key must be set together"),
         ]
@@ -181,6 +186,11 @@ class Paths:
     def blobs(self) -> Path:
         """Ollama blob uploads, by digest (`sha256-<hex>`), until /api/create imports them."""
         return self.home / "blobs"
+
+    @property
+    def downloads(self) -> Path:
+        """Pulls in progress: each file's `.part`, kept across interruptions so that the next pull resumes."""
+        return self.home / "downloads"
 
     @property
     def logs(self) -> Path:

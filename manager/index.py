@@ -1,4 +1,4 @@
-"""IndexWriter: every change to models.json (import, copy, delete), made by the manager alone.
+"""IndexWriter: every change to models.json (import, pull, copy, delete), made by the manager alone.
 
 Each change runs in a worker thread, one at a time, and is answered on the loop. The
 slots of a model that a change replaces or removes are unloaded there, so no engine
@@ -17,7 +17,7 @@ from catalog.gguf_info import GGUFError
 from catalog.store import ModelNotFound, ModelStore, StoreError
 from manager.protocol import (
     CopyModelRequest, DeleteModelReply, DeleteModelRequest, ErrorCode, ErrorReply, ImportModelRequest, ModelEntry,
-    ModelReply, Reply,
+    ModelReply, PullPlan, Reply,
 )
 from manager.table import SlotTable
 
@@ -72,23 +72,40 @@ class IndexWriter:
             self.send(peer, DeleteModelReply(req_id=req.req_id, model=req.model))
         self._change(peer, req.req_id, functools.partial(self.store.remove, req.model), deleted)
 
+    def index_pulled(self, plan: PullPlan, answer: Callable[[ModelEntry | BaseException], None]) -> None:
+        """Index a finished pull's files (manager/pulls.py); `answer` gets the entry, or the exception that refused it."""
+        def indexed(entry: ModelEntry) -> None:
+            self._replaced(entry)
+            answer(entry)
+        self._run(functools.partial(self.store.index_pulled, plan), indexed, answer)
+
     def _indexed(self, peer: bytes, req_id: int, entry: ModelEntry) -> None:
-        """A name now means `entry`: engines still serving the file it meant before are unloaded."""
-        self._unload(entry.name, "replaced by a new model of the same name", keep=lambda e: _files(e) == _files(entry))
-        log.info("indexed model %s (%s)", entry.name, entry.path)
+        self._replaced(entry)
         self.send(peer, ModelReply(req_id=req_id, entry=entry))
 
+    def _replaced(self, entry: ModelEntry) -> None:
+        """A name now means `entry`: engines still serving the files it meant before are unloaded."""
+        self._unload(entry.name, "replaced by a new model of the same name", keep=lambda e: _files(e) == _files(entry))
+        log.info("indexed model %s (%s)", entry.name, entry.path)
+
     def _change(self, peer: bytes, req_id: int, work: Callable[[], Any], then: Callable[[Any], None]) -> None:
+        def refused(exc: BaseException) -> None:
+            code, message = error_of(exc)
+            self.send(peer, ErrorReply(req_id=req_id, code=code, message=message))
+        self._run(work, then, refused)
+
+    def _run(self, work: Callable[[], Any], then: Callable[[Any], None],
+             fail: Callable[[BaseException], None]) -> None:
+        """`work` in a worker thread, one change at a time; `then` or `fail` on the loop."""
         def one_at_a_time() -> object:
             with self._lock:
                 return work()
 
         def answer(result: object) -> None:
             if isinstance(result, BaseException):
-                code, message = error_of(result)
-                if code == ErrorCode.INTERNAL:
+                if error_of(result)[0] == ErrorCode.INTERNAL:
                     log.error("model store change failed: %s", result)
-                self.send(peer, ErrorReply(req_id=req_id, code=code, message=message))
+                fail(result)
             else:
                 then(result)
         self.offload(one_at_a_time, answer)
@@ -98,5 +115,5 @@ class IndexWriter:
         self.table.schedule()
 
 
-def _files(entry: ModelEntry) -> tuple[str, str, str]:
-    return entry.path, entry.sha256, entry.mmproj
+def _files(entry: ModelEntry) -> tuple[object, ...]:
+    return entry.path, entry.sha256, entry.mmproj, entry.revision, entry.files

@@ -25,7 +25,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from catalog.store import ModelStore
+from catalog.store import ModelStore, StoreError
 from manager import budget as budgets
 from manager.adoption import adopt_engines
 from manager.config import Paths, Settings
@@ -36,6 +36,7 @@ from manager.index import IndexWriter
 from manager.ipc import EventPublisher, endpoints, ensure_runtime_dir, make_socket, remove_endpoints
 from manager.lag import LoopLag
 from manager.memory import MemoryLedger
+from manager.pulls import PullBoard
 from manager.readings import engine_memory, rotate_engine_logs
 from manager.protocol import (
     AbandonNotice, AcquireRequest, ErrorCode, ErrorReply, HardwareNotice, HeartbeatEvent, HelloRequest, ListModelsReply,
@@ -120,7 +121,10 @@ class ManagerService:
             HardwareNotice: lambda peer, n: t.set_hardware(n.snapshot),  # type: ignore[attr-defined]
             PingRequest: lambda peer, r: self.send(peer, PingReply(req_id=r.req_id, epoch=self.epoch)),  # type: ignore[attr-defined]
         }
-        self._handlers.update(IndexWriter(self.store, t, self._offload, self.send).handlers())  # import, copy, delete
+        self.index_writer = IndexWriter(self.store, t, self._offload, self.send)
+        self._handlers.update(self.index_writer.handlers())  # import, copy, delete
+        self.pulls = PullBoard(index=self.index_writer.index_pulled)
+        self._handlers.update(self.pulls.handlers())  # pulls, and the downloader's jobs
         self._internal: dict[type, Callable[[object], None]] = {
             EngineSpawned: lambda e: t.spawned(e.key, e.generation, e.pid, e.port),  # type: ignore[attr-defined]
             EngineReady: lambda e: t.ready(e.key, e.generation),  # type: ignore[attr-defined]
@@ -135,6 +139,7 @@ class ManagerService:
     async def run(self) -> int:
         """Serve until SIGTERM (engines stopped, 0) or a crash of our own (engines left to adopt, exit 1)."""
         self.session = aiohttp.ClientSession()
+        self._migrate_index()
         for slot, runner in await adopt_engines(self):
             self._run(slot, runner.run(adopted_port=slot.port))
         ensure_runtime_dir(self.paths.runtime)
@@ -159,6 +164,14 @@ class ManagerService:
                 self._abandon()
             await self._shutdown()
         return 0
+
+    def _migrate_index(self) -> None:
+        """An index written by an earlier LMForge is rewritten in today's schema, once, before anything reads it."""
+        try:
+            if self.store.migrate():
+                log.info("migrated %s to the current index schema (the old file is kept beside it)", self.paths.index)
+        except StoreError as exc:
+            log.error("cannot migrate the model index: %s", exc)
 
     async def _serve(self) -> None:
         handled = 0
@@ -188,7 +201,7 @@ class ManagerService:
         self.act()
 
     def act(self) -> None:
-        for effect in self.table.drain():
+        for effect in [*self.table.drain(), *self.pulls.out.take()]:
             if isinstance(effect, Send):
                 self.send(effect.peer, effect.message)
             elif isinstance(effect, Publish):
@@ -313,7 +326,7 @@ class ManagerService:
             epoch=self.epoch, started_at=self.started_at,
             slots=tuple(s.info() for s in [*t.slots.values(), *t.retiring.values()]),
             budget=t.budget(), last_errors=dict(t.failures.last_errors), peers=t.peers.all(),
-            hardware=t.hardware, loop_lag_max_ms=round(self.lag.worst_ms(), 1),
+            hardware=t.hardware, loop_lag_max_ms=round(self.lag.worst_ms(), 1), pulls=self.pulls.infos(),
         )
         self.send(peer, SnapshotReply(req_id=req.req_id, seq=self.events.seq, status=status))
 
@@ -342,6 +355,7 @@ class ManagerService:
             self._last_rotate = now
             self._offload(functools.partial(rotate_engine_logs, self.paths.logs, self.settings), lambda _: None)
         self.table.tick()
+        self.pulls.tick()
 
     def _measured(self, readings: object) -> None:
         self._measuring = False

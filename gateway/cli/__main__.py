@@ -12,12 +12,12 @@ import traceback
 from typing import NoReturn
 
 from gateway.cli.client import GatewayError
-from gateway.cli.commands import engine, launch, models, run, service
+from gateway.cli.commands import engine, launch, models, pull, run, service
 from gateway.cli.context import CommandError, Context
 from gateway.cli.terminal import Terminal, one_line
 from manager.config import ConfigError, load_settings
 
-COMMANDS = (service, models, run, launch, engine)
+COMMANDS = (service, models, pull, run, launch, engine)
 
 
 class Parser(argparse.ArgumentParser):

@@ -102,6 +102,22 @@ class GatewayClient:
     def post(self, path: str, body: object, timeout: float | None = None) -> dict:
         return self._json(self._read(self._open("POST", path, body, timeout), path), path)
 
+    def delete(self, path: str, timeout: float | None = None) -> dict:
+        return self._json(self._read(self._open("DELETE", path, None, timeout), path), path)
+
+    def events(self, path: str, body: object, timeout: float | None = None) -> Iterator[tuple[str | None, dict]]:
+        """(event name, data) of an SSE response with named events, as they arrive; pings are skipped."""
+        resp = self._open("POST", path, body, timeout)
+        name = None
+        for raw in self._lines(resp, path):
+            line = raw.decode("utf-8", errors="replace").strip()
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                if name != "ping":
+                    yield name, self._json(line[5:].strip().encode(), path)
+                name = None
+
     def stream(self, path: str, body: object, timeout: float | None = None) -> Iterator[dict]:
         """The `data:` payloads of an SSE response, parsed, until [DONE]."""
         resp = self._open("POST", path, body, timeout)

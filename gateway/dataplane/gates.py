@@ -3,20 +3,25 @@ can do what is asked: before any engine work.
 
 The gateway reads the store's index itself (every process may read it; the
 manager alone writes it). A name Ollama clients suffix with `:latest` finds
-the model installed without a tag.
+the model installed without a tag; a catalog shortcut finds the model pulled
+under its canonical name (`qwen3:8b` finds `qwen3:8b:4bit`).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 from aiohttp import web
 
+from catalog.entries import CatalogError, load_catalog
 from catalog.store import StoreError, check_name
 from gateway.dataplane.model import Message
 from gateway.errors import ApiError
-from gateway.keys import STORE
+from gateway.keys import PATHS, STORE
 from manager.protocol import ModelEntry, SlotKind
+
+log = logging.getLogger("lmforge.gateway")
 
 IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 WHAT = {SlotKind.CHAT: "chat", SlotKind.EMBED: "embeddings", SlotKind.RERANK: "reranking"}
@@ -40,9 +45,29 @@ def find_model(request: web.Request, name: str) -> ModelEntry:
     if entry is None and name.endswith(":latest"):
         entry = store.get(name.removesuffix(":latest"))
     if entry is None:
+        entry, shortcut = _by_shortcut(request, name)
+    if entry is None:
         # Ollama's words, which its clients show as they are; /v1/models lists what is installed.
-        raise ApiError(404, f"model '{name}' not found", param="model", code="model_not_found")
+        hint = f"; pull it with `lmforge pull {name}`" if shortcut else ""
+        raise ApiError(404, f"model '{name}' not found{hint}", param="model", code="model_not_found")
     return entry
+
+
+def _by_shortcut(request: web.Request, name: str) -> tuple[ModelEntry | None, bool]:
+    """The model a catalog shortcut names in its canonical form (`qwen3:8b` finds `qwen3:8b:4bit`), and
+    whether the catalog knows the name at all. The catalog is cached: a miss costs a dictionary walk."""
+    try:
+        match = load_catalog(request.app[PATHS].home).match(name)
+    except (CatalogError, OSError):  # a broken catalog override must not turn a 404 into a 500
+        log.warning("the catalog could not be read to look up %r", name, exc_info=True)
+        return None, False
+    if match is None:
+        return None, False
+    store = request.app[STORE]
+    entry = store.get(match.canonical)
+    if entry is None:
+        entry = next((m for m in store.list() if m.catalog == match.canonical), None)
+    return entry, True
 
 
 def can_do(entry: ModelEntry) -> list[str]:

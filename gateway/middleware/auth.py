@@ -4,7 +4,7 @@ Every route has one access class (`access_of`; a route not named there is
 ADMIN, so a new route is closed until someone opens it):
 
 - PUBLIC: /health (which says only up or down to untrusted callers);
-- INFERENCE: chat, completions, embeddings, rerank, show and the model lists;
+- INFERENCE: chat, completions, embeddings, rerank, show, the model lists and the catalog;
 - MONITOR: status, its stream, hardware and metrics;
 - ADMIN: load, unload, pull, create, copy, delete, config, logs;
 - LOCAL: /lf/shutdown and /lf/model/import (it reads files by path), from this
@@ -51,7 +51,7 @@ INFERENCE_PATHS = {
     "/", "/openapi.json", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
     "/v1/responses", "/v1/rerank", "/rerank", "/v1/messages", "/v1/messages/count_tokens", "/api/chat",
     "/api/generate", "/api/embed", "/api/embeddings", "/api/rerank", "/api/show", "/api/tags", "/api/ps",
-    "/api/version", "/lf/model/list",
+    "/api/version", "/lf/model/list", "/lf/catalog",
 }
 MONITOR_PATHS = {"/lf/status", "/lf/status/stream", "/lf/hardware", "/metrics"}
 LOCAL_PATHS = {"/lf/shutdown", "/lf/model/import"}

@@ -136,6 +136,7 @@ class LlamaCppAdapter:
             argv += ["--kv-unified", "--cache-ram", str(self.settings.cache_ram_mb)]
             if entry.mmproj:
                 argv += ["--mmproj", entry.mmproj]  # the vision projector imported with the model
+            argv += default_sampling(entry.options)
             if template := builtin_template(info):
                 # Built-in names only work through the non-Jinja formatter; with Jinja
                 # on, llama-server would take the name itself as the template text.
@@ -155,3 +156,21 @@ class LlamaCppAdapter:
             # Avoids the repacked (AMX) kernels that trap on some virtual CPUs.
             argv += ["--no-repack"]
         return argv + list(self.settings.extra_args)
+
+
+# Catalog defaults (ModelEntry.options) become the engine's own defaults: llama-server applies them to every request
+# that does not set the field itself, in every dialect, at no cost on the request path.
+SAMPLING_FLAGS = {
+    "temperature": "--temp", "top_p": "--top-p", "top_k": "--top-k", "min_p": "--min-p",
+    "repeat_penalty": "--repeat-penalty", "repeat_last_n": "--repeat-last-n",
+    "presence_penalty": "--presence-penalty", "frequency_penalty": "--frequency-penalty", "typical_p": "--typical",
+}
+
+
+def default_sampling(options: dict[str, float | int | str | bool]) -> list[str]:
+    argv: list[str] = []
+    for key, value in sorted(options.items()):
+        flag = SAMPLING_FLAGS.get(key)
+        if flag is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            argv += [flag, str(value)]
+    return argv

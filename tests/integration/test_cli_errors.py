@@ -51,7 +51,7 @@ def test_chatting_with_an_unknown_model_is_one_line(inst: Instance) -> None:
     assert "nope" in assert_one_line_error(result) and result.stdout == ""
 
 
-@pytest.mark.parametrize("args", [("load",), ("run",), ("load", "tiny:chat", "--kind", "poem"),
+@pytest.mark.parametrize("args", [("load",), ("load", "tiny:chat", "--kind", "poem"),
                                   ("run", "tiny:chat", "--max-tokens", "many"), ("frobnicate",), ()])
 def test_a_usage_error_is_one_line_and_status_2(inst: Instance, args: tuple[str, ...]) -> None:
     line = assert_one_line_error(inst.lmforge(*args), status=2)

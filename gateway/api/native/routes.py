@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.api.native import handlers
+from gateway.api.native import handlers, pulls
 
 
 def setup_native_routes(app: web.Application) -> None:
@@ -18,4 +18,7 @@ def setup_native_routes(app: web.Application) -> None:
     app.router.add_post("/lf/model/unload", handlers.model_unload)
     app.router.add_post("/lf/model/import", handlers.model_import)
     app.router.add_delete(r"/lf/model/delete/{name:[\s\S]+}", handlers.model_delete)  # any name: the rule refuses
+    app.router.add_post("/lf/model/pull", pulls.model_pull)
+    app.router.add_delete(r"/lf/model/pull/{name:[\s\S]+}", pulls.cancel_pull)
+    app.router.add_get("/lf/catalog", pulls.catalog_list)
     app.on_shutdown.append(handlers.close_streams)

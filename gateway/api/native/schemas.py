@@ -41,6 +41,14 @@ class ImportBody(msgspec.Struct):
         valid_name(self.name, "name")
 
 
+class PullBody(msgspec.Struct):
+    model: str  # a catalog shortcut, owner/repo[:quant] or hf.co/owner/repo[:quant]
+    keep: bool = False  # go on when the caller leaves (by default, the last caller to leave cancels it)
+
+    def __post_init__(self) -> None:
+        valid_name(self.model)
+
+
 def parse_body(raw: bytes, cls: type, *, empty_ok: bool = False):  # type: ignore[no-untyped-def]
     if not raw.strip() and empty_ok:
         return cls()

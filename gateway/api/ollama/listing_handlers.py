@@ -61,7 +61,8 @@ def parameters(request: web.Request, entry: ModelEntry) -> str:
     if SlotKind.CHAT not in entry.kinds:
         return ""
     ctx = start_ctx(request.app[SETTINGS].llama_cpp.ctx_size, 0, entry.context_length)
-    return f"{'num_ctx':<30} {ctx}"
+    lines = [("num_ctx", ctx), *sorted(entry.options.items())]  # the catalog's defaults, as the engine applies them
+    return "\n".join(f"{key:<30} {value}" for key, value in lines)
 
 
 def model_info(info: GGUFInfo) -> dict[str, Any]:

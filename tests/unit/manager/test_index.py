@@ -6,16 +6,17 @@ the offload seam runs each change at once instead of in a thread.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from catalog.store import ModelStore
+from catalog.store import ModelStore, StoreError
 from manager.config import Paths
-from manager.index import IndexWriter
+from manager.index import IndexWriter, error_of
 from manager.protocol import (
     AcquireReply, AcquireRequest, CopyModelRequest, DeleteModelReply, DeleteModelRequest, ErrorCode, ErrorReply,
-    ImportModelRequest, ModelReply, Reply,
+    ImportModelRequest, ModelEntry, ModelReply, PullFile, PullPlan, Reply,
 )
 from tests.support.table_driver import CHAT, GATEWAY, Driver
 
@@ -122,3 +123,42 @@ def test_a_delete_unloads_the_model_then_removes_its_entry_and_files(h: Harness,
 def test_deleting_a_missing_model_is_model_not_found(h: Harness) -> None:
     reply = h.ask(DeleteModelRequest, model="nope")
     assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.MODEL_NOT_FOUND and "nope" in reply.message
+
+
+def pull_plan(h: Harness, source: Path, name: str = "m") -> PullPlan:
+    """A pull's file as the downloader leaves it: verified and moved into its directory."""
+    directory = h.store.paths.models / "hf/o--r/Q4_K_M"
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, directory / source.name)
+    return PullPlan(name=name, source="hf", repo="o/r", quant="Q4_K_M", directory="hf/o--r/Q4_K_M",
+                    primary=source.name, files=(PullFile(path=source.name, size=source.stat().st_size),))
+
+
+def index_pulled(h: Harness, plan: PullPlan) -> ModelEntry | BaseException:
+    answers: list[ModelEntry | BaseException] = []
+    h.writer.index_pulled(plan, answers.append)
+    h.driver.settle()
+    (answer,) = answers
+    return answer
+
+
+def test_a_pull_is_indexed_and_answered_with_its_entry(h: Harness, models_dir: Path) -> None:
+    entry = index_pulled(h, pull_plan(h, models_dir / "chat.gguf"))
+    assert isinstance(entry, ModelEntry) and entry.repo == "o/r" and h.store.get("m") == entry
+
+
+def test_a_pull_replacing_a_served_name_unloads_the_stale_engine(h: Harness, models_dir: Path) -> None:
+    h.ask(ImportModelRequest, path=str(models_dir / "chat.gguf"), name="m")
+    lease = h.serve("m")
+    assert isinstance(index_pulled(h, pull_plan(h, models_dir / "cycle.gguf")), ModelEntry)
+    assert h.driver.state("m") is None
+    h.driver.release(lease.lease_id)
+    assert ("m", lease.generation) in h.driver.stopped
+
+
+def test_a_pull_whose_files_are_missing_is_answered_with_the_error(h: Harness, models_dir: Path) -> None:
+    plan = pull_plan(h, models_dir / "chat.gguf")
+    (h.store.paths.models / plan.directory / "chat.gguf").unlink()
+    answer = index_pulled(h, plan)
+    assert isinstance(answer, StoreError) and "chat.gguf is missing" in str(answer)
+    assert error_of(answer)[0] == ErrorCode.BAD_REQUEST and h.store.list() == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from catalog.gguf_info import GGUFInfo
@@ -87,6 +88,17 @@ def test_command_line_per_kind(tmp_path: Path, entries: dict) -> None:
     assert "--embeddings" in embed and embed[embed.index("--pooling") + 1] == "mean"
     assert "--pooling" not in argv("embed", SlotKind.EMBED)  # the model's own pooling applies
     assert "--reranking" in argv("rerank", SlotKind.RERANK)
+
+
+def test_catalog_options_become_the_engines_default_sampling(tmp_path: Path, entries: dict) -> None:
+    a = adapter(tmp_path)
+    entry = msgspec.structs.replace(entries["chat"], options={"temperature": 0.6, "top_k": 20, "num_gpu": "x",
+                                                              "min_p": 0.0, "think": True})
+    chat = a.command(Path("/bin/llama-server"), entry, SlotKind.CHAT, 1, a.plan(entry, SlotKind.CHAT, cpu_host(), 0))
+    assert chat[chat.index("--temp") + 1] == "0.6" and chat[chat.index("--top-k") + 1] == "20"
+    assert chat[chat.index("--min-p") + 1] == "0.0" and "x" not in chat and "True" not in chat
+    embed = a.command(Path("/bin/llama-server"), entry, SlotKind.EMBED, 1, a.plan(entry, SlotKind.EMBED, cpu_host(), 0))
+    assert "--temp" not in embed  # sampling means nothing to a pooling engine
 
 
 def test_only_a_file_without_a_template_is_told_its_architectures_built_in_one() -> None:

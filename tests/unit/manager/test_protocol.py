@@ -22,7 +22,13 @@ def sample(cls: type) -> object:
                                        ram_total=8, ram_available=4),
         "error": p.LoadError(at=1.0, message="boom", severity=p.Severity.TRANSIENT),
         "path": "/m.gguf", "name": "m", "source": "a", "destination": "b",
-        "entry": p.ModelEntry(name="m", path="/m.gguf", vision=True, mmproj="/mmproj-m.gguf"),
+        "entry": p.ModelEntry(name="m", path="/m.gguf", vision=True, mmproj="/mmproj-m.gguf", dir="/",
+                              files=("m.gguf", "mmproj-m.gguf"), options={"temperature": 0.6}),
+        "pull_id": "p1", "state": p.PullState.DOWNLOADING,
+        "pull": p.PullInfo(pull_id="p1", model="m", state=p.PullState.QUEUED,
+                           files=(p.PullFileProgress(path="m.gguf", size=10, done=4),)),
+        "plan": p.PullPlan(name="m", source="hf", repo="o/r", directory="hf/o--r/Q4_K_M",
+                           files=(p.PullFile(path="m.gguf", size=10, sha256="a" * 64),), primary="m.gguf"),
     }
     fields = {f.name: values[f.name] for f in msgspec.structs.fields(cls) if f.required}
     return cls(**fields)

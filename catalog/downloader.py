@@ -10,6 +10,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import shutil
 import signal
 import time
@@ -19,9 +20,11 @@ from typing import Awaitable, Callable
 
 import aiohttp
 
+from catalog import verified
 from catalog.entries import CatalogError, load_catalog
 from catalog.fetch import Cancelled, DiskFull, FetchError, Source, fetch_file, hub_endpoint, hub_token, new_session
 from catalog.inflight import INFLIGHT, shared_fetch
+from catalog.pull_paths import PullFailed, fsync_dir, hash_tag, inside, prune, size_text
 from catalog.pypi import stage_pypi
 from catalog.resolver import ResolveError, host_format, resolve
 from manager.client import ManagerClient, ManagerError, ManagerUnavailable
@@ -50,14 +53,6 @@ SHUTDOWN_S = 6.0  # jobs get this long to stop and say so, inside supervisord's 
 MIB = 1024 * 1024
 
 
-class PullFailed(Exception):
-    """A pull that cannot go on; the message is for the user, `status` the HTTP status that fits it."""
-
-    def __init__(self, message: str, status: int = 500) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 # --- one job -----------------------------------------------------------------------------------------------------
 
 
@@ -76,8 +71,10 @@ class _FileState:
 class PullJob:
     """One pull, from the job the manager handed out to the files in the store (or the reason it failed)."""
 
-    def __init__(self, service: DownloaderService, pull_id: str, model: str) -> None:
+    def __init__(self, service: DownloaderService, pull_id: str, model: str, token: str = "",
+                 budget_bytes: int = 0) -> None:
         self.service, self.pull_id, self.model = service, pull_id, model
+        self.token, self.budget_bytes = token, budget_bytes  # this handout of the job; the memory budget
         self.client, self.paths = service.client, service.paths
         self.state = PullState.RESOLVING
         self.plan: PullPlan | None = None
@@ -116,9 +113,10 @@ class PullJob:
         self._dirty.set()  # the first report goes out at once: the manager wants one within ACK_S
         plan = self.plan = self._checked(await self._resolve())
         self.files = {f.path: _FileState(f.size, sha256=f.sha256) for f in plan.files}
+        present = await asyncio.to_thread(self._present_now, plan, plan.files)
         todo = []
         for f in plan.files:
-            if self._present(f):
+            if f.path in present:
                 self.files[f.path] = _FileState(f.size, f.size, "present", f.size, f.sha256)
             else:
                 todo.append(f)
@@ -133,9 +131,9 @@ class PullJob:
         except DiskFull as exc:
             for f in plan.files:
                 self._staged(plan, f).unlink(missing_ok=True)
-                _prune(self._staged(plan, f).parent, self.paths.downloads)
+                prune(self._staged(plan, f).parent, self.paths.downloads)
             free = shutil.disk_usage(self.paths.models).free
-            raise PullFailed(f"{exc} ({_size(free)} free): the partial files were removed; free some disk space "
+            raise PullFailed(f"{exc} ({size_text(free)} free): the partial files were removed; free some disk space "
                              "and pull again", status=507) from None
         await self._stop_reports(reporter)  # no report may follow the done: the manager is indexing
         await self._report(self.state)  # every file done: the last word before the index
@@ -143,18 +141,21 @@ class PullJob:
             raise Cancelled("cancelled")  # the verified files stay staged: the next pull takes them as they are
         moved = await asyncio.to_thread(self._move_into_place, plan, todo)
         try:
-            await self.client.request(PullDoneRequest, pull_id=self.pull_id, plan=plan, timeout=PULL_INDEX_TIMEOUT_S)
-        except ManagerError:
+            await self.client.request(PullDoneRequest, pull_id=self.pull_id, plan=plan, token=self.token,
+                                      timeout=PULL_INDEX_TIMEOUT_S)
+        except ManagerError as exc:
             # Not indexed (cancelled at the last moment, or the files are no model): the store stays as it was,
             # and the verified files wait in downloads/, so the same pull finishes at once.
-            await asyncio.to_thread(self._take_back, plan, moved)
+            await asyncio.to_thread(self._take_back, plan, moved, self.service.needed_besides(self))
+            if exc.message.endswith("was cancelled"):
+                raise Cancelled(exc.message) from None
             raise
 
     async def _resolve(self) -> PullPlan:
         """Ask the Hub in a thread; a cancel does not wait for a slow Hub to answer."""
         asking = asyncio.ensure_future(asyncio.to_thread(
-            resolve, self.model, catalog=load_catalog(self.paths.home), fmt=host_format(), budget_bytes=0,
-            endpoint=hub_endpoint(), token=hub_token()))
+            resolve, self.model, catalog=load_catalog(self.paths.home), fmt=host_format(),
+            budget_bytes=self.budget_bytes, endpoint=hub_endpoint(), token=hub_token()))
         cancelled = asyncio.ensure_future(self.cancel.wait())
         try:
             await asyncio.wait([asking, cancelled], return_when=asyncio.FIRST_COMPLETED)
@@ -171,54 +172,72 @@ class PullJob:
         for root in (self.paths.downloads, self.paths.models):
             inside(root / plan.directory, root)
         for f in plan.files:
-            inside(self._staged(plan, f), self.paths.downloads / plan.directory)
-            inside(self._final(plan, f), self.paths.models / plan.directory)
+            try:
+                inside(self._staged(plan, f), self.paths.downloads / plan.directory)
+                inside(self._final(plan, f), self.paths.models / plan.directory)
+            except PullFailed as exc:
+                raise PullFailed(f"{plan.repo or plan.name} lists the file {f.path!r}, which would land outside the "
+                                 f"model's directory: {exc}", status=502) from None
         return plan
 
     def _staged(self, plan: PullPlan, f: PullFile) -> Path:
+        """A Hub file's .part is named for the hash it is checked against: a .part left from an older commit is
+        never resumed onto the new one, and only pulls expecting the same bytes share a fetch (INFLIGHT's key)."""
         staged = self.paths.downloads / plan.directory / f.path
-        return staged if plan.source == "pypi" else staged.with_name(staged.name + ".part")
+        return staged if plan.source == "pypi" else staged.with_name(f"{staged.name}.{hash_tag(f)}.part")
 
     def _final(self, plan: PullPlan, f: PullFile) -> Path:
         return self.paths.models / plan.directory / f.path
 
-    def _present(self, f: PullFile) -> bool:
-        """In its final place with the listed size: files are only ever moved there after verification."""
-        assert self.plan is not None
-        try:
-            return self._final(self.plan, f).stat().st_size == f.size
-        except OSError:
-            return False
+    def _present_now(self, plan: PullPlan, files: tuple[PullFile, ...] | list[PullFile]) -> set[str]:
+        """The paths of `files` in their final place with the size and the hash the manifest recorded when they
+        were verified and moved there (a file of the right size but another hash is fetched again, then replaced).
+        Under the lock: a job moving files in has moved and recorded them all, or none."""
+        with verified.LOCK:
+            manifest = verified.read(self.paths.models / plan.directory)
+            return {f.path for f in files if verified.is_verified(self.paths.models / plan.directory, f, manifest)}
 
     def _check_disk(self, plan: PullPlan, todo: list[PullFile]) -> None:
         """Refuse before the first byte when the files (less what their .part files hold) would eat the reserve."""
         self.paths.models.mkdir(parents=True, exist_ok=True)
-        need = 0
+        others = self.service.outstanding(self)
+        need = sum(others.values())
         for f in todo:
+            staged = self._staged(plan, f)
+            if staged in others or staged in INFLIGHT:
+                continue  # another pull fetches it already: counted once, as its bytes
             try:
-                have = self._staged(plan, f).stat().st_size
+                have = staged.stat().st_size
             except OSError:
                 have = 0
             need += max(0, f.size - have)
-        need += self.service.outstanding(self)
         free = shutil.disk_usage(self.paths.models).free
         reserve = self.service.settings.disk_reserve_mb * MIB
         if need > free - reserve:
-            raise PullFailed(f"not enough disk space for {plan.name}: it needs {_size(need)}, {_size(free)} free, "
-                             f"keeping {_size(reserve)} reserved (disk_reserve_mb in config.toml); free some space "
-                             "or lower the reserve", status=507)
+            raise PullFailed(f"not enough disk space for {plan.name}: it needs {size_text(need)}, "
+                             f"{size_text(free)} free, keeping {size_text(reserve)} reserved (disk_reserve_mb in "
+                             "config.toml); free some space or lower the reserve", status=507)
 
-    def outstanding(self) -> int:
-        return sum(max(0, f.size - f.done) for f in self.files.values() if f.state not in ("done", "present"))
+    def outstanding(self) -> dict[Path, int]:
+        """Bytes still to write, by staged path (the key two pulls sharing a file have in common)."""
+        if self.plan is None:
+            return {}
+        return {self._staged(self.plan, f): max(0, f.size - state.done) for f in self.plan.files
+                if (state := self.files.get(f.path)) is not None and state.state not in ("done", "present")}
+
+    def needed(self, where: Callable[[PullPlan, PullFile], Path]) -> set[Path]:
+        """Where this pull's files stage or land (`where` is _staged or _final): no other pull removes them."""
+        return {where(self.plan, f) for f in self.plan.files} if self.plan is not None else set()
 
     # --- fetching ---
 
     async def _fetch_one(self, plan: PullPlan, f: PullFile) -> None:
         state = self.files[f.path]
-        if self._present(f):  # another pull moved it there meanwhile
+        if await asyncio.to_thread(self._present_now, plan, [f]):  # another pull moved it there meanwhile
             state.done, state.state = f.size, "present"
             return
         part = self._staged(plan, f)
+        self._drop_stale_parts(part, f)
         session = self.service.session
         assert session is not None
         source = Source(hub_endpoint(), plan.repo, plan.revision, hub_token())
@@ -236,6 +255,18 @@ class PullJob:
         await shared_fetch(part, start, on_bytes, self.cancel)
         state.state = "done"
         self._dirty.set()
+
+    def _drop_stale_parts(self, part: Path, f: PullFile) -> None:
+        """Remove the .part files of the same path staged for another hash (an older commit of the repo): they are
+        never resumed. One a running fetch or another pull holds stays."""
+        stale = re.compile(re.escape(Path(f.path).name) + r"(\.(?:[0-9a-f]{1,16}|unhashed))?\.part")
+        busy = self.service.staged_besides(self)
+        with contextlib.suppress(OSError):
+            for sibling in part.parent.iterdir():
+                if sibling != part and stale.fullmatch(sibling.name) and sibling not in INFLIGHT \
+                        and sibling not in busy:
+                    log.info("removing %s: staged for another version of %s", sibling, f.path)
+                    sibling.unlink(missing_ok=True)
 
     async def _stage_pypi(self, plan: PullPlan, todo: list[PullFile]) -> None:
         if not todo:
@@ -259,30 +290,45 @@ class PullJob:
 
     def _move_into_place(self, plan: PullPlan, todo: list[PullFile]) -> list[PullFile]:
         """Each verified file into the store (one rename), then the staging directories that are left empty.
-        Returns the files this job moved."""
+        Returns the files this job moved. The manifest then records every file this job verified."""
         moved: list[PullFile] = []
-        for f in todo:
-            staged, final = self._staged(plan, f), self._final(plan, f)
-            final.parent.mkdir(parents=True, exist_ok=True)
+        with verified.LOCK:
+            for f in todo:
+                staged, final = self._staged(plan, f), self._final(plan, f)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.replace(staged, final)
+                    moved.append(f)
+                except FileNotFoundError:
+                    if not self._present_now(plan, [f]):  # a pull sharing the file moved it already: it is there
+                        raise PullFailed(f"{f.path} vanished from {staged.parent} before it reached the store; "
+                                         "pull again") from None
+                prune(staged.parent, self.paths.downloads)
+            for directory in {self._final(plan, f).parent for f in moved}:
+                fsync_dir(directory)
             try:
-                os.replace(staged, final)
-                moved.append(f)
-            except FileNotFoundError:
-                if not self._present(f):  # a pull sharing the file moved it already: then it is there
-                    raise PullFailed(f"{f.path} vanished from {staged.parent} before it reached the store; "
-                                     "pull again") from None
-            _prune(staged.parent, self.paths.downloads)
-        for directory in {self._final(plan, f).parent for f in moved}:
-            _fsync_dir(directory)
+                verified.update(self.paths.models / plan.directory, added=moved)
+            except OSError as exc:  # the files are sound; without the record the next pull fetches them again
+                log.warning("could not record the verified files of %s: %s", plan.directory, exc)
         return moved
 
-    def _take_back(self, plan: PullPlan, moved: list[PullFile]) -> None:
-        for f in moved:
-            staged, final = self._staged(plan, f), self._final(plan, f)
-            staged.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(final, staged)
-            _prune(final.parent, self.paths.models)
+    def _take_back(self, plan: PullPlan, moved: list[PullFile], needed_elsewhere: set[Path]) -> None:
+        """Move this job's files back to staging; a file another running pull also needs stays in the store
+        (that pull may have indexed it already)."""
+        taken: list[str] = []
+        with verified.LOCK:
+            for f in moved:
+                staged, final = self._staged(plan, f), self._final(plan, f)
+                if final in needed_elsewhere:
+                    continue
+                staged.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(final, staged)
+                taken.append(f.path)
+                prune(final.parent, self.paths.models)
+            with contextlib.suppress(OSError):
+                verified.update(self.paths.models / plan.directory, dropped=taken)
+            prune(self.paths.models / plan.directory, self.paths.models)  # the manifest went with the last file
 
     # --- reporting ---
 
@@ -310,7 +356,7 @@ class PullJob:
         files = tuple(s.progress(path) for path, s in self.files.items())
         try:
             reply = await self.client.request(PullProgressRequest, timeout=REPORT_TIMEOUT_S, pull_id=self.pull_id,
-                                              state=state, plan=self.plan, files=files, error=error,
+                                              token=self.token, state=state, plan=self.plan, files=files, error=error,
                                               error_status=status)
         except ManagerUnavailable:
             return  # the download goes on; a manager that restarted answers the next report with cancel
@@ -350,42 +396,6 @@ async def _first_error(calls: list[Callable[[], Awaitable[None]]], at_once: int)
             raise task.exception()  # type: ignore[misc]
 
 
-def inside(path: Path, root: Path) -> Path:
-    """`path`, when it stays strictly inside `root` once `..` and symlinks are resolved; PullFailed otherwise."""
-    resolved, top = path.resolve(), root.resolve()
-    if not resolved.is_relative_to(top) or resolved == top:
-        raise PullFailed(f"refusing to write {path}: it is not inside {root}")
-    return path
-
-
-def _prune(directory: Path, root: Path) -> None:
-    """Remove `directory` and its parents up to `root` while they are empty."""
-    top = root.resolve()
-    while directory.resolve() != top and directory.resolve().is_relative_to(top):
-        try:
-            directory.rmdir()
-        except OSError:
-            return
-        directory = directory.parent
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
-
-
 # --- the process ----------------------------------------------------------------------------------------------
 
 
@@ -401,9 +411,21 @@ class DownloaderService:
     def stop(self) -> None:
         self._stop.set()
 
-    def outstanding(self, besides: PullJob) -> int:
-        """Bytes the other running jobs have still to write: the disk they will take is not free for this one."""
-        return sum(job.outstanding() for job in self.jobs if job is not besides)
+    def outstanding(self, besides: PullJob) -> dict[Path, int]:
+        """Bytes the other running jobs have still to write, by staged path (a file two of them share counts
+        once): the disk they will take is not free for this one."""
+        left: dict[Path, int] = {}
+        for job in self.jobs:
+            if job is not besides:
+                for path, n in job.outstanding().items():
+                    left[path] = max(left.get(path, 0), n)
+        return left
+
+    def staged_besides(self, besides: PullJob) -> set[Path]:
+        return {path for job in self.jobs if job is not besides for path in job.needed(job._staged)}
+
+    def needed_besides(self, besides: PullJob) -> set[Path]:
+        return {path for job in self.jobs if job is not besides for path in job.needed(job._final)}
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -447,7 +469,7 @@ class DownloaderService:
                 continue
             if not reply.pull_id:
                 continue  # nothing yet: ask again
-            job = PullJob(self, reply.pull_id, reply.model)
+            job = PullJob(self, reply.pull_id, reply.model, reply.token, reply.budget_bytes)
             self.jobs.add(job)
             try:
                 await job.run()

@@ -16,10 +16,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from catalog.quants import normalize_quant, quant_label
 from manager.protocol import SlotKind
 
 DATA_DIR = Path(__file__).parent / "data"
 KINDS = ("chat", "vision", "embedding", "rerank")
+HUB_HOSTS = ("hf.co/", "huggingface.co/", "www.huggingface.co/")
 CAPABILITIES = ("chat", "completion", "tools", "thinking", "vision", "embedding", "rerank")
 
 # A user's quant word -> GGUF quant labels, most preferred first. The bit-width words come first: the first of
@@ -133,6 +135,7 @@ class Match:
     entry: CatalogEntry
     quant: str  # the GGUF quant label, a key of entry.gguf.quants ("Q4_K_M")
     canonical: str  # "llama4:17b:4bit:scout"
+    explicit: bool = False  # the name asked for this quant; False: the default, which a memory budget may lower
 
     @property
     def token(self) -> str:
@@ -171,7 +174,7 @@ class Catalog:
         if entry is None:
             return None
         label = entry.quant_label(word) if word else entry.default_quant
-        return Match(entry, label, entry.canonical(label)) if label else None
+        return Match(entry, label, entry.canonical(label), explicit=bool(word)) if label else None
 
     def lookup(self, name: str) -> Match:
         found = self.match(name)
@@ -212,18 +215,33 @@ def is_hub_name(name: str) -> bool:
     return "/" in text and not text.startswith(("/", ".", "~"))
 
 
+def split_hub_name(name: str) -> tuple[str, str, str]:
+    """(owner/repo, revision, quant or file) of a Hub name as typed, without its scheme, its host
+    (hf.co, huggingface.co, www.huggingface.co) or an Ollama client's ":latest". Not validated: the resolver does."""
+    text = re.sub(r"^https?://", "", name.strip(), flags=re.IGNORECASE)
+    for host in HUB_HOSTS:
+        if text.lower().startswith(host):
+            text = text[len(host):]
+            break
+    rest, _, tag = text.partition(":")
+    repo, _, revision = rest.partition("@")
+    return repo.strip("/"), revision, "" if tag.lower() == "latest" else tag
+
+
+def hub_model_name(repo: str, revision: str = "", quant: str = "") -> str:
+    """The one name a Hub model is stored under: `owner/Repo[@revision][:QUANT]` (the repo as the Hub spells it,
+    the quant label normalised, only when one was asked)."""
+    label = normalize_quant(quant)
+    tag = label if quant_label(f"x-{quant}.gguf") == label else quant  # a word ("4bit") or a file stays as asked
+    return repo + (f"@{revision}" if revision else "") + (f":{tag}" if tag else "")
+
+
 def pull_key(name: str, catalog: Catalog | None = None) -> str:
-    """The key two pulls of the same model share: the canonical shortcut, or "hf:<owner/repo>[:<quant or file>]"."""
-    text = name.strip()
-    if is_hub_name(text):
-        text = text.lower()
-        for prefix in ("https://", "http://", "huggingface.co/", "hf.co/"):
-            text = text.removeprefix(prefix)
-        repo, _, tag = text.strip("/").partition(":")
-        tag = "" if tag == "latest" else tag
-        return f"hf:{repo.strip('/')}:{tag}" if tag else f"hf:{repo.strip('/')}"
-    found = (catalog or load_catalog()).match(text)
-    return found.canonical if found else ":".join(p for p in text.lower().split(":") if p != "latest")
+    """The key two pulls of the same model share: the canonical shortcut, or "hf:" and the Hub name's stored form,
+    lower case. A shortcut the catalog does not hold raises UnknownModel (with suggestions)."""
+    if is_hub_name(name):
+        return "hf:" + hub_model_name(*split_hub_name(name)).lower()
+    return (catalog or load_catalog()).lookup(name.strip()).canonical
 
 
 def estimate_bytes(size_bytes: int) -> int:

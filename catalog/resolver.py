@@ -27,7 +27,9 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.hf_api import RepoFile
 
-from catalog.entries import QUANT_TOKENS, Catalog, CatalogEntry, Match, UnknownModel, fits, is_hub_name
+from catalog.entries import (
+    QUANT_TOKENS, Catalog, CatalogEntry, Match, UnknownModel, fits, hub_model_name, is_hub_name, split_hub_name,
+)
 from catalog.quants import (
     Chosen,
     HubFile,
@@ -51,7 +53,6 @@ T = TypeVar("T")
 HUB_TIMEOUT_S = 30.0
 # No quant asked: Q4_K_M, then the other usual 4-bit quants, then up the sizes; the budget walks down from there.
 DEFAULT_QUANTS = ("Q4_K_M", "UD-Q4_K_XL", "Q4_K_S", "Q4_0", "IQ4_XS", "IQ4_NL", "Q5_K_M", "Q6_K", "Q8_0", "F16", "BF16")
-_HOSTS = ("hf.co/", "huggingface.co/", "www.huggingface.co/")
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _UNSAFE_DIR_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _DEFAULT_REVISIONS = ("", "main")
@@ -59,7 +60,8 @@ _DEFAULT_REVISIONS = ("", "main")
 
 @dataclass(frozen=True)
 class HubName:
-    """A hub name taken apart: `hf.co/owner/repo@rev:Q4_K_M` -> repo, revision, quant; `name` is the index name."""
+    """A hub name taken apart: `hf.co/owner/repo@rev:q4_k_m` -> repo, revision, quant; `name` its normal form as
+    typed (catalog/entries.hub_model_name); the index name takes the repo's spelling from the Hub."""
 
     repo: str
     revision: str = ""
@@ -107,25 +109,15 @@ def safe_relpath(p: str) -> str:
 def parse_hub_name(name: str) -> HubName:
     """`owner/repo`, `owner/repo:QUANT`, `hf.co/owner/repo[:QUANT]`, `huggingface.co/owner/repo`, with an optional
     `@revision` after the repo; ResolveError 400 for anything else."""
-    given = name.strip()
-    text = re.sub(r"^https?://", "", given, flags=re.IGNORECASE)
-    shown = text
-    for host in _HOSTS:
-        if text.lower().startswith(host):
-            text = text[len(host):]
-            break
-    owner, _, rest = text.partition("/")
-    rest, colon, quant = rest.partition(":")
-    repo_name, _, revision = rest.partition("@")
-    empty_tag = colon and not quant
-    if quant.lower() == "latest":  # what Ollama clients add to a name without a tag
-        quant = ""
+    repo, revision, quant = split_hub_name(name)  # the scheme, the host and ":latest" gone
+    owner, _, repo_name = repo.partition("/")
+    empty_tag = name.strip().endswith(":")
     bad = not (_REPO_PART.match(owner) and _REPO_PART.match(repo_name)) or ".." in repo_name or "--" in repo_name
     if bad or empty_tag or "@" in quant:
         raise ResolveError(400, f"not a Hugging Face model name: {name!r} (expected owner/repo[@revision][:quant])")
     if revision and not re.match(r"^[A-Za-z0-9._/-]{1,200}$", revision):
         raise ResolveError(400, f"not a revision: {revision!r} in {name!r}")
-    return HubName(repo=f"{owner}/{repo_name}", revision=revision, quant=quant, name=shown)
+    return HubName(repo=repo, revision=revision, quant=quant, name=hub_model_name(repo, revision, quant))
 
 
 def resolve(
@@ -148,7 +140,7 @@ def resolve(
         match = catalog.lookup(name)
     except UnknownModel as e:
         raise ResolveError(404, str(e)) from None
-    return _resolve_catalog(match, fmt, _Hub(endpoint, token))
+    return _resolve_catalog(_within_budget(match, budget_bytes), fmt, _Hub(endpoint, token))
 
 
 # --- catalog shortcuts -------------------------------------------------------------------------
@@ -176,6 +168,24 @@ def _resolve_catalog(match: Match, fmt: str, hub: "_Hub") -> PullPlan:
     chosen = catalog_quant(listing.files, entry.gguf.quants[match.quant].file, match.quant, listing.repo)
     log.info("%s: %s", match.canonical, chosen.reason)
     return _gguf_plan(listing, chosen, "", match.canonical, match, mmproj_pattern=entry.gguf.mmproj)
+
+
+def _within_budget(match: Match, budget_bytes: int) -> Match:
+    """No quant asked: as for a Hub name, the default quant if it fits the budget, else the largest smaller one that
+    fits, else the smallest (by the catalog's sizes, so no Hub call). An asked quant is taken as asked."""
+    entry = match.entry
+    if match.explicit or budget_bytes <= 0 or entry.gguf is None or entry.pypi is not None:
+        return match
+    mmproj = entry.gguf.mmproj_bytes
+    sizes = {q: f.size_bytes + mmproj for q, f in entry.gguf.quants.items()}
+    if fits(sizes[match.quant], budget_bytes):
+        return match
+    smaller = sorted((q for q in sizes if sizes[q] < sizes[match.quant]), key=lambda q: (sizes[q], q))
+    label = next((q for q in reversed(smaller) if fits(sizes[q], budget_bytes)), None) \
+        or min(sizes, key=lambda q: (sizes[q], q))
+    log.info("%s (%.1f GB) does not fit the budget of %.1f GB: taking %s", match.canonical, sizes[match.quant] / 1e9,
+             budget_bytes / 1e9, label)
+    return Match(entry, label, entry.canonical(label))
 
 
 def _formats(entry: CatalogEntry) -> str:
@@ -216,11 +226,13 @@ def _resolve_hub(name: HubName, fmt: str, budget_bytes: int, hub: "_Hub") -> Pul
         else:
             chosen = default_quant(groups, budget_bytes, _fits, DEFAULT_QUANTS)
         log.info("%s: %s", name.name, chosen.reason)
-        return _gguf_plan(listing, chosen, name.revision, name.name, None)
+        stored = hub_model_name(listing.repo, name.revision, chosen.label if name.quant else "")
+        return _gguf_plan(listing, chosen, name.revision, stored, None)
     if name.quant:
         kind = "an MLX" if listing.mlx else "a safetensors"
         raise ResolveError(404, f"{listing.repo} is {kind} repo with no GGUF files: pull it without ':{name.quant}'")
-    return _directory_plan(listing, "mlx" if listing.mlx else "safetensors", "", name.revision, name.name, None)
+    stored = hub_model_name(listing.repo, name.revision)
+    return _directory_plan(listing, "mlx" if listing.mlx else "safetensors", "", name.revision, stored, None)
 
 
 def _fits(size_bytes: int, budget_bytes: int) -> bool:

@@ -20,6 +20,7 @@ from typing import Iterator
 import msgspec
 
 from catalog.capabilities import PROJECTOR_ARCH, THINKING_MARKERS, TOOL_MARKERS, capabilities_of, is_projector
+from catalog.entries import Catalog, is_hub_name, load_catalog, pull_key
 from catalog.gguf_info import GGUFInfo, read_gguf_info
 from catalog.index_file import SCHEMA_VERSION, IndexFile, StoreError, decode_index, encode_index, from_entry, to_entry
 from catalog.store_files import (
@@ -34,7 +35,8 @@ __all__ = ["SCHEMA_VERSION", "ModelNotFound", "ModelStore", "StoreError", "check
 # The one rule for model names, wherever one comes from (an API route, the CLI, the index). Names
 # never become paths as they are (model_dir() hashes them), and this keeps them from ever looking
 # like one that escapes: no "..", no "//", no leading "/", no "%", NUL, CR or LF, at most 128 characters.
-NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}$")
+# "@" is a Hub name's revision (owner/repo@v2:Q4_K_M).
+NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+@-]{0,127}$")
 # Where migrate() keeps the index as an earlier version wrote it, for a downgrade or a look back.
 V1_BACKUP = "models.json.v1.bak"
 
@@ -47,7 +49,7 @@ def check_name(name: str) -> str:
     if not NAME_RULE.fullmatch(name) or ".." in name or "//" in name:
         shown = repr(name) if len(name) <= 60 else f"{name[:57]!r}..."
         raise StoreError(
-            f"invalid model name {shown}: use letters, digits and . _ : / + - "
+            f"invalid model name {shown}: use letters, digits and . _ : / + @ - "
             "(at most 128 characters, starting with a letter or digit, no '..' or '//')"
         )
     return name
@@ -68,6 +70,24 @@ class ModelStore:
 
     def get(self, name: str) -> ModelEntry | None:
         return next((m for m in self._read() if m.name == name), None)
+
+    def find(self, name: str, catalog: Catalog | None = None) -> ModelEntry | None:
+        """The installed model a name means, as a user types it: the exact name, then without or with ":latest", then the
+        catalog's canonical form (`qwen3:8b` is stored as `qwen3:8b:4bit`) or an entry pulled as that shortcut, or
+        for a Hub name its stored normal form (`hf.co/o/r:q4_k_m` is `o/R:Q4_K_M`). None when none is."""
+        models = self._read()
+        text = name.strip()
+        for candidate in (text, text.removesuffix(":latest"), f"{text}:latest"):
+            if found := next((m for m in models if m.name == candidate), None):
+                return found
+        if is_hub_name(text):
+            key = pull_key(text)
+            return next((m for m in models if is_hub_name(m.name) and pull_key(m.name) == key), None)
+        match = (catalog or load_catalog(self.paths.home)).match(text)
+        if match is None:
+            return None
+        return next((m for m in models if m.name == match.canonical), None) \
+            or next((m for m in models if m.catalog == match.canonical), None)
 
     def _read(self) -> list[ModelEntry]:
         try:
@@ -186,10 +206,10 @@ class ModelStore:
         """`destination` names the same files: hard links of every one in its own directory, so either may be
         deleted."""
         check_name(destination)
-        entry = self.get(source)
+        entry = self.find(source)
         if entry is None:
             raise ModelNotFound(f"model {source!r} is not installed")
-        if destination == source:
+        if destination == entry.name:
             return entry
         target_dir = self.model_dir(destination)
         layout = [(existing_file(path), target_dir / relative) for path, relative in _layout(entry)]

@@ -189,6 +189,14 @@ def _post(summary: str, body: Schema, method: str = "post") -> dict[str, Schema]
     }}
 
 
+def _streamed(summary: str, body: Schema, *types: str) -> dict[str, Schema]:
+    """A POST whose 200 is a stream, not one JSON body: `types` are the content types it may answer with."""
+    operation = _post(summary, body)
+    operation["post"]["responses"] = {**ANSWERS, "200": {"description": "OK", "content": {
+        kind: {"schema": {"type": "string"}} for kind in types}}}
+    return operation
+
+
 def _get(summary: str, *parameters: Schema, head: bool = False) -> dict[str, Schema]:
     operation = {"summary": summary, "parameters": list(parameters), "responses": {"200": {"description": "OK"}}}
     return {"get": operation, "head": dict(operation)} if head else {"get": operation}
@@ -224,7 +232,7 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/lf/model/switch": _post("load a model and wait until it is ready", SWITCH),
     "/lf/model/unload": _post("unload a model (every loaded model when none is named)", UNLOAD),
     "/lf/model/delete/{name}": DELETE_BY_NAME,
-    "/lf/model/pull": _post("pull a model, its progress streamed as SSE", PULL),
+    "/lf/model/pull": _streamed("pull a model, its progress streamed as SSE", PULL, "text/event-stream"),
     "/lf/model/pull/{name}": CANCEL_PULL,
     "/lf/catalog": _get("the catalog's shortcuts, with what fits this machine", CATALOG_KIND),
     "/v1/models": _get("installed models with capabilities"),
@@ -250,7 +258,8 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/api/blobs/{digest}": BLOBS,
     "/api/copy": _post("Ollama copy", OLLAMA_COPY),
     "/api/delete": _post("Ollama delete", OLLAMA_DELETE, method="delete"),
-    "/api/pull": _post("Ollama pull, with NDJSON progress", OLLAMA_PULL),
+    "/api/pull": _streamed("Ollama pull, with NDJSON progress (one JSON object when stream is false)",
+                          OLLAMA_PULL, "application/x-ndjson", "application/json"),
 }
 
 

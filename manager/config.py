@@ -189,8 +189,10 @@ class Paths:
 
     @property
     def downloads(self) -> Path:
-        """Pulls in progress: each file's `.part`, kept across interruptions so that the next pull resumes."""
-        return self.home / "downloads"
+        """Pulls in progress: each file's `.part`, kept across interruptions so that the next pull resumes. Inside
+        the models directory, so that a verified file moves into place with one rename even when `models` is a
+        link to another disk, and the disk check measures the disk the model will live on."""
+        return self.models / ".downloads"
 
     @property
     def logs(self) -> Path:

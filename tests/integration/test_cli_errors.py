@@ -66,7 +66,31 @@ def test_without_a_manager_ps_says_so_and_list_reads_the_store(inst: Instance) -
     assert listed.returncode == 0 and "tiny:chat" in listed.stdout
 
 
+def test_with_the_gateway_down_but_the_manager_running_rm_and_import_leave_the_store_alone(
+        inst: Instance, models_dir: Path) -> None:
+    inst.stop("gateway")  # the manager may still hold engines on the store's files
+    line = assert_one_line_error(inst.lmforge("rm", "tiny:chat"))
+    assert "manager (pid" in line and "still runs" in line
+    line = assert_one_line_error(inst.lmforge("import", str(models_dir / "chat.gguf"), "--name", "other:1b"))
+    assert "still runs" in line
+    assert [m.name for m in ModelStore(Paths(inst.home)).list()] == ["tiny:chat"]
+
+
 # --- against nothing, or something that is not LMForge ---
+
+
+def test_run_with_an_empty_piped_prompt_says_there_is_none(home: Path) -> None:
+    env = dict(os.environ, LMFORGE_HOME=str(home), LMFORGE_PORT=str(free_port()))
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "run", "tiny:chat"], env=env, input="  \n",
+                            capture_output=True, text=True, timeout=60)
+    assert "no prompt" in assert_one_line_error(result)
+
+
+def test_the_catalog_with_a_broken_override_and_lmforge_stopped_names_the_file(home: Path) -> None:
+    (home / "catalog").mkdir(parents=True)
+    (home / "catalog" / "broken.toml").write_text("[[model]\nname = \n")
+    line = assert_one_line_error(lmforge(home, free_port(), "catalog"))
+    assert "broken.toml" in line and "bug" not in line
 
 
 @pytest.mark.parametrize("args", [("ps",), ("load", "x"), ("unload", "--all"), ("run", "x", "hi")])

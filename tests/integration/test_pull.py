@@ -7,14 +7,12 @@ in the .part. Faults come from the hub: a cut connection, a flipped byte, a stal
 
 from __future__ import annotations
 
-import concurrent.futures
 import errno
 import hashlib
-import json
 import os
+import shutil
 import subprocess
 import threading
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator
@@ -24,12 +22,13 @@ import pytest
 
 from manager.config import Paths
 from tests.support import tiny_models
-from tests.support.hub import LocalHub, running_hub
-from tests.support.instance import Instance, clean_up, prepare_instance, wait_until
+from tests.support.hub import LocalHub
+from tests.support.instance import Instance, clean_up, wait_until
+from tests.support.pulls import (PULL_TIMEOUT_S, hub_instance, in_background, part_of, parts, pull, pulls, quant_dir,
+                                 snapshot, sse_events)
 
 PAD = 2 * 1024 * 1024  # trailing bytes after the tensors; llama.cpp ignores them
 Q4, Q8 = "tiny-Q4_K_M.gguf", "tiny-Q8_0.gguf"
-PULL_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +36,6 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     out = tmp_path_factory.mktemp("hub-weights")
     return {name: tiny_models.write_chat_model(out / name, seed=seed).read_bytes() + b"\0" * PAD
             for seed, name in enumerate((Q4, Q8))}
-
-
-@pytest.fixture(scope="module")
-def module_hub() -> Iterator[LocalHub]:
-    with running_hub() as hub:
-        yield hub
-
-
-@pytest.fixture
-def hub(module_hub: LocalHub) -> Iterator[LocalHub]:
-    yield module_hub
-    module_hub.clear_faults()
 
 
 @pytest.fixture
@@ -59,15 +46,6 @@ def publish(hub: LocalHub, weights: dict[str, bytes], request: pytest.FixtureReq
         hub.add_repo(repo, {**weights, "README.md": b"# Tiny\n", "config.json": b'{"model_type": "llama"}'})
         return repo
     return publish
-
-
-def hub_instance(home: Path, llama_server: str, hub: LocalHub, config: str = "") -> Instance:
-    """An LMForge, not started yet, whose Hugging Face is the local hub."""
-    inst = prepare_instance(home, llama_server, {}, config)
-    inst.env["HF_ENDPOINT"] = hub.url
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
-        inst.env.pop(name, None)
-    return inst
 
 
 @pytest.fixture(scope="module")
@@ -103,44 +81,6 @@ def start(home: Path, llama_server: str, hub: LocalHub) -> Iterator[Callable[...
 # --- the clients ---
 
 
-def sse_events(resp: Iterator[bytes]) -> Iterator[tuple[str | None, dict]]:
-    """(event name, data) from an SSE body as it arrives."""
-    event = None
-    for raw in resp:
-        line = raw.decode().rstrip("\r\n")
-        if line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            yield event, json.loads(line[5:])
-            event = None
-
-
-def pull(inst: Instance, model: str, keep: bool = False) -> tuple[list[dict], str, dict]:
-    """POST /lf/model/pull and read its SSE to the end: (download events, "done" or "error", its data)."""
-    body = json.dumps({"model": model, "keep": keep}).encode()
-    req = urllib.request.Request(inst.url + "/lf/model/pull", data=body, method="POST",
-                                 headers={"Content-Type": "application/json"})
-    progress: list[dict] = []
-    try:
-        with urllib.request.urlopen(req, timeout=PULL_TIMEOUT_S) as resp:
-            assert resp.headers["Content-Type"].startswith("text/event-stream")
-            for event, data in sse_events(resp):
-                if event == "download":
-                    progress.append(data)
-                elif event in ("done", "error"):
-                    return progress, event, data
-    except urllib.error.HTTPError as err:
-        return progress, "error", json.loads(err.read())
-    raise AssertionError(f"the pull of {model} ended without a done or error event; saw {progress[-1:]}")
-
-
-def in_background(fn: Callable, *args: object) -> concurrent.futures.Future:
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    future = pool.submit(fn, *args)
-    pool.shutdown(wait=False)
-    return future
-
-
 def chat(inst: Instance, model: str) -> dict:
     code, body = inst.post("/v1/chat/completions", {
         "model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
@@ -149,42 +89,9 @@ def chat(inst: Instance, model: str) -> dict:
     return body
 
 
-def pulls(inst: Instance) -> list[dict]:
-    return inst.status()["pulls"]
-
-
 def error_text(data: dict) -> str:
     err = data["error"]
     return (err["message"] if isinstance(err, dict) else str(err)).lower()
-
-
-# --- the store ---
-
-
-def quant_dir(home: Path, repo: str, quant: str) -> Path:
-    owner, name = repo.split("/")
-    return Paths(home).models / "hf" / f"{owner}--{name}" / quant
-
-
-def part_of(home: Path, repo: str, quant: str, path: str) -> Path:
-    owner, name = repo.split("/")
-    return Paths(home).downloads / "hf" / f"{owner}--{name}" / quant / f"{path}.part"
-
-
-def snapshot(home: Path) -> tuple[bytes | None, list[tuple[str, int]]]:
-    """The index file's bytes and every file of the models directory, to compare before and after."""
-    paths = Paths(home)
-    index = paths.index.read_bytes() if paths.index.exists() else None
-    files = sorted((str(p.relative_to(paths.models)), p.stat().st_size)
-                   for p in paths.models.rglob("*") if p.is_file()) if paths.models.exists() else []
-    return index, files
-
-
-def parts(home: Path, repo: str) -> list[Path]:
-    """The repo's .part files in the staging area."""
-    owner, name = repo.split("/")
-    staged = Paths(home).downloads / "hf" / f"{owner}--{name}"
-    return sorted(staged.rglob("*.part")) if staged.exists() else []
 
 
 # --- the tests ---
@@ -249,18 +156,35 @@ def test_pull_larger_than_free_disk_is_refused_before_a_byte(start, publish, hub
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """An 8 MiB tmpfs to hold an LMForge home (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+    """An 8 MiB tmpfs to hold an LMForge home. Root mounts it; anyone else mounts it in a user and mount namespace
+    of its own (`unshare -Urm`), held open by a process there, and reaches it through that process's
+    /proc/<pid>/root: the path works for the test and for the LMForge it starts alike."""
     mount = tmp_path / "small-disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    if os.geteuid() == 0:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        try:
+            yield mount
+        finally:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+        return
+    if shutil.which("unshare") is None:
+        pytest.skip("a tmpfs needs root, or util-linux's unshare for a user namespace; neither is here")
+    script = 'mount -t tmpfs -o size=8m tmpfs "$1" && echo mounted && exec cat'  # cat: holds it until stdin ends
+    holder = subprocess.Popen(["unshare", "-Urm", "sh", "-c", script, "sh", str(mount)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert holder.stdin is not None and holder.stdout is not None
+    if holder.stdout.readline().strip() != b"mounted":
+        holder.kill()
+        reason = holder.communicate()[1].decode().strip()
+        pytest.skip(f"not root, and `unshare -Urm` cannot mount a tmpfs here (user namespaces off?): {reason}")
     try:
-        yield mount
+        yield Path(f"/proc/{holder.pid}/root") / mount.relative_to("/")
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+        holder.stdin.close()
+        holder.wait(10)
 
 
 def fill(ballast: Path, leave: int) -> None:
@@ -287,6 +211,9 @@ def test_disk_full_mid_file_leaves_store_and_index(small_disk: Path, start, publ
     ballast = small_disk / "ballast"
     try:
         assert pause.reached.wait(30), "the download never reached the pause"
+        part = part_of(home, repo, "Q4_K_M", Q4, weights[Q4])  # what came before the pause is on disk before the fill
+        wait_until(lambda: part.exists() and part.stat().st_size == pause.offset, timeout=10,
+                   what=f"the .part to hold the {pause.offset} bytes sent before the pause")
         fill(ballast, leave=64 * 1024)  # room for the logs, none for the rest of the file
         pause.set()
         _, end, data = running.result(PULL_TIMEOUT_S)
@@ -338,7 +265,7 @@ def test_cancel_keeps_the_part_and_the_next_pull_resumes(inst: Instance, publish
     before = snapshot(inst.home)
     pause = hub.pause_at(f"{repo}/{Q4}", 1536 * 1024)
     running = in_background(pull, inst, name, True)
-    part = part_of(inst.home, repo, "Q4_K_M", Q4)
+    part = part_of(inst.home, repo, "Q4_K_M", Q4, weights[Q4])
     try:
         assert pause.reached.wait(30)
         wait_until(lambda: part.exists() and part.stat().st_size >= 1024 * 1024, timeout=10,
@@ -388,7 +315,7 @@ def test_ollama_client_pull_reports_progress(inst: Instance, publish, weights: d
     statuses = [s.status for s in steps]
     assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
     assert all(s.completed is None or s.total is None or s.completed <= s.total for s in steps)
-    assert f"hf.co/{repo}:Q4_K_M" in [m.model for m in client.list().models]
+    assert f"{repo}:Q4_K_M" in [m.model for m in client.list().models], "listed under its name without hf.co/"
     files = [s for s in steps if s.digest]
     assert files and all(s.digest.startswith("sha256:") for s in files), f"no per-file progress in {statuses}"
     assert any(s.total == len(weights[Q4]) and s.completed == s.total for s in files)
@@ -432,3 +359,20 @@ def test_unknown_repo_fails_with_the_hub_name(inst: Instance) -> None:
     _, end, data = pull(inst, "nobody/Nothing-GGUF:Q4_K_M")
     assert end == "error"
     assert "nobody/nothing-gguf" in error_text(data)
+
+
+def test_small_files_behind_a_relative_redirect_arrive(inst: Instance, hub: LocalHub,
+                                                       weights: dict[str, bytes]) -> None:
+    """huggingface.co answers a file kept in git (not LFS) with a 307 to a path on itself, relative to the URL."""
+    repo = "tester/Relative-Redirects"
+    config, tokenizer = b'{"model_type": "llama"}', b'{"version": "1.0", "model": {}}'
+    hub.add_repo(repo, {"model.safetensors": weights[Q4], "config.json": config, "tokenizer.json": tokenizer})
+    hub.relative_redirects = True
+    _, end, data = pull(inst, repo)
+    assert end == "done", data
+    stored = quant_dir(inst.home, repo, "all")
+    assert (stored / "config.json").read_bytes() == config and (stored / "tokenizer.json").read_bytes() == tokenizer
+    assert (stored / "model.safetensors").read_bytes() == weights[Q4]
+    cached = sorted(r.path for r in hub.requests if r.path.startswith("/api/resolve-cache/models/"))
+    commit = hub.commit(repo)
+    assert cached == [f"/api/resolve-cache/models/{repo}/{commit}/{p}" for p in ("config.json", "tokenizer.json")]

@@ -18,16 +18,21 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+import ollama
 import pytest
 
 from catalog.entries import fits
+from manager.config import Paths
 from tests.support.hub import LocalHub, running_hub
 from tests.support.instance import Instance, clean_up, prepare_instance, wait_until
+from tests.support.pulls import add_shortcut
 
 REPO = "tester/Tiny-GGUF"
 WEIGHTS = "tiny-Q4_K_M.gguf"
 PULLED = f"{REPO}:Q4_K_M"
 ALIASED = "qwen3:0.6b:4bit"  # a catalog name, installed here as a tiny model: `qwen3:0.6b` must find it
+SHORT_REPO = "tester/Short-GGUF"
+SHORT = "tinyshort:1m"  # a shortcut of this home's catalog override, for SHORT_REPO
 ADMIN, INFERENCE = "admin-key-0123456789", "inference-key-0123456789"
 
 
@@ -35,6 +40,7 @@ ADMIN, INFERENCE = "admin-key-0123456789", "inference-key-0123456789"
 def hub(models_dir: Path) -> Iterator[LocalHub]:
     with running_hub() as hub:
         hub.add_repo(REPO, {WEIGHTS: models_dir / "cycle.gguf", "README.md": b"# tiny\n"})
+        hub.add_repo(SHORT_REPO, {WEIGHTS: models_dir / "cycle.gguf"})
         yield hub
 
 
@@ -44,6 +50,7 @@ def inst(tmp_path_factory: pytest.TempPathFactory, llama_server: str, models_dir
     inst = prepare_instance(tmp_path_factory.mktemp("pulls") / "home", llama_server,
                             {ALIASED: models_dir / "chat.gguf"})
     inst.env["HF_ENDPOINT"] = hub.url
+    add_shortcut(inst.home, SHORT, SHORT_REPO, WEIGHTS, (models_dir / "cycle.gguf").stat().st_size)
     try:
         yield inst.start()
     finally:
@@ -253,11 +260,77 @@ def test_a_client_that_leaves_cancels_the_pull_it_alone_followed_unless_it_asked
         if not keep:
             wait_until(lambda: next(p["state"] for p in pulls(inst) if p["model"] == model) == "cancelled",
                        timeout=30, what="the pull nobody follows to be cancelled")
+            parts = list(Paths(inst.home).downloads.rglob("left-Q4_K_M.gguf*.part"))
+            assert parts, "a cancelled pull keeps its .part for the next pull to resume"
     finally:
         pause.set()
     if keep:  # nobody follows it, and it goes on to the end
         wait_until(lambda: next(p["state"] for p in pulls(inst) if p["model"] == model) == "done",
                    timeout=60, what="the kept pull to finish")
+
+
+def test_one_of_two_followers_leaving_leaves_the_pull_to_the_other(inst: Instance, hub: LocalHub,
+                                                                   models_dir: Path) -> None:
+    repo = "tester/Twice-GGUF"
+    hub.add_repo(repo, {"twice-Q4_K_M.gguf": models_dir / "embed.gguf"})  # a model: the pull ends indexed
+    pause = hub.pause_at(f"{repo}/twice-Q4_K_M.gguf", 200 * 1024)  # held until the CLI has left
+    model = f"{repo}:Q4_K_M"
+    conn = http.client.HTTPConnection("127.0.0.1", inst.port, timeout=60)
+    cli = None
+    try:
+        conn.request("POST", "/lf/model/pull", body=json.dumps({"model": model}),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.readline().startswith(b"event: download")
+        assert pause.reached.wait(60), "the download never started"
+        cli = subprocess.Popen([sys.executable, "-m", "gateway.cli", "pull", "--json", model], env=inst.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert cli.stdout is not None
+        assert json.loads(cli.stdout.readline())["followers"] == 2  # the CLI has seen the other follower
+        cli.send_signal(signal.SIGINT)
+        out, err = cli.communicate(timeout=60)
+        assert cli.returncode == 130, (out, err)
+        assert "stopped; the pull goes on for 1 other client" in err and "cancelled" not in err
+        wait_until(lambda: next(p["followers"] for p in pulls(inst) if p["model"] == model) == 1,
+                   timeout=30, what="the CLI's leave to be counted")
+        assert next(p["state"] for p in pulls(inst) if p["model"] == model) == "downloading"
+        pause.set()
+        lines = resp.read().decode().splitlines()
+        assert [line for line in lines if line.startswith("event:")][-1] == "event: done", lines[-4:]
+    finally:
+        pause.set()
+        conn.close()
+        if cli is not None and cli.poll() is None:
+            cli.kill()
+            cli.wait()
+
+
+def test_a_failed_pull_is_an_error_line_in_ndjson_and_a_response_error_in_the_ollama_client(inst: Instance) -> None:
+    missing = "tester/Nowhere-GGUF:Q4_K_M"
+    code, lines = ndjson(inst, {"model": missing})
+    assert code == 200 and lines[0] == {"status": "pulling manifest"}, lines
+    assert set(lines[-1]) == {"error"} and "Nowhere-GGUF" in lines[-1]["error"], lines
+    client = ollama.Client(host=inst.url)
+    with pytest.raises(ollama.ResponseError) as raised:
+        client.pull(missing)
+    assert raised.value.status_code == 404 and "Nowhere-GGUF" in raised.value.error
+    with pytest.raises(ollama.ResponseError, match="Nowhere-GGUF"):
+        for _ in client.pull(missing, stream=True):
+            pass
+
+
+def test_a_short_name_loads_unloads_and_deletes_the_model_it_names(inst: Instance) -> None:
+    loaded = inst.lmforge("load", "qwen3:0.6b")
+    assert loaded.returncode == 0 and f"{ALIASED} is ready" in loaded.stdout, loaded.stderr
+    unloaded = inst.lmforge("unload", "qwen3:0.6b")
+    assert unloaded.returncode == 0 and f"unloading {ALIASED}" in unloaded.stdout, unloaded.stderr
+    pulled = inst.lmforge("pull", SHORT)
+    assert pulled.returncode == 0, pulled.stderr
+    name = pulled.stdout.strip().splitlines()[-1].removeprefix("done: ").split(" (")[0]
+    assert name != SHORT and name.startswith(SHORT)  # installed under its canonical name
+    gone = inst.lmforge("rm", SHORT)
+    assert gone.returncode == 0 and f"deleted {name}" in gone.stdout, gone.stderr
+    assert name not in [m["name"] for m in inst.get("/lf/model/list")[1]["models"]]  # type: ignore[index]
 
 
 def test_cli_pull_exit_codes_for_refusals(inst: Instance) -> None:
@@ -312,7 +385,8 @@ def test_cli_rm_deletes_a_model_and_says_so_when_it_is_not_installed(inst: Insta
 
 def test_without_a_running_lmforge_rm_and_catalog_work_on_the_home_itself(
         make_instance, models_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    idle = make_instance(models={"idle:1b": models_dir / "chat.gguf"})  # never started: nothing answers its port
+    idle = make_instance(models={"idle:1b": models_dir / "chat.gguf",  # never started: nothing answers its port
+                                 ALIASED: models_dir / "chat.gguf"})
     listing = idle.lmforge("catalog", "--json")
     assert listing.returncode == 0, listing.stderr
     assert json.loads(listing.stdout)["budget_bytes"] == 0  # no manager: the budget is unknown, so is what fits
@@ -321,3 +395,5 @@ def test_without_a_running_lmforge_rm_and_catalog_work_on_the_home_itself(
     assert gone.returncode == 0 and "deleted idle:1b" in gone.stdout, gone.stderr
     again = idle.lmforge("rm", "idle:1b")
     assert again.returncode == 1 and "model idle:1b is not installed" in again.stderr
+    short = idle.lmforge("rm", "qwen3:0.6b")
+    assert short.returncode == 0 and f"deleted {ALIASED}" in short.stdout, short.stderr

@@ -123,6 +123,7 @@ class LocalHub:
         self._corrupt: dict[str, int] = {}
         self._pauses: dict[str, Pause] = {}
         self._every_pause: list[Pause] = []  # armed or taken: stop() releases them all
+        self.relative_redirects = False  # small files: 307 to /api/resolve-cache/..., as huggingface.co does now
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -183,6 +184,7 @@ class LocalHub:
             self._cuts.clear()
             self._corrupt.clear()
             self._pauses.clear()
+            self.relative_redirects = False
             pauses, self._every_pause = self._every_pause, []
         for pause in pauses:
             pause.set()
@@ -259,6 +261,9 @@ class LocalHub:
                 return self._info(request, repo_id, unquote(rest[1]))
             if rest[0] == "tree" and len(rest) >= 2:
                 return self._tree(request, repo_id, unquote(rest[1]), unquote("/".join(rest[2:])))
+        if parts[:3] == ["api", "resolve-cache", "models"] and len(parts) >= 7:
+            repo_id = unquote(parts[3]) + "/" + unquote(parts[4])
+            return await self._resolve(request, repo_id, unquote(parts[5]), unquote("/".join(parts[6:])), cached=True)
         if parts[0] == "cdn" and len(parts) == 2:
             return await self._cdn(request, parts[1])
         if len(parts) >= 5 and parts[2] == "resolve":
@@ -319,7 +324,8 @@ class LocalHub:
                 entries.append(_tree_file(f))
         return web.json_response(entries)
 
-    async def _resolve(self, request: web.Request, repo_id: str, revision: str, path: str) -> web.StreamResponse:
+    async def _resolve(self, request: web.Request, repo_id: str, revision: str, path: str,
+                       cached: bool = False) -> web.StreamResponse:
         found = self._revision(repo_id, revision)
         if isinstance(found, web.Response):
             return found
@@ -328,6 +334,9 @@ class LocalHub:
         if f is None or f.source is None:
             return _error(404, "EntryNotFound", f"{path} does not exist on {revision}")
         headers = {"X-Repo-Commit": rev.commit, "ETag": f'"{f.blob_id}"', "Accept-Ranges": "bytes"}
+        if not f.lfs and self.relative_redirects and not cached:
+            headers["Location"] = f"/api/resolve-cache/models/{rid}/{rev.commit}/{quote(f.path)}"
+            return web.Response(status=307, headers=headers)
         if not f.lfs:
             return await self._send(request, rid, f, headers)
         query = urlencode({"repo": rid, "path": f.path, "commit": rev.commit})

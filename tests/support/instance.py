@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import shutil
 import os
@@ -25,6 +26,10 @@ from typing import Iterator
 import psutil
 
 PROGRAMS = {"manager": "manager", "prober": "prober", "downloader": "catalog", "gateway": "gateway"}
+# No test may reach huggingface.co: a test with a hub of its own sets HF_ENDPOINT to it; every other one gets a
+# port nothing listens on (9, discard: privileged, so no test server takes it), so a pull fails fast and offline.
+NO_HUB = "http://127.0.0.1:9"
+LOCAL_HOSTS = "127.0.0.1,localhost"  # a proxy in the environment must not carry the calls to local servers
 
 
 def free_port() -> int:
@@ -46,10 +51,12 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: s
 
 
 async def wait_until_async(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):  # type: ignore[no-untyped-def]
-    """wait_until for coroutine predicates."""
+    """wait_until inside a running loop; the predicate may be a coroutine function or a plain one."""
     deadline = time.monotonic() + timeout
     while True:
-        value = await predicate()
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:
@@ -66,7 +73,8 @@ class Instance:
         if config:
             (home / "config.toml").write_text(config)
         self.env = dict(os.environ, LMFORGE_HOME=str(home), LMFORGE_PORT=str(self.port),
-                        LMFORGE_LLAMA_SERVER=llama_server, PYTHONUNBUFFERED="1")
+                        LMFORGE_LLAMA_SERVER=llama_server, PYTHONUNBUFFERED="1",
+                        HF_ENDPOINT=NO_HUB, NO_PROXY=LOCAL_HOSTS, no_proxy=LOCAL_HOSTS)
         self.procs: dict[str, subprocess.Popen] = {}
 
     @property
@@ -103,17 +111,19 @@ class Instance:
                     proc.kill()
                     proc.wait()
 
-    def lmforge(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    def lmforge(self, *args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        """The CLI against this instance; `stdin` is its input (else none: an empty, closed stdin)."""
         return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
+                              text=True, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
+                              timeout=timeout)
 
     # --- HTTP, stdlib only, for synchronous tests ---
 
     def request(self, method: str, path: str, body: object | None = None, raw: bytes | None = None,
-                timeout: float = 120) -> tuple[int, object]:
+                timeout: float = 120, headers: dict[str, str] | None = None) -> tuple[int, object]:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, _parse(resp.read())

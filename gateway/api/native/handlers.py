@@ -9,7 +9,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.api.native.schemas import ImportBody, SwitchBody, UnloadBody, parse_body
-from gateway.dataplane.gates import valid_name
+from gateway.dataplane.gates import installed_name
 from gateway.errors import ApiError
 from gateway.keys import MANAGER, SETTINGS, STREAMS
 from gateway.middleware.auth import PEER
@@ -141,17 +141,19 @@ async def close_streams(app: web.Application) -> None:
 
 async def model_switch(request: web.Request) -> web.Response:
     body: SwitchBody = parse_body(await request.read(), SwitchBody)
+    model = installed_name(request, body.model)  # a short name loads what chat with it would use
     reply: LoadReply = await request.app[MANAGER].request(
-        LoadRequest, model=body.model, kind=body.kind, pin=body.pin, keep_alive=body.keep_alive, num_ctx=body.num_ctx,
+        LoadRequest, model=model, kind=body.kind, pin=body.pin, keep_alive=body.keep_alive, num_ctx=body.num_ctx,
         timeout=request.app[SETTINGS].acquire_wait_s,
     )
-    return web.json_response({"status": "ready", "model": body.model, "load_s": round(reply.load_s, 3),
+    return web.json_response({"status": "ready", "model": model, "load_s": round(reply.load_s, 3),
                               "slot": msgspec.to_builtins(reply.slot)})
 
 
 async def model_unload(request: web.Request) -> web.Response:
     body: UnloadBody = parse_body(await request.read(), UnloadBody, empty_ok=True)
-    reply: UnloadReply = await request.app[MANAGER].request(UnloadRequest, model=body.model, kind=body.kind)
+    model = installed_name(request, body.model) if body.model else body.model
+    reply: UnloadReply = await request.app[MANAGER].request(UnloadRequest, model=model, kind=body.kind)
     return web.json_response({"status": "unloading" if reply.unloaded else "nothing_loaded",
                               "unloaded": list(reply.unloaded)})
 
@@ -176,5 +178,5 @@ async def model_import(request: web.Request) -> web.Response:
 async def model_delete(request: web.Request) -> web.Response:
     """Unloads the model, then removes it from the index and its files from the store."""
     reply: DeleteModelReply = await request.app[MANAGER].request(DeleteModelRequest,
-                                                                  model=valid_name(request.match_info["name"]))
+                                                                  model=installed_name(request, request.match_info["name"]))
     return web.json_response({"status": "deleted", "model": reply.model})

@@ -78,12 +78,27 @@ class PullFollower:
         """Subscribe, then start or join the pull; a refusal (ManagerError, ManagerUnavailable) is raised."""
         self._queue = self.manager.subscribe()
         self.app[STREAMS].add(self._queue)
+        asked = asyncio.ensure_future(self.manager.request(PullRequest, model=self.model, follow=self.follow))
         try:
-            reply: PullReply = await self.manager.request(PullRequest, model=self.model, follow=self.follow)
+            reply: PullReply = await asyncio.shield(asked)
+        except asyncio.CancelledError:
+            # The client left while the manager was counting it: once it answers, leave, or the pull
+            # keeps a follower nobody is.
+            await self._leave_when_answered(asked)
+            raise
         except BaseException:
             self._unsubscribe()
             raise
         return self._seen(self._told(Update(reply.pull)))
+
+    async def _leave_when_answered(self, asked: asyncio.Future) -> None:
+        try:
+            reply: PullReply = await asked
+        except BaseException:  # refused or unreachable: it counted nobody
+            self._unsubscribe()
+            return
+        self._seen(self._told(Update(reply.pull)))
+        self.close()
 
     async def updates(self) -> AsyncIterator[Update | None]:
         """Every change of the pull until it ends; None after PING_S of silence (time for a keep-alive)."""

@@ -23,7 +23,7 @@ from aiohttp import web
 from catalog.capabilities import is_projector
 from catalog.gguf_info import GGUFError, GGUFInfo, read_gguf_info
 from gateway.api.ollama.codec import NDJSON
-from gateway.dataplane.gates import valid_name
+from gateway.dataplane.gates import installed_name, valid_name
 from gateway.dataplane.validate import decode_as
 from gateway.errors import ApiError, from_manager
 from gateway.keys import MANAGER, PATHS
@@ -116,7 +116,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     if not source and files is None and body.modelfile:
         source, files, local = _from_modelfile(request, body.modelfile)
     if source:
-        _valid_name(source, "from")
+        source = installed_name(request, source, "from")
         return await _progress(request, body.stream, ["copying model"], CopyModelRequest,
                                source=source, destination=name)
     if local is not None:
@@ -219,15 +219,15 @@ async def _ollama_errors(change: Any, fields: dict[str, Any]) -> Any:
 
 async def copy(request: web.Request) -> web.Response:
     body = decode_as(await request.read(), CopyBody)
-    _valid_name(body.source, "source")
+    source = installed_name(request, _valid_name(body.source, "source"), "source")
     _valid_name(body.destination, "destination")
-    await _ollama_errors(request.app[MANAGER].request(CopyModelRequest, source=body.source,
+    await _ollama_errors(request.app[MANAGER].request(CopyModelRequest, source=source,
                                                       destination=body.destination), {"source": body.source})
     return web.Response(status=200)
 
 
 async def delete(request: web.Request) -> web.Response:
     body = decode_as(await request.read(), DeleteBody)
-    name = _valid_name(body.model or body.name, "model")
+    name = installed_name(request, _valid_name(body.model or body.name, "model"))
     await _ollama_errors(request.app[MANAGER].request(DeleteModelRequest, model=name), {"model": name})
     return web.Response(status=200)

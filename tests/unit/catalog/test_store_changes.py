@@ -157,6 +157,21 @@ def test_a_pulled_split_gguf_is_one_entry_over_every_shard(store: ModelStore, mo
     assert json.loads(store.paths.index.read_text())["models"][0]["dir"] == "hf/owner--repo/Q4_K_M"
 
 
+def test_a_model_is_found_by_every_name_a_user_types_for_it(store: ModelStore, models_dir: Path) -> None:
+    shortcut = store.index_pulled(pulled(store, "hf/o--q/Q4_K_M", {"m.gguf": models_dir / "chat.gguf"},
+                                         name="qwen3:8b:4bit", primary="m.gguf", catalog="qwen3:8b:4bit"))
+    hub = store.index_pulled(pulled(store, "hf/o--r/Q8_0", {"m.gguf": models_dir / "chat.gguf"},
+                                    name="Owner/Repo:Q8_0", primary="m.gguf", catalog="llama3.1:8b:8bit"))
+    plain = store.import_gguf(models_dir / "chat.gguf", "plain:latest")
+    for typed in ("qwen3:8b:4bit", "qwen3:8b", "QWEN3:8B:latest", "qwen3:8b:q4_k_m"):
+        assert store.find(typed) == shortcut, typed
+    for typed in ("Owner/Repo:Q8_0", "hf.co/owner/repo:q8_0", "https://huggingface.co/Owner/Repo:Q8_0",
+                  "llama3.1:8b:8bit"):  # the last: an entry pulled as that shortcut
+        assert store.find(typed) == hub, typed
+    assert store.find("plain:latest") == plain and store.find("plain") == plain  # Ollama's default tag
+    assert store.find("owner/repo") is None and store.find("qwen3:8b:8bit") is None and store.find("nope") is None
+
+
 def test_a_pulled_vision_model_counts_its_projector_apart(store: ModelStore, models_dir: Path) -> None:
     plan = pulled(store, "hf/owner--vl/Q4_K_M", {"vl-Q4_K_M.gguf": models_dir / "chat.gguf",
                                                  "mmproj-F16.gguf": models_dir / "mmproj.gguf"},

@@ -3,16 +3,19 @@ CLI's plain progress lines, from the manager's PullInfo."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import msgspec
 import pytest
+from rich.console import Console
 
 from catalog.entries import load_catalog
 from gateway.api.native.pulls import Update, catalog_listing, sse_frames
 from gateway.api.ollama.pull_handlers import PullLines, file_digest
-from gateway.cli.commands.pull import PlainView, done_line
+from gateway.cli.commands.pull import BarView, PlainView, _view, done_line, left_line
 from gateway.cli.terminal import Terminal
+from gateway.openapi import openapi_document
 from manager.protocol import ModelEntry, PullFileProgress, PullInfo, PullState
 
 WEIGHTS = "model-Q4_K_M.gguf"
@@ -156,3 +159,75 @@ def test_plain_progress_prints_a_files_line_at_most_every_two_seconds(capsys: py
 def test_the_done_line_counts_files_and_gigabytes() -> None:
     entry = {"name": "qwen3:0.6b:4bit", "files": ["a.gguf", "b.gguf"], "size_bytes": 2_500_000_000}
     assert done_line(entry, {}) == "done: qwen3:0.6b:4bit (2 files, 2.50 GB)"
+
+
+def test_ollamas_digest_is_the_files_own_sha256_when_the_pull_reports_it() -> None:
+    known = "ab" * 32
+    reported = PullFileProgress(path=WEIGHTS, size=1000, done=1000, state="done", sha256=known)
+    assert file_digest(info(), reported) == known
+    lines = PullLines().lines(info(PullState.DOWNLOADING, reported))
+    assert {"status": f"pulling {known[:12]}", "digest": f"sha256:{known}", "total": 1000,
+            "completed": 1000} in lines
+
+
+# --- the CLI's views ---
+
+
+def bar_console() -> tuple[Terminal, io.StringIO]:
+    out = io.StringIO()
+    term = Terminal()
+    term.out = Console(file=out, force_terminal=True, width=120, highlight=False, markup=False, emoji=False)
+    return term, out
+
+
+def rendered(view: BarView) -> list[str]:
+    """The progress rows as a terminal shows them last, without colour codes."""
+    screen = Console(file=io.StringIO(), force_terminal=True, width=120, color_system=None)
+    screen.print(view.progress.make_tasks_table(view.progress.tasks))
+    return screen.file.getvalue().splitlines()  # type: ignore[attr-defined]
+
+
+def test_a_terminal_gets_the_bars_and_a_pipe_the_plain_lines() -> None:
+    term, _ = bar_console()
+    assert isinstance(_view(term, as_json=False), BarView)
+    term.out = Console(file=io.StringIO(), force_terminal=False)
+    assert isinstance(_view(term, as_json=False), PlainView)
+
+
+def test_the_bars_show_a_row_per_file_the_present_ones_full_and_all_full_once_indexing() -> None:
+    term, _ = bar_console()
+    view = BarView(term)
+    try:
+        view.show("download", msgspec.to_builtins(info(PullState.RESOLVING)))
+        assert [line for line in rendered(view) if "resolving org/repo:Q4_K_M" in line]
+        downloading = info(PullState.DOWNLOADING, file(done=250_000, size=1_000_000),
+                           file(MMPROJ, state="present", size=50_000))
+        view.show("download", msgspec.to_builtins(downloading))
+        rows = rendered(view)
+        assert len(rows) == 2 and not any("resolving" in row for row in rows), rows
+        assert WEIGHTS in rows[0] and "0.2/1.0 MB" in rows[0]
+        assert f"{MMPROJ} (present)" in rows[1] and "50.0/50.0 kB" in rows[1]
+        view.show("download", msgspec.to_builtins(msgspec.structs.replace(downloading, state=PullState.INDEXING)))
+        assert [(task.completed, task.total) for task in view.progress.tasks] == [(1_000_000, 1_000_000),
+                                                                                 (50_000, 50_000)]
+        assert "1.0/1.0 MB" in rendered(view)[0]
+    finally:
+        view.close()
+
+
+@pytest.mark.parametrize(("last", "said"), [
+    ({"state": "downloading", "followers": 3}, "stopped; the pull goes on for 2 other clients"),
+    ({"state": "downloading", "followers": 2}, "stopped; the pull goes on for 1 other client"),
+    ({"state": "indexing", "followers": 1}, "stopped; the pull was being indexed and finishes anyway"),
+    ({"state": "downloading", "followers": 1}, "cancelled; run the same pull to resume"),
+    ({}, "cancelled; run the same pull to resume"),
+])
+def test_ctrl_c_says_what_hanging_up_did_to_the_pull(last: dict, said: str) -> None:
+    assert left_line(last) == said
+
+
+def test_the_openapi_document_says_what_each_pull_route_streams() -> None:
+    paths = openapi_document("0")["paths"]
+    assert set(paths["/lf/model/pull"]["post"]["responses"]["200"]["content"]) == {"text/event-stream"}
+    assert set(paths["/api/pull"]["post"]["responses"]["200"]["content"]) == {"application/x-ndjson",
+                                                                              "application/json"}

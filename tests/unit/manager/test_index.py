@@ -120,6 +120,18 @@ def test_a_delete_unloads_the_model_then_removes_its_entry_and_files(h: Harness,
     assert not h.store.model_dir("m").exists()
 
 
+def test_a_model_is_deleted_and_copied_by_the_name_it_was_pulled_as(h: Harness, models_dir: Path) -> None:
+    """`qwen3:8b` is stored as `qwen3:8b:4bit`: the delete unloads and removes that one, and says so."""
+    assert isinstance(index_pulled(h, pull_plan(h, models_dir / "chat.gguf", name="qwen3:8b:4bit")), ModelEntry)
+    copied = h.ask(CopyModelRequest, source="qwen3:8b:latest", destination="mine")
+    assert isinstance(copied, ModelReply) and copied.entry.repo == "o/r"
+    h.serve("qwen3:8b:4bit")
+    reply = h.ask(DeleteModelRequest, model="qwen3:8b")
+    assert isinstance(reply, DeleteModelReply) and reply.model == "qwen3:8b:4bit"
+    assert h.driver.state("qwen3:8b:4bit") is None and h.store.get("qwen3:8b:4bit") is None
+    assert h.store.get("mine") is not None
+
+
 def test_deleting_a_missing_model_is_model_not_found(h: Harness) -> None:
     reply = h.ask(DeleteModelRequest, model="nope")
     assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.MODEL_NOT_FOUND and "nope" in reply.message

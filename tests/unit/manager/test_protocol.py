@@ -94,3 +94,24 @@ def test_protocol_version_travels_in_the_hello() -> None:
 
 def test_budget_free_bytes_never_goes_negative() -> None:
     assert p.BudgetInfo(total_bytes=5, used_bytes=9, source="ram").free_bytes == 0
+
+
+def test_the_model_store_messages_from_their_own_module_are_in_every_union() -> None:
+    from manager import protocol_pulls
+
+    moved = [getattr(protocol_pulls, name) for name in protocol_pulls.__all__]
+    messages = [cls for cls in moved if isinstance(cls, type) and issubclass(cls, msgspec.Struct)
+                and issubclass(cls, (p.Request, p.Reply, p.Notice, p.Event))]
+    assert p.PullJobReply in messages and p.ModelReply in messages and p.PullEvent in messages
+    assert all(cls in (*p.REQUESTS, *p.REPLIES, *p.NOTICES, *p.EVENTS) for cls in messages)
+    assert all(getattr(p, name) is getattr(protocol_pulls, name) for name in protocol_pulls.__all__)
+    p.check_naming_rule(vars(protocol_pulls))
+
+
+def test_a_job_handout_token_and_budget_travel_to_the_worker_and_back() -> None:
+    job = p.from_manager_decoder.decode(p.encoder.encode(
+        p.PullJobReply(req_id=1, pull_id="p1", model="o/r", token="t1", budget_bytes=8 << 30)))
+    assert (job.token, job.budget_bytes) == ("t1", 8 << 30)
+    report = p.to_manager_decoder.decode(p.encoder.encode(
+        p.PullProgressRequest(req_id=2, pull_id="p1", state=p.PullState.DOWNLOADING, token="t1")))
+    assert report.token == "t1"

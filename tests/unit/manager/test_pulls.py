@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Callable
 
 import msgspec
 import pytest
 
+from catalog.index_file import SCHEMA_VERSION
+from catalog.store import ModelStore
 from manager import pulls as pulls_module
+from manager.config import Paths
 from manager.effects import Publish, Send
 from manager.protocol import (
     CancelPullReply, CancelPullRequest, ErrorReply, ModelEntry, ModelReply, NextPullRequest, PullDoneRequest, PullEvent,
@@ -23,16 +28,20 @@ GATEWAY, WORKER = b"gateway-1", b"downloader-1"
 class Board:
     """A PullBoard, its clock, and the index writes it asked for (answered by the test)."""
 
-    def __init__(self) -> None:
+    def __init__(self, **options) -> None:  # type: ignore[no-untyped-def]
         self.clock = FakeClock()
         self.indexing: list[tuple[PullPlan, Callable[[object], None]]] = []
+        options.setdefault("key", str.lower)
         self.board = PullBoard(index=lambda plan, answer: self.indexing.append((plan, answer)), clock=self.clock,
-                               key=str.lower)
+                               **options)
         self.ids = iter(range(1, 10_000))
+        self.tokens: dict[str, str] = {}  # the token of each job's latest handout, echoed as a worker does
 
     def ask(self, cls, peer: bytes = GATEWAY, **fields):  # type: ignore[no-untyped-def]
         if "req_id" in {f.name for f in msgspec.structs.fields(cls)}:
             fields["req_id"] = next(self.ids)
+        if cls in (PullProgressRequest, PullDoneRequest):
+            fields.setdefault("token", self.tokens.get(fields["pull_id"], ""))
         message = cls(**fields)
         self.board.handlers()[cls](peer, message)
         return message
@@ -40,6 +49,7 @@ class Board:
     def take(self) -> tuple[list[tuple[bytes | None, object]], list[PullEvent]]:
         effects = self.board.out.take()
         sent = [(e.peer, e.message) for e in effects if isinstance(e, Send)]
+        self.tokens.update((m.pull_id, m.token) for _, m in sent if isinstance(m, PullJobReply) and m.pull_id)
         events = [e.event for e in effects if isinstance(e, Publish)]
         return sent, events
 
@@ -254,3 +264,132 @@ def test_a_failure_reported_by_the_worker_ends_the_pull(b: Board) -> None:
     info = b.take()[1][-1].pull
     assert info.state == PullState.FAILED and info.error == "sha256 mismatch" and info.error_status == 500
     assert b.board.infos()[-1] == info
+
+
+# --- handouts, end states, the real names ---
+
+
+def test_a_job_handed_out_again_is_run_only_by_its_latest_worker(b: Board) -> None:
+    """Every worker of one downloader shares its peer: the handout's token tells them apart."""
+    pull_id = b.start_job()
+    stale = b.tokens[pull_id]
+    b.clock.t += pulls_module.ACK_S  # the first worker is slow to report: the job goes to a second one
+    b.board.tick()
+    b.ask(NextPullRequest, peer=WORKER)
+    b.take()
+    assert b.tokens[pull_id] != stale
+    b.ask(PullProgressRequest, peer=WORKER, pull_id=pull_id, state=PullState.DOWNLOADING, token=stale)
+    (reply,) = b.replies(WORKER)
+    assert reply.cancel  # the first worker stops
+    b.ask(PullDoneRequest, peer=WORKER, pull_id=pull_id, plan=PLAN, token=stale)
+    (reply,) = b.replies(WORKER)
+    assert isinstance(reply, ErrorReply) and b.indexing == []
+    b.ask(PullProgressRequest, peer=WORKER, pull_id=pull_id, state=PullState.DOWNLOADING)
+    (reply,) = b.replies(WORKER)
+    assert isinstance(reply, PullProgressReply) and not reply.cancel
+    assert b.board.active[pull_id].info.state == PullState.DOWNLOADING
+
+
+def test_done_twice_indexes_once(b: Board) -> None:
+    pull_id = b.start_job()
+    b.ask(PullDoneRequest, peer=WORKER, pull_id=pull_id, plan=PLAN)
+    b.take()
+    b.ask(PullDoneRequest, peer=WORKER, pull_id=pull_id, plan=PLAN)
+    (reply,) = b.replies(WORKER)
+    assert isinstance(reply, ErrorReply) and "already being indexed" in reply.message
+    assert len(b.indexing) == 1
+
+
+@pytest.mark.parametrize("state", [PullState.DONE, PullState.INDEXING, PullState.QUEUED])
+def test_a_report_of_a_state_a_worker_cannot_be_in_is_refused(b: Board, state: PullState) -> None:
+    pull_id = b.start_job()
+    b.ask(PullProgressRequest, peer=WORKER, pull_id=pull_id, state=PullState.DOWNLOADING)
+    b.take()
+    b.ask(PullProgressRequest, peer=WORKER, pull_id=pull_id, state=state)
+    (reply,) = b.replies(WORKER)
+    assert isinstance(reply, ErrorReply) and reply.code == "bad_request" and str(state) in reply.message
+    assert b.board.active[pull_id].info.state == PullState.DOWNLOADING
+    b.clock.t += pulls_module.STALL_S  # and the watchdog still ends it: nothing is stuck in `active`
+    b.board.tick()
+    assert pull_id not in b.board.active
+
+
+def test_a_new_pull_of_a_model_still_cancelling_is_a_new_pull(b: Board) -> None:
+    first = b.start_job("a/one")
+    b.ask(CancelPullRequest, pull_id=first)
+    b.take()
+    assert b.board.active[first].cancel  # its worker has not confirmed yet
+    b.ask(PullRequest, model="a/one")
+    (reply,) = b.replies(GATEWAY)
+    assert isinstance(reply, PullReply) and not reply.joined and reply.pull.pull_id != first
+    b.ask(PullProgressRequest, peer=WORKER, pull_id=first, state=PullState.CANCELLED)
+    b.take()
+    assert first not in b.board.active and b.board.active[reply.pull.pull_id].info.state == PullState.QUEUED
+
+
+def test_leaving_while_indexing_does_not_cancel(b: Board) -> None:
+    pull_id = b.start_job()
+    b.ask(PullDoneRequest, peer=WORKER, pull_id=pull_id, plan=PLAN)
+    b.take()
+    b.ask(PullLeaveNotice, pull_id=pull_id)
+    pull = b.board.active[pull_id]
+    assert pull.info.state == PullState.INDEXING and not pull.cancel
+    b.indexing[0][1](ModelEntry(name="owner/repo", path="/m/x.gguf"))
+    assert b.take()[1][-1].pull.state == PullState.DONE
+
+
+def test_the_job_carries_the_memory_budget() -> None:
+    b = Board(budget=lambda: 12 * 10**9)
+    b.ask(PullRequest, model="o/r")
+    b.ask(NextPullRequest, peer=WORKER)
+    (job,) = [m for p, m in b.take()[0] if p == WORKER]
+    assert job.budget_bytes == 12 * 10**9 and job.token
+
+
+@pytest.fixture
+def real(tmp_path: Path) -> Board:
+    """The real pull_key over the home's catalog, check_name and store."""
+    return Board(key=None, home=tmp_path, store=ModelStore(Paths(tmp_path)))
+
+
+@pytest.mark.parametrize("name", ["https://huggingface.co/o/r", "o/r@v1:Q4_K_M", "HTTP://hf.co/o/r:q4_k_m",
+                                  "www.huggingface.co/o/r"])
+def test_every_hub_spelling_the_resolver_takes_is_queued(real: Board, name: str) -> None:
+    real.ask(PullRequest, model=name)
+    (reply,) = real.replies(GATEWAY)
+    assert isinstance(reply, PullReply) and reply.pull.model == name
+
+
+def test_two_spellings_of_one_hub_model_share_a_pull(real: Board) -> None:
+    real.ask(PullRequest, model="hf.co/O/R:latest")
+    real.ask(PullRequest, model="https://huggingface.co/o/r")
+    first, second = real.replies(GATEWAY)
+    assert second.joined and second.pull.pull_id == first.pull.pull_id
+
+
+def test_an_unknown_shortcut_is_refused_at_once_with_suggestions(real: Board) -> None:
+    real.ask(PullRequest, model="qwen3:9b")
+    (reply,) = real.replies(GATEWAY)
+    assert isinstance(reply, ErrorReply) and reply.code == "model_not_found" and "did you mean" in reply.message
+    assert real.board.active == {}
+
+
+def test_a_shortcut_of_the_home_catalog_is_known(tmp_path: Path) -> None:
+    (tmp_path / "catalog").mkdir()
+    (tmp_path / "catalog" / "mine.toml").write_text(
+        '[[model]]\nname = "mine:1b"\nkind = "chat"\ndescription = "d"\ncapabilities = ["chat"]\n'
+        'context_length = 4096\ndefault_quant = "Q4_K_M"\n[model.gguf]\nrepo = "me/Mine-GGUF"\n'
+        'quants.Q4_K_M = { file = "mine-Q4_K_M.gguf", size_bytes = 1000 }\n')
+    b = Board(key=None, home=tmp_path)
+    b.ask(PullRequest, model="mine:1b")
+    (reply,) = b.replies(GATEWAY)
+    assert isinstance(reply, PullReply)
+    assert b.board.active[reply.pull.pull_id].key == "mine:1b:4bit"
+
+
+def test_no_pull_is_queued_while_the_index_cannot_be_read(real: Board, tmp_path: Path) -> None:
+    Paths(tmp_path).index.write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1, "models": []}))
+    real.ask(PullRequest, model="o/r")
+    (reply,) = real.replies(GATEWAY)
+    assert isinstance(reply, ErrorReply) and "newer LMForge" in reply.message
+    assert real.board.active == {}

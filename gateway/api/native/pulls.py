@@ -15,7 +15,7 @@ from typing import AsyncIterator
 import msgspec
 from aiohttp import web
 
-from catalog.entries import Catalog, CatalogError, UnknownModel, fits, is_hub_name, load_catalog
+from catalog.entries import Catalog, CatalogError, fits, load_catalog
 from gateway.api.native.handlers import CLOSE, PING_S
 from gateway.api.native.schemas import PullBody, parse_body
 from gateway.dataplane.gates import valid_name
@@ -175,18 +175,6 @@ def catalog_of(request: web.Request) -> Catalog:
         raise ApiError(500, str(exc), code="catalog_error") from None
 
 
-def unknown_shortcut(request: web.Request, name: str) -> str | None:
-    """Why `name` cannot be pulled, when it is a shortcut the catalog does not know (a Hub name is the
-    resolver's to judge); None otherwise. Checked here so that the caller gets a 404, not a failed stream."""
-    if is_hub_name(name):
-        return None
-    try:
-        catalog_of(request).lookup(name)
-    except UnknownModel as exc:
-        return str(exc)
-    return None
-
-
 # --- the native SSE stream ---
 
 
@@ -209,10 +197,10 @@ def sse_frames(update: Update) -> bytes:
 async def model_pull(request: web.Request) -> web.StreamResponse:
     """Start (or join) a pull and stream its progress as SSE until it ends."""
     body: PullBody = parse_body(await request.read(), PullBody)
-    if (why := unknown_shortcut(request, body.model)) is not None:
-        raise ApiError(404, why, code="model_not_found", param="model")
     follower = PullFollower(request, body.model, follow=not body.keep)
-    first = await follower.start()  # a refusal here is an HTTP error, in the usual mapping
+    # A refusal here is an HTTP error, in the usual mapping: an unknown shortcut is the manager's 404, with the
+    # closest names (it judges names against the home catalog, the one the downloader resolves with).
+    first = await follower.start()
     try:
         resp = web.StreamResponse(headers=SSE_HEADERS)
         await resp.prepare(request)

@@ -12,7 +12,7 @@ import logging
 import msgspec
 from aiohttp import web
 
-from gateway.api.native.pulls import PullFollower, Update, unknown_shortcut
+from gateway.api.native.pulls import PullFollower, Update
 from gateway.api.ollama.codec import NDJSON
 from gateway.dataplane.gates import valid_name
 from gateway.dataplane.validate import decode_as
@@ -86,8 +86,6 @@ async def pull(request: web.Request) -> web.StreamResponse:
     if not name:
         raise ApiError(400, "model is required", param="model")
     valid_name(name)
-    if (why := unknown_shortcut(request, name)) is not None:
-        raise ApiError(404, f"{NOT_FOUND} ({why})", param="model")
     follower = PullFollower(request, name, follow=True)
     try:
         first = await follower.start()

@@ -1,7 +1,7 @@
 """Adoption: a manager that starts after a crash takes over the engines its predecessor left serving.
 
 Each engine's record (pid and start time, port, model, kind, generation, memory
-plan) says what it serves; one that still answers its health check becomes a ready
+plan, threads) says what it serves; one that still answers its health check becomes a ready
 slot again, and the gateway's next hello declares the leases it still holds on it.
 Anything else recorded is killed: no engine runs that no manager owns.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,8 +41,10 @@ async def adopt_engines(service: "ManagerService") -> list[tuple[Slot, EngineRun
             path.unlink(missing_ok=True)
             continue
         entry, plan = found
+        # A record from before cores were budgeted has no thread count: llama-server then ran one per core.
+        threads = int(data.get("threads", os.cpu_count() or 1))  # type: ignore[call-overload]
         slot = service.table.adopt(entry, SlotKind(data["kind"]), int(data["generation"]),  # type: ignore[call-overload]
-                                   pid, int(data["port"]), plan)  # type: ignore[call-overload]
+                                   pid, int(data["port"]), plan, threads)  # type: ignore[call-overload]
         proc = EngineProcess.attach(pid, Path(str(data["log"])), path)
         runner = EngineRunner(slot.key, slot.generation, None, service.runner_config(slot), service.session,
                               slot.stop_event, service.post)

@@ -44,6 +44,7 @@ class ApiKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 SCOPES = ("inference", "admin")
+CPU_POLICIES = ("auto", "exclusive", "shared")
 MIN_KEY_CHARS = 8
 LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
 
@@ -79,6 +80,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A load waiting this long for a busy model's memory gets its turn: the busy
     # model finishes what it has in flight and queues new requests meanwhile.
     fair_share_s: float = 10.0
+    # --- cores as a budget on CPU hosts (manager/cores.py) ---
+    cpu_policy: str = "auto"  # "exclusive", "shared" or "auto": see manager/DESIGN.md, "Cores"
+    cpu_cores: int = 0  # threads all busy CPU engines together may run; 0: the prober's CPU plan
+    cpu_shared_engines: int = 0  # shared: engines computing at once; 0: as many as there are cores
+    # A model waiting this long for cores gets them next: the engines holding
+    # them finish what they have in flight and queue their new requests.
+    cpu_fair_share_s: float = 1.0
     load_timeout_s: float = 180.0  # engine start to healthy
     stop_grace_s: float = 3.0  # SIGTERM to SIGKILL
     health_interval_s: float = 2.0
@@ -118,6 +126,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             (1 <= self.max_pulls <= 16, "max_pulls must be 1-16"),
             (self.disk_reserve_mb >= 0, "disk_reserve_mb must be >= 0"),
             (self.max_inflight >= 0, "max_inflight must be >= 0 (0: no cap)"),
+            (self.cpu_policy in CPU_POLICIES, f"cpu_policy must be one of {', '.join(CPU_POLICIES)}"),
+            (0 <= self.cpu_cores <= 4096, "cpu_cores must be 0-4096 (0: the prober's plan)"),
+            (0 <= self.cpu_shared_engines <= 4096, "cpu_shared_engines must be 0-4096 (0: as many as cores)"),
+            (self.cpu_fair_share_s > 0, "cpu_fair_share_s must be > 0"),
             (bool(self.tls_cert) == bool(self.tls_key), "tls_cert and tls_key must be set together"),
         ]
         for ok, message in checks:

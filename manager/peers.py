@@ -22,5 +22,8 @@ class PeerBook:
         self._peers[peer] = PeerInfo(role=role, pid=pid, connected_at=now)
         return holders
 
+    def has(self, role: PeerRole) -> bool:
+        return any(info.role == role for info in self._peers.values())
+
     def all(self) -> tuple[PeerInfo, ...]:
         return tuple(self._peers.values())

@@ -93,6 +93,16 @@ class GpuInfo(msgspec.Struct, kw_only=True, frozen=True):
     compute_capability: str | None = None
 
 
+class CpuPlan(msgspec.Struct, kw_only=True, frozen=True):
+    """The compute threads that CPU engines may run together, and what limited them (prober/probes/cpu_plan.py)."""
+
+    cores: int  # the budget: threads all busy CPU engines together may run
+    physical_cores: int  # physical cores among the CPUs this process may run on
+    affinity: int  # logical CPUs in this process's affinity mask
+    quota: float | None = None  # the cgroup CPU quota in cores (cpu.max, or v1 cfs quota / period); None: none
+    limited_by: str = "physical cores"  # "physical cores", "affinity" or "cgroup quota"
+
+
 class HardwareSnapshot(msgspec.Struct, kw_only=True, frozen=True):
     os: str
     arch: str
@@ -106,6 +116,7 @@ class HardwareSnapshot(msgspec.Struct, kw_only=True, frozen=True):
     unified_memory: bool = False
     cpu_flags: tuple[str, ...] = ()
     taken_at: float = 0.0
+    cpu_plan: CpuPlan | None = None  # None: an older prober; the manager then budgets cpu_cores
 
 
 class LoadError(msgspec.Struct, kw_only=True, frozen=True):
@@ -140,6 +151,8 @@ class SlotInfo(msgspec.Struct, kw_only=True, frozen=True):
     parallel: int = 0  # requests its engine serves at once: the leases it grants before queueing
     detail: str = ""  # why the slot is pending, or why it failed
     load_reason: str = ""  # why this engine was (re)loaded, e.g. "context 8192 → 16384 asked by a request"
+    threads: int = 0  # compute threads its engine runs (--threads); 0: not budgeted (a GPU engine)
+    computing: bool = False  # holds its threads: it has requests in flight
 
 
 class BudgetInfo(msgspec.Struct, kw_only=True, frozen=True):
@@ -159,6 +172,21 @@ class PeerInfo(msgspec.Struct, kw_only=True, frozen=True):
     connected_at: float
 
 
+class CpuStatus(msgspec.Struct, kw_only=True, frozen=True):
+    """Cores as a budget (manager/cores.py): the plan, the policy and what it comes to now, and who holds cores."""
+
+    cores: int  # the budget in use: config cpu_cores, else the plan's
+    policy: str  # as configured: "auto", "exclusive" or "shared"
+    mode: str  # what the policy comes to now: "exclusive" or "shared"; "gpu" on a GPU host (not budgeted)
+    at_once: int  # CPU engines that may compute at once
+    threads: int  # threads a CPU engine starts with now
+    busy_threads: int  # held by engines with requests in flight
+    busy_threads_peak: int  # the most they ever held at once since the manager started
+    fair_share_s: float  # a model waiting this long for cores gets them next
+    waiting: tuple[str, ...] = ()  # models waiting for cores, first in line first
+    plan: CpuPlan | None = None
+
+
 class ManagerStatus(msgspec.Struct, kw_only=True, frozen=True):
     epoch: str
     started_at: float
@@ -169,6 +197,7 @@ class ManagerStatus(msgspec.Struct, kw_only=True, frozen=True):
     hardware: HardwareSnapshot | None = None
     loop_lag_max_ms: float = 0.0  # the manager loop's worst scheduling lag over the last minute
     pulls: tuple[PullInfo, ...] = ()  # running and queued, then the last few that ended
+    cpu: CpuStatus | None = None  # None before the first hardware snapshot
 
 
 # --- requests and replies ---

@@ -1,7 +1,8 @@
 """The queue policy: leases are the permits, and each slot keeps one bounded FIFO of the acquires waiting for one.
 
 A slot grants at most `parallel` leases (its engine's slots), and all slots together at
-most `max_inflight` (0: no cap). Further acquires queue on their slot, behind any
+most `max_inflight` (0: no cap); on a CPU host an engine with nothing in flight also needs
+its threads free (cores.py). Further acquires queue on their slot, behind any
 waiting for its load: `max_queue` of them beyond the requests its engine will serve,
 then the next is refused with `concurrency_limit` and a Retry-After. A freed permit goes
 to the oldest queued acquire it can serve, on whichever slot. Pure decisions on the
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from manager.config import Settings
+from manager.cores import Gate
 from manager.protocol import ErrorCode, QueueEntry, QueueEvent, SlotKind, SlotState
 from manager.refusals import Refusal
 from manager.slots import Slot, SlotKey, Waiter
@@ -25,12 +27,12 @@ HOLD_WEIGHT = 0.2  # the weight of the latest lease in a slot's mean hold time
 TRACE_CHARS = 64  # of a request's trace id shown in its queue's events
 
 
-def admit(slot: Slot, leases: int, settings: Settings) -> str | Refusal:
-    """What a new acquire gets on `slot`, with `leases` held across every slot: GRANT now, QUEUE behind the
-    acquires already waiting, or a refusal that says when to come back."""
+def admit(slot: Slot, leases: int, settings: Settings, gate: Gate) -> str | Refusal:
+    """What a new acquire gets on `slot`, with `leases` held across every slot and the cores as `gate` has them:
+    GRANT now, QUEUE behind the acquires already waiting, or a refusal that says when to come back."""
     queued = len(slot.queue)
     capped = at_cap(leases, settings.max_inflight)
-    if not queued and has_permit(slot) and not capped:
+    if not queued and may_grant(slot, gate) and not capped:
         return GRANT
     # A slot that is not ready yet serves `parallel` of its queue as soon as it is; those are not queued beyond it.
     room = settings.max_queue + (0 if slot.state == SlotState.READY else slot.parallel)
@@ -41,6 +43,8 @@ def admit(slot: Slot, leases: int, settings: Settings) -> str | Refusal:
         why = f"all {settings.max_inflight} requests LMForge serves at once (max_inflight) are in flight"
     elif slot.state != SlotState.READY:
         why = f"{slot.label} is still loading"
+    elif has_permit(slot) and not gate.allows(slot):
+        why = f"{slot.label} is waiting for CPU cores ({gate.busy} of {gate.cores} threads are computing)"
     else:
         why = f"{slot.label} is serving {slot.inflight} request(s) on its {slot.parallel} engine slot(s)"
     return Refusal(ErrorCode.CONCURRENCY_LIMIT, f"{why} and {queued} more are queued for {slot.label} "
@@ -52,15 +56,20 @@ def has_permit(slot: Slot) -> bool:
     return slot.state == SlotState.READY and not slot.yielding_to and slot.inflight < slot.parallel
 
 
+def may_grant(slot: Slot, gate: Gate) -> bool:
+    """An engine slot is free and the cores allow it (cores.py)."""
+    return has_permit(slot) and gate.allows(slot)
+
+
 def at_cap(leases: int, max_inflight: int) -> bool:
     return bool(max_inflight) and leases >= max_inflight
 
 
-def next_grant(slots: Iterable[Slot], leases: int, max_inflight: int) -> tuple[Slot, Waiter] | None:
-    """The oldest queued acquire a permit is free for now, on any slot; None when there is none."""
+def next_grant(slots: Iterable[Slot], leases: int, max_inflight: int, gate: Gate) -> tuple[Slot, Waiter] | None:
+    """The oldest queued acquire a permit (and the cores) is free for now, on any slot; None when there is none."""
     if at_cap(leases, max_inflight):
         return None
-    heads = [(slot.queue[0], slot) for slot in slots if slot.queue and has_permit(slot)]
+    heads = [(slot.queue[0], slot) for slot in slots if slot.queue and may_grant(slot, gate)]
     if not heads:
         return None
     waiter, slot = min(heads, key=lambda head: head[0].ticket)

@@ -328,6 +328,7 @@ class ManagerService:
             slots=tuple(s.info() for s in [*t.slots.values(), *t.retiring.values()]),
             budget=t.budget(), last_errors=dict(t.failures.last_errors), peers=t.peers.all(),
             hardware=t.hardware, loop_lag_max_ms=round(self.lag.worst_ms(), 1), pulls=self.pulls.infos(),
+            cpu=t.cpu_status(),
         )
         self.send(peer, SnapshotReply(req_id=req.req_id, seq=self.events.seq, status=status))
 
@@ -387,7 +388,7 @@ class ManagerService:
         s = self.settings
         plan = slot.plan
         about = {"model": slot.model, "kind": str(slot.kind), "generation": slot.generation,
-                 "plan": dataclasses.asdict(plan) if plan else None}
+                 "plan": dataclasses.asdict(plan) if plan else None, "threads": slot.threads}
         return RunnerConfig(
             load_timeout_s=s.load_timeout_s, stop_grace_s=s.stop_grace_s, health_interval_s=s.health_interval_s,
             health_failures=s.health_failures, health_path=self.adapter.health_path, pid_dir=self.paths.engine_pids,
@@ -411,7 +412,7 @@ class ManagerService:
         except EngineMissing as exc:
             raise LoadFailure(str(exc), Severity.USER_ERROR) from None
         return await asyncio.to_thread(self.adapter.command, binary, slot.entry, slot.kind, port, slot.plan,
-                                       no_repack=no_repack)
+                                       no_repack=no_repack, threads=slot.threads)
 
     async def _install_engine(self, slot: Slot) -> Path:
         """First use: build llama-server once, however many loads wait for it."""

@@ -99,6 +99,12 @@ class Slot:
     # Giving a waiting load its turn: in-flight requests finish, new ones queue.
     yielding_to: str | None = None
     contended: bool = False  # a load waited for it while it was busy: it has traffic of its own
+    # Cores (cores.py): the threads its engine runs (0: not budgeted), since when it holds them (its first lease
+    # while none was in flight), since when its queue waits for them, and whom it makes room for.
+    threads: int = 0
+    computing_since: float | None = None
+    cores_wait_since: float | None = None
+    cores_yield: str | None = None
     adopted: bool = False
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -273,6 +279,8 @@ class Slot:
             detail=self.detail,
             # Larger asks may have come while it waited: the reason names the context it got.
             load_reason=reload_reason(self.grew_from, plan.ctx_size) if self.grew_from and plan else self.load_reason,
+            threads=self.threads,
+            computing=self.state == SlotState.READY and self.inflight > 0 and self.threads > 0,
         )
 
 

@@ -1,4 +1,4 @@
-"""SlotTable: the manager's state (slots, retiring slots, leases, failures) and every decision on it.
+"""SlotTable: every decision on the manager's state (slots, retiring slots, leases, failures: table_state.py).
 
 The manager loop, or a test, drives it one message at a time. It never awaits and
 never touches a process, file or socket, and it reads time from its clock. What must
@@ -8,63 +8,33 @@ header, remembering a measurement) leaves as effects in `outbox`; the service ac
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 from typing import Callable
 
-from manager import budget as budgets, queues
-from manager.config import Settings
+from manager import budget as budgets, cores, queues
 from manager.context import outgrown, reload_reason
-from manager.effects import Clock, Effect, Learn, Outbox, Plan, Spawn, Stop
+from manager.effects import Learn, Plan, Spawn, Stop
 from manager.engines.base import MemoryPlan
-from manager.failures import STABLE_AFTER_S, FailureBook
+from manager.failures import STABLE_AFTER_S
 from manager.keepalive import KeepAliveError, parse_keep_alive
-from manager.leases import Lease, LeaseTable
+from manager.leases import Lease
 from manager.protocol import (
-    PROTOCOL, AbandonNotice, AcquireReply, AcquireRequest, BudgetInfo, ErrorCode, ErrorEvent, HardwareEvent,
+    PROTOCOL, AbandonNotice, AcquireReply, AcquireRequest, ErrorCode, ErrorEvent, HardwareEvent,
     HardwareSnapshot, HeldLease, HelloReply, HelloRequest, LeaseOutcome, LoadProgressEvent, LoadReply, LoadRequest,
-    ModelEntry, ReleaseNotice, Severity, SlotKind, SlotState,
+    ModelEntry, PeerRole, ReleaseNotice, Severity, SlotKind, SlotState,
     UnloadReply, UnloadRequest,
 )
-from manager.peers import PeerBook
 from manager.refusals import Refusal, protocol_mismatch, refuse_new_slot, waited_too_long
 from manager.scheduler import Admit, Evict, Reject, Wait, plan_admission
-from manager.slots import DEFAULT_KEEP as DEFAULT, HOLDS_MEMORY, Slot, SlotKey, Waiter
+from manager.slots import DEFAULT_KEEP as DEFAULT, Slot, SlotKey, Waiter
+from manager.table_state import TableState
 
 log = logging.getLogger("lmforge.manager")
 
 
-class SlotTable:
-    """See the module docstring."""
-
-    def __init__(self, settings: Settings, epoch: str, *, engine: str = "llama.cpp",
-                 supports: Callable[[ModelEntry], bool] = lambda e: e.format == "gguf", parallel: int = 1,
-                 clock: Clock | None = None) -> None:
-        self.settings, self.epoch, self.engine, self.supports = settings, epoch, engine, supports
-        self.parallel = parallel  # requests one engine serves at once: the leases a slot grants
-        self.clock = clock or Clock()
-        self.slots: dict[SlotKey, Slot] = {}
-        self.retiring: dict[tuple[SlotKey, int], Slot] = {}  # draining or stopping, off the table
-        self.leases = LeaseTable(epoch)
-        self.failures = FailureBook()
-        self.peers = PeerBook()
-        self.hardware: HardwareSnapshot | None = None
-        self.stopping = False
-        self.out = Outbox()
-        self.board = queues.QueueBoard()
-        self.arrivals = itertools.count(1)  # Waiter.ticket: the order requests arrive in, across every slot
-        self.generations = 0
-        self.default_keep = parse_keep_alive(settings.keep_alive)
-
-    def drain(self) -> list[Effect]:
-        """The effects of the messages handled since the last drain, each queue that changed published once."""
-        for event in self.board.changes(self.slots.values()):
-            self.out.publish(event)
-        return self.out.take()
-
-    def live(self, model: str, kind: SlotKind) -> Slot | None:
-        return self.slots.get((model, kind))
+class SlotTable(TableState):
+    """See the module docstring; the state it decides on and the views of it are TableState's (table_state.py)."""
 
     # --- peers and leases ---
 
@@ -110,6 +80,7 @@ class SlotTable:
         if (found := queues.find(self.slots.values(), peer, notice.req_id)) is not None:
             found[0].queue.remove(found[1])
             self._went_idle(found[0])
+            self._serve()  # it may have been first in line for the cores
 
     def _went_idle(self, slot: Slot) -> None:
         """Once ready with nothing in flight or queued, a draining slot stops and any other starts its keep_alive."""
@@ -124,6 +95,10 @@ class SlotTable:
 
     def _grant(self, slot: Slot, w: Waiter) -> None:
         lease = self.leases.grant(slot, w.peer, w.keep_alive, self.clock.mono())  # type: ignore[arg-type]
+        if slot.inflight == 1:  # it takes its threads now (cores.py)
+            slot.computing_since = self.clock.mono()
+            busy = cores.busy_threads([*self.slots.values(), *self.retiring.values()], self.core_budget())
+            self.busy_threads_peak = max(self.busy_threads_peak, busy)
         slot.next_keep, slot.last_used_at = w.keep_alive, self.clock.now()
         slot.refresh_expiry(self.clock.now())
         self.out.send(w.peer, AcquireReply(req_id=w.request.req_id, lease_id=lease.id, model=slot.model,
@@ -131,11 +106,19 @@ class SlotTable:
                                            generation=slot.generation, load_s=w.load_s))
 
     def _serve(self) -> None:
-        """Free permits go to the oldest queued acquires they can serve, across every slot."""
-        while (found := queues.next_grant(self.slots.values(), len(self.leases), self.settings.max_inflight)):
+        """Free permits go to the oldest queued acquires they can serve, across every slot; then the cores' fair
+        share is settled: who waits for them since when, and who must make room."""
+        while True:
+            gate = self.gate()
+            if not (found := queues.next_grant(self.slots.values(), len(self.leases), self.settings.max_inflight,
+                                               gate)):
+                break
             slot, waiter = found
             slot.queue.popleft()  # next_grant serves a queue's head
             self._grant(slot, waiter)
+        for slot in gate.settle(self.clock.mono(), self.settings.cpu_fair_share_s):
+            log.info("%s finishes its requests in flight and queues new ones: %s waited %.1fs for the cores",
+                     slot.label, slot.cores_yield, self.settings.cpu_fair_share_s)
 
     # --- requests ---
 
@@ -144,7 +127,7 @@ class SlotTable:
         if (target := self._target(peer, req, entry)) is None:
             return
         keep, slot = target
-        if isinstance(verdict := queues.admit(slot, len(self.leases), self.settings), Refusal):
+        if isinstance(verdict := queues.admit(slot, len(self.leases), self.settings, self.gate()), Refusal):
             return self.out.error(peer, req.req_id, *verdict)
         waiter = Waiter(peer, req, keep, since=self.clock.mono(), ticket=next(self.arrivals))
         if verdict == queues.GRANT:
@@ -188,6 +171,8 @@ class SlotTable:
         self.hardware = snapshot
         for slot in self.slots.values():  # adopted slots came before the first snapshot
             slot.on_gpu = budgets.is_gpu_host(snapshot)
+            if not cores.cpu_host(snapshot):
+                slot.threads = 0  # engines on a GPU are not budgeted, even one started before the snapshot
         self.out.publish(HardwareEvent(snapshot=snapshot))
         self.schedule()
 
@@ -259,6 +244,7 @@ class SlotTable:
     def schedule(self) -> None:
         """Give each pending slot, oldest first, what the policy says: load, evict, wait or refuse."""
         wanted: dict[tuple[SlotKey, int], str] = {}  # busy slots that must yield, and to whom
+        self._rethread()
         pending = sorted((s for s in self.slots.values() if s.state == SlotState.PENDING),
                          key=lambda s: s.load_started)
         for slot in pending:
@@ -304,6 +290,17 @@ class SlotTable:
         if slot.waited_its_share(decision.busy, self.clock.mono(), self.settings.fair_share_s):
             wanted.update({key: slot.label for key in decision.busy})  # type: ignore[misc]
 
+    def _rethread(self) -> None:
+        """Restart each engine idle for a while whose thread count the policy no longer gives, never a busy one:
+        the policy or the plan changed, or the models resident did."""
+        if not cores.cpu_host(self.hardware) or not self.peers.has(PeerRole.GATEWAY):
+            return  # before the gateway's hello, an adopted engine's leases are not known: it may be busy
+        shape = self.split()
+        for slot in cores.stale(self.slots.values(), shape, self.clock.now()):
+            reason = f"threads {slot.threads} → {shape.threads} ({shape.why})"
+            self.unload(slot, reason, explicit=True)
+            self._successor(slot, reason).ask_context(slot.num_ctx)
+
     def _settle_yields(self, wanted: dict[tuple[SlotKey, int], str]) -> None:
         """Mark the busy slots a starved load waits for; unmark the ones no load waits for any more."""
         loads_wait = any(s.state == SlotState.PENDING for s in self.slots.values())
@@ -328,6 +325,8 @@ class SlotTable:
         self.out.slot(slot, previous)
 
     def _start(self, slot: Slot) -> None:
+        # Before the first snapshot (a configured memory budget does not wait for one) the host counts as a CPU host.
+        slot.threads = self.split().threads if self.hardware is None or cores.cpu_host(self.hardware) else 0
         previous = slot.change_state(SlotState.LOADING)
         slot.wait_deadline, slot.busy_wait_since, slot.detail = None, None, "starting engine"
         self.out.add(Spawn(slot))
@@ -395,11 +394,12 @@ class SlotTable:
         self.schedule()
 
     def adopt(self, entry: ModelEntry, kind: SlotKind, generation: int, pid: int, port: int,
-              plan: MemoryPlan) -> Slot:
+              plan: MemoryPlan, threads: int) -> Slot:
         """An engine an earlier manager started, still healthy: it is ready now, and its leases come with hellos."""
         slot = Slot(entry=entry, kind=kind, generation=generation, engine=self.engine, keep_alive_s=self.default_keep,
                     parallel=self.parallel, state=SlotState.READY, plan=plan, pid=pid, port=port, adopted=True,
-                    loaded_at=self.clock.now(), on_gpu=budgets.is_gpu_host(self.hardware),
+                    loaded_at=self.clock.now(), last_used_at=self.clock.now(), on_gpu=budgets.is_gpu_host(self.hardware),
+                    threads=threads,
                     load_reason="adopted from the previous manager")
         self.generations = max(self.generations, generation)
         self.slots[slot.key] = slot
@@ -482,19 +482,4 @@ class SlotTable:
                 self._refuse_pending(slot, "LMForge is shutting down", ErrorCode.SHUTTING_DOWN)
             elif slot.state in (SlotState.LOADING, SlotState.READY):
                 self._stop(slot, "manager shutting down")
-
-    # --- status ---
-
-    def budget(self) -> BudgetInfo:
-        held = [(s.private_bytes or 0, s.reserved) for s in self.memory_holders()]
-        return budgets.budget_info(self.settings, self.hardware, held)
-
-    def memory_holders(self) -> list[Slot]:
-        return [s for s in [*self.slots.values(), *self.retiring.values()] if s.state in HOLDS_MEMORY]
-
-    def _find(self, key: SlotKey, generation: int) -> Slot | None:
-        slot = self.slots.get(key)
-        if slot is not None and slot.generation == generation:
-            return slot
-        return self.retiring.get((key, generation))
 

@@ -1,7 +1,7 @@
 """The hardware snapshot: `take_snapshot()` reads everything, `refresh_live()` only what moves.
 
-Static facts (OS, arch, CPU, RAM total, GPU list) come from one full take; the live
-figures (ram_available, each GPU's vram_free) are cheap to re-read every few seconds.
+Static facts (OS, arch, CPU, CPU plan, RAM total, GPU list) come from one full take; the
+live figures (ram_available, each GPU's vram_free) are cheap to re-read every few seconds.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import msgspec
 
 from manager.protocol import HardwareSnapshot
 from prober.probes import apple, cpu, memory, nvidia
+from prober.probes.cpu_plan import read_cpu_plan
 
 log = logging.getLogger("lmforge.prober")
 
@@ -51,6 +52,7 @@ def take_snapshot() -> HardwareSnapshot:
         unified_memory=apple_silicon,
         cpu_flags=facts.flags,
         taken_at=time.time(),
+        cpu_plan=read_cpu_plan(),
     )
 
 

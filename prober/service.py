@@ -12,7 +12,7 @@ import time
 
 from manager.client import ManagerClient, ManagerUnavailable
 from manager.config import Paths
-from manager.protocol import HardwareNotice, HardwareSnapshot, PeerRole
+from manager.protocol import CpuPlan, HardwareNotice, HardwareSnapshot, PeerRole
 from prober.detect import refresh_live, take_snapshot
 from prober.probes.nvidia import NvmlSession
 
@@ -155,5 +155,13 @@ def _describe(snapshot: HardwareSnapshot) -> str:
     return (
         f"{snapshot.os}/{snapshot.arch}, {snapshot.cpu_model or 'unknown CPU'} "
         f"({snapshot.cpu_cores} cores, {snapshot.cpu_threads} threads), "
-        f"{snapshot.ram_total / gib:.1f} GiB RAM, {gpus}"
+        f"{snapshot.ram_total / gib:.1f} GiB RAM, {gpus}{_describe_plan(snapshot.cpu_plan)}"
     )
+
+
+def _describe_plan(plan: CpuPlan | None) -> str:
+    if plan is None:
+        return ""
+    quota = f" {plan.quota:g}" if plan.limited_by == "cgroup quota" else ""
+    cores = "core" if plan.cores == 1 else "cores"
+    return f", CPU plan {plan.cores} {cores} (limited by {plan.limited_by}{quota})"

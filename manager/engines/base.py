@@ -48,8 +48,10 @@ class EngineAdapter(Protocol):
     ) -> MemoryPlan:
         """Estimate memory and choose context size (at least `num_ctx`, see manager/context.py) and GPU layers."""
 
-    def command(self, binary: Path, entry: ModelEntry, kind: SlotKind, port: int, plan: MemoryPlan) -> list[str]:
-        """The argv that serves `entry` as `kind` on 127.0.0.1:`port`."""
+    def command(self, binary: Path, entry: ModelEntry, kind: SlotKind, port: int, plan: MemoryPlan, *,
+                threads: int = 0) -> list[str]:
+        """The argv that serves `entry` as `kind` on 127.0.0.1:`port`, computing on `threads` CPU threads (0: the
+        engine's own choice)."""
 
     def find_binary(self) -> Path | None:
         """The installed engine executable, or None when it still has to be installed."""

@@ -116,8 +116,9 @@ class LlamaCppAdapter:
 
     def command(
         self, binary: Path, entry: ModelEntry, kind: SlotKind, port: int, plan: MemoryPlan,
-        *, no_repack: bool = False,
+        *, no_repack: bool = False, threads: int = 0,
     ) -> list[str]:
+        """The argv; `threads` (0: llama-server's own choice, kept by engines on a GPU) from the CPU plan."""
         argv = [
             str(binary),
             "--model", entry.path,
@@ -130,6 +131,9 @@ class LlamaCppAdapter:
         ]
         if plan.gpu_layers:
             argv += ["--n-gpu-layers", str(plan.gpu_layers)]
+        if threads:
+            # Prompt batches too: an engine must never run more threads than the cores it was given.
+            argv += ["--threads", str(threads), "--threads-batch", str(threads)]
         info = gguf_info(entry.path)
         if kind == SlotKind.CHAT:
             # One KV cache shared by all sequences: a single long chat may use the whole context.

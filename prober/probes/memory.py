@@ -1,7 +1,7 @@
 """System RAM from psutil, clamped by the cgroup memory limit (v2, or v1) when one applies.
 
-Parsing and clamping are pure; `read_cgroup_memory` walks this process's cgroup and its
-ancestors, because a limit set on any of them (a container, a systemd slice) binds.
+Parsing and clamping are pure; `read_cgroup_memory` reads every level that probes/cgroup.py
+walks (the process's cgroup and its ancestors), because a limit on any of them binds.
 """
 
 from __future__ import annotations
@@ -12,8 +12,13 @@ from typing import Callable
 
 import psutil
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-SELF_CGROUP = Path("/proc/self/cgroup")
+from prober.probes.cgroup import (
+    CGROUP_ROOT,
+    SELF_CGROUP,
+    controller_levels,
+    controller_paths,
+    read_text,
+)
 
 # cgroup v1 reports "no limit" as the largest page-aligned signed 64-bit value;
 # no machine has 2**62 bytes, so anything above that means unlimited.
@@ -62,15 +67,7 @@ def parse_stat(text: str) -> dict[str, int]:
 
 def cgroup_paths(proc_self_cgroup: str) -> tuple[str | None, str | None]:
     """(v2 path, v1 memory-controller path) of this process from /proc/self/cgroup text."""
-    v2 = v1 = None
-    for line in proc_self_cgroup.splitlines():
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hierarchy == "0" and controllers == "":
-            v2 = path
-        elif "memory" in controllers.split(","):
-            v1 = path
-    return v2, v1
+    return controller_paths(proc_self_cgroup, "memory")
 
 
 def headroom(limit: int, usage: int, inactive_file: int) -> int:
@@ -91,15 +88,9 @@ def read_cgroup_memory(
     root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP
 ) -> CgroupMemory | None:
     """The binding cgroup memory limit of this process, or None when none applies."""
-    try:
-        v2, v1 = cgroup_paths(self_cgroup.read_text())
-    except OSError:
-        return None
-    found: list[CgroupMemory] = []
-    if v2 is not None:
-        found += _scan_levels(root, v2, _V2)
-    if v1 is not None:
-        found += _scan_levels(root / "memory", v1, _V1)
+    v2_levels, v1_levels = controller_levels("memory", root, self_cgroup)
+    found = [level for level in (_read_level(path, _V2) for path in v2_levels) if level]
+    found += [level for level in (_read_level(path, _V1) for path in v1_levels) if level]
     if not found:
         return None
     return CgroupMemory(
@@ -107,32 +98,18 @@ def read_cgroup_memory(
     )
 
 
-def _scan_levels(base: Path, path: str, files: _Files) -> list[CgroupMemory]:
-    # The path is as the host names it; inside a container without a cgroup
-    # namespace only the mount root exists, so levels that are absent are skipped.
-    parts = [part for part in path.split("/") if part]
-    levels = [base.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
-    found = []
-    for level in levels:
-        limit = _read_int(level / files.limit, parse_limit)
-        if limit is None:
-            continue
-        usage = _read_int(level / files.usage, lambda text: int(text.strip())) or 0
-        stat = _read_text(level / "memory.stat")
-        inactive = parse_stat(stat).get(files.inactive_key, 0) if stat else 0
-        found.append(CgroupMemory(limit=limit, headroom=headroom(limit, usage, inactive)))
-    return found
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except OSError:
+def _read_level(level: Path, files: _Files) -> CgroupMemory | None:
+    limit = _read_int(level / files.limit, parse_limit)
+    if limit is None:
         return None
+    usage = _read_int(level / files.usage, lambda text: int(text.strip())) or 0
+    stat = read_text(level / "memory.stat")
+    inactive = parse_stat(stat).get(files.inactive_key, 0) if stat else 0
+    return CgroupMemory(limit=limit, headroom=headroom(limit, usage, inactive))
 
 
 def _read_int(path: Path, parse: Callable[[str], int | None]) -> int | None:
-    text = _read_text(path)
+    text = read_text(path)
     if text is None:
         return None
     try:

@@ -52,7 +52,10 @@ def two_fit(make_instance, models_dir: Path):  # type: ignore[no-untyped-def]
     """
     def make(**extra: object) -> Instance:
         models = {n: models_dir / "chat.gguf" for n in ("a", "b", "c")} | {n: models_dir / "cycle.gguf" for n in ("busy", "busy2")}
-        return make_instance(config(max_loaded_models=2, **extra), models).start()
+        # These are about memory, with endless streams in flight: each engine gets a thread of its own, so that
+        # no request waits for another model's cores (that is tests/integration/test_cores.py's business).
+        cores = {"cpu_policy": "shared", "cpu_cores": 3, "cpu_shared_engines": 3}
+        return make_instance(config(max_loaded_models=2, **cores, **extra), models).start()
     return make
 
 

@@ -81,12 +81,13 @@ class Instance:
     def url(self) -> str:
         return f"http://{self.address}:{self.port}"
 
-    def start(self, *names: str, wait: bool = True) -> "Instance":
+    def start(self, *names: str, wait: bool = True, prefix: tuple[str, ...] = ()) -> "Instance":
+        """`prefix`: a command each process runs under, e.g. ("taskset", "-c", "0") to narrow its CPUs."""
         (self.home / "logs").mkdir(exist_ok=True)
         for name in names or PROGRAMS:
             log = open(self.home / "logs" / f"{name}.log", "ab")
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", PROGRAMS[name]], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                [*prefix, sys.executable, "-m", PROGRAMS[name]], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
         if wait and "gateway" in self.procs:

@@ -40,8 +40,12 @@ class Driver:
     """Plays the service: answers Plan effects with a plan, keeps replies by request id, and reports for runners."""
 
     def __init__(self, budget_mb: int = 1000, parallel: int = 4, **settings: object) -> None:
-        """`parallel`: requests one engine serves at once (llama.cpp's default)."""
+        """`parallel`: requests one engine serves at once (llama.cpp's default). Unless the test sets cpu_*
+        settings, cores are plenty (64 engines at once, a thread each): tests of memory and queues are not
+        about cores (tests/unit/manager/test_cores.py is)."""
         self.clock = FakeClock()
+        if not any(name.startswith("cpu_") for name in settings):
+            settings.update(cpu_policy="shared", cpu_cores=64, cpu_shared_engines=64)
         config = Settings(memory_budget_mb=budget_mb, **settings)  # type: ignore[arg-type]
         self.table = SlotTable(config, "ep0", parallel=parallel, clock=self.clock)
         self.sizes: dict[str, int] = {}

@@ -129,6 +129,7 @@ def status(args: argparse.Namespace, ctx: Context) -> int:
     print_slots(ctx, state)
     _print_pulls(ctx, state.get("pulls", []))
     _print_hardware(ctx, state)
+    _print_cpu(ctx, state.get("cpu"))
     return 0
 
 
@@ -158,3 +159,28 @@ def _print_hardware(ctx: Context, state: dict) -> None:
                           f"of {gpu['vram_total'] / gib:.1f} GiB free")
     ctx.term.info(f"Model memory: {budget['used_bytes'] / gib:.2f} GiB used of {budget['total_bytes'] / gib:.2f} "
                   f"GiB ({budget['source']})")
+
+
+def _print_cpu(ctx: Context, cpu: dict | None) -> None:
+    """The cores budget (manager/cores.py): the plan and what limited it, the policy and what it comes to now."""
+    if not cpu:
+        return
+    plan = cpu.get("plan")
+    if plan:
+        why = f"{plan['limited_by']}; " + (f"quota {plan['quota']:g} cores" if plan.get("quota") else "no quota")
+    else:
+        why = "no CPU plan from the prober: its core count"
+    if cpu["mode"] == "gpu":
+        ctx.term.info(f"CPU: {_count(cpu['cores'], 'core')} ({why}) · engines run on the GPU: cores not budgeted")
+        return
+    at_once = _count(cpu["at_once"], "engine")
+    ctx.term.info(f"CPU: {_count(cpu['cores'], 'core')} ({why}) · policy {cpu['policy']} → {cpu['mode']}, {at_once} at once, "
+                  f"{_count(cpu['threads'], 'thread')} each · busy {cpu['busy_threads']}/{cpu['cores']} threads "
+                  f"(peak {cpu['busy_threads_peak']})")
+    if cpu["waiting"]:
+        ctx.term.info(f"  waiting for cores: {', '.join(cpu['waiting'])} (each gets them within "
+                      f"{cpu['fair_share_s']:g}s plus a request)")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -1,0 +1,90 @@
+"""TableState: what the SlotTable decides on (slots, retiring slots, leases, failures, peers, hardware) and the
+views of it that decide nothing: the memory budget, the cores, a slot by key and generation.
+
+SlotTable (table.py) inherits it and holds every decision; the split only keeps
+each module readable.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable
+
+from manager import budget as budgets, cores, queues
+from manager.config import Settings
+from manager.effects import Clock, Effect, Outbox
+from manager.failures import FailureBook
+from manager.keepalive import parse_keep_alive
+from manager.leases import LeaseTable
+from manager.peers import PeerBook
+from manager.protocol import BudgetInfo, CpuStatus, HardwareSnapshot, ModelEntry, SlotKind
+from manager.slots import HOLDS_MEMORY, Slot, SlotKey
+
+
+class TableState:
+    """The table's state; changed only by the SlotTable's decisions, on the manager's loop."""
+
+    def __init__(self, settings: Settings, epoch: str, *, engine: str = "llama.cpp",
+                 supports: Callable[[ModelEntry], bool] = lambda e: e.format == "gguf", parallel: int = 1,
+                 clock: Clock | None = None) -> None:
+        self.settings, self.epoch, self.engine, self.supports = settings, epoch, engine, supports
+        self.parallel = parallel  # requests one engine serves at once: the leases a slot grants
+        self.clock = clock or Clock()
+        self.slots: dict[SlotKey, Slot] = {}
+        self.retiring: dict[tuple[SlotKey, int], Slot] = {}  # draining or stopping, off the table
+        self.leases = LeaseTable(epoch)
+        self.failures = FailureBook()
+        self.peers = PeerBook()
+        self.hardware: HardwareSnapshot | None = None
+        self.stopping = False
+        self.out = Outbox()
+        self.board = queues.QueueBoard()
+        self.arrivals = itertools.count(1)  # Waiter.ticket: the order requests arrive in, across every slot
+        self.generations = 0
+        self.default_keep = parse_keep_alive(settings.keep_alive)
+        self.busy_threads_peak = 0  # the most threads computing engines held at once: /lf/status shows it
+
+    def drain(self) -> list[Effect]:
+        """The effects of the messages handled since the last drain, each queue that changed published once."""
+        for event in self.board.changes(self.slots.values()):
+            self.out.publish(event)
+        return self.out.take()
+
+    def live(self, model: str, kind: SlotKind) -> Slot | None:
+        return self.slots.get((model, kind))
+
+    # --- memory ---
+
+    def budget(self) -> BudgetInfo:
+        held = [(s.private_bytes or 0, s.reserved) for s in self.memory_holders()]
+        return budgets.budget_info(self.settings, self.hardware, held)
+
+    def memory_holders(self) -> list[Slot]:
+        return [s for s in [*self.slots.values(), *self.retiring.values()] if s.state in HOLDS_MEMORY]
+
+    # --- cores (cores.py) ---
+
+    def core_budget(self) -> int:
+        return cores.budget_cores(self.settings, self.hardware)
+
+    def split(self) -> cores.Split:
+        """What the CPU policy comes to with the models resident now (pending ones included: each will run)."""
+        return cores.split(self.settings, self.core_budget(), cores.residents(self.slots.values()))
+
+    def gate(self) -> cores.Gate:
+        """The cores as they stand now: every slot computing counts, retiring ones still serving too."""
+        return cores.Gate([*self.slots.values(), *self.retiring.values()], self.core_budget(), self.clock.mono(),
+                          self.settings.cpu_fair_share_s)
+
+    def cpu_status(self) -> CpuStatus | None:
+        if self.hardware is None:
+            return None
+        return cores.status(self.settings, self.hardware, self.gate(), self.split(), self.busy_threads_peak)
+
+    # --- lookups ---
+
+    def _find(self, key: SlotKey, generation: int) -> Slot | None:
+        slot = self.slots.get(key)
+        if slot is not None and slot.generation == generation:
+            return slot
+        return self.retiring.get((key, generation))

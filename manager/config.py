@@ -45,6 +45,8 @@ class ApiKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 SCOPES = ("inference", "admin")
 CPU_POLICIES = ("auto", "exclusive", "shared")
+# llama-server's thread flags: the manager sets them from the cores budget (manager/cores.py).
+THREAD_FLAGS = frozenset({"-t", "--threads", "-tb", "--threads-batch"})
 MIN_KEY_CHARS = 8
 LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
 
@@ -135,6 +137,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if threads := THREAD_FLAGS.intersection(arg.split("=")[0] for arg in self.llama_cpp.extra_args):
+            raise ConfigError(f"llama_cpp.extra_args: {', '.join(sorted(threads))} would run more threads than "
+                              "the cores budgeted for the engine: set cpu_cores or cpu_policy instead")
         try:
             parse_keep_alive(self.keep_alive)
         except KeepAliveError as exc:

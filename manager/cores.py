@@ -6,16 +6,19 @@ tiny engines at the default thread count took 18.8 s for what one thread each
 did in 0.1 s. So every CPU engine starts with a thread count from the policy,
 and an engine with nothing in flight takes its threads (its first lease) only
 while the engines already computing leave that many cores free. Further
-requests wait in their model's queue (queues.py). Engines on a GPU (an NVIDIA
-host, Apple Silicon's Metal) keep their own few host threads and are not
-budgeted. Pure, over the table's slots; the SlotTable owns the state and acts.
+requests wait in their model's queue (queues.py). Admission counts threads,
+so `at_once` below is what the split is made for; where cores // at_once
+leaves cores over, more engines may compute together. Engines on a GPU host
+(NVIDIA, or Apple Silicon's Metal) keep their own few host threads and are not
+budgeted, even a model only partly offloaded. Pure, over the table's slots;
+the SlotTable owns the state and acts.
 
 Policies (`cpu_policy`):
 
 - `exclusive`: every engine starts with all the cores; one computes at a time.
   Best when one model at a time is busy; another model's request waits for
   the busy engine's current requests (tests/bench/bench_cores.py: two busy
-  Gemma 3 270M copies reached 0.91x one engine's tokens/s, and the second
+  Gemma 3 270M copies reached 0.93x one engine's tokens/s, and the second
   one's first token waited 3.4 s).
 - `shared`: a fixed `at_once` engines compute together (`cpu_shared_engines`,
   else as many as there are cores), each with max(1, cores // at_once)
@@ -24,8 +27,8 @@ Policies (`cpu_policy`):
   against 2.1 s on both).
 - `auto` (the default): as many at once as there are models resident, at most
   the cores; so one model alone gets every core, and several split them.
-  Measured on 2 cores, several busy models then reach 1.0x (two Gemma
-  copies) to 1.7x (eight tiny models) one engine's tokens/s, no first token
+  Measured on 2 cores, several busy models then reach 1.18x (two Gemma
+  copies) to 1.71x (eight tiny models) one engine's tokens/s, no first token
   waits for another model's whole request, and the cost is a model busy
   alone while others are resident, which runs on its share. Idle engines are
   restarted when the count changes.
@@ -35,8 +38,9 @@ batch in its own slots at no extra thread cost) until a model has waited
 `cpu_fair_share_s` for cores; then the engines that must make room yield:
 they finish what they have in flight and queue their new requests behind the
 waiting model, which is first in line for the cores they free. A long
-generation thus delays another model by at most the bound plus its current
-request.
+generation thus delays the first model in line by at most the bound (plus up
+to a tick of the table, 250 ms) plus the requests in flight when it ran out;
+with several models waiting, each has its turn in the order they came.
 """
 
 from __future__ import annotations
@@ -75,8 +79,8 @@ def budget_cores(settings: Settings, hardware: HardwareSnapshot | None) -> int:
     """The threads all computing CPU engines may hold together: config, else the prober's plan."""
     if settings.cpu_cores:
         return settings.cpu_cores
-    if hardware is None:
-        return os.cpu_count() or 1  # until the first snapshot: only adopted engines can be computing
+    if hardware is None:  # until the first snapshot: this process's CPUs, as the prober will count them
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     plan = hardware.cpu_plan
     return max(1, plan.cores if plan is not None else hardware.cpu_cores)
 
@@ -96,15 +100,15 @@ def split(settings: Settings, cores: int, residents: int) -> Split:
 
 
 def residents(slots: Iterable[Slot]) -> int:
-    """The models resident or about to be (pending and loading ones each will run)."""
-    return sum(1 for _ in slots)
+    """The models resident: loading or ready (a pending load may yet evict one or be refused)."""
+    return sum(1 for s in slots if s.state in (SlotState.LOADING, SlotState.READY))
 
 
 def stale(slots: Iterable[Slot], shape: Split, now: float) -> list[Slot]:
     """Ready engines started with another thread count than the policy gives now, idle for RETHREAD_IDLE_S:
     the ones to restart. One with requests in flight or queued keeps running as it is."""
     return [s for s in slots if s.state == SlotState.READY and s.threads != shape.threads
-            and s.idle and now - s.last_used_at >= RETHREAD_IDLE_S]
+            and s.idle and now - max(s.last_used_at, s.loaded_at or 0.0) >= RETHREAD_IDLE_S]
 
 
 def need(slot: Slot, cores: int) -> int:

@@ -153,6 +153,7 @@ class SlotInfo(msgspec.Struct, kw_only=True, frozen=True):
     load_reason: str = ""  # why this engine was (re)loaded, e.g. "context 8192 → 16384 asked by a request"
     threads: int = 0  # compute threads its engine runs (--threads); 0: not budgeted (a GPU engine)
     computing: bool = False  # holds its threads: it has requests in flight
+    yields_cores_to: str = ""  # the model it finishes its requests for, queueing new ones (cores.py fairness)
 
 
 class BudgetInfo(msgspec.Struct, kw_only=True, frozen=True):

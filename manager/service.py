@@ -35,6 +35,7 @@ from manager.engines.llamacpp import LlamaCppAdapter
 from manager.index import IndexWriter
 from manager.ipc import EventPublisher, endpoints, ensure_runtime_dir, make_socket, remove_endpoints
 from manager.lag import LoopLag
+from manager.live_config import CHECK_S, ConfigWatch, apply_live, read_live
 from manager.memory import MemoryLedger
 from manager.pulls import PullBoard
 from manager.readings import engine_memory, rotate_engine_logs
@@ -101,7 +102,8 @@ class ManagerService:
         self._crashed = False
         self.serving_since = 0.0
         self._measuring = False
-        self._last_measure = self._last_rotate = 0.0
+        self._last_measure = self._last_rotate = self._last_config = 0.0
+        self.config_watch = ConfigWatch(paths.config)
         self._binary: asyncio.Future[Path] | None = None
         self._ctx = zmq.asyncio.Context()
         self._router = make_socket(self._ctx, zmq.ROUTER)
@@ -353,11 +355,26 @@ class ManagerService:
             pids = [s.pid for s in self.table.memory_holders() if s.pid is not None]
             on_gpu = budgets.is_gpu_host(self.table.hardware)
             self._offload(functools.partial(engine_memory, pids, on_gpu), self._measured)
+        if now - self._last_config >= CHECK_S:
+            self._last_config = now
+            if self.config_watch.changed():
+                self._offload(functools.partial(read_live, self.paths.home), self._config_read)
         if now - self._last_rotate >= ROTATE_S:
             self._last_rotate = now
             self._offload(functools.partial(rotate_engine_logs, self.paths.logs, self.settings), lambda _: None)
         self.table.tick()
         self.pulls.tick()
+
+    def _config_read(self, read: object) -> None:
+        """config.toml changed: its live keys (live_config.py) apply now; an invalid file changes nothing."""
+        if isinstance(read, Exception):
+            log.warning("config.toml changed but cannot be used, nothing applied: %s", read)
+            return
+        self.settings, changes = apply_live(self.settings, read)  # type: ignore[arg-type]
+        if changes:
+            log.info("config.toml changed; applied now: %s", "; ".join(changes))
+            self.table.settings = self.settings
+            self.table.schedule()
 
     def _measured(self, readings: object) -> None:
         self._measuring = False

@@ -105,6 +105,7 @@ class Slot:
     computing_since: float | None = None
     cores_wait_since: float | None = None
     cores_yield: str | None = None
+    keep_until: float | None = None  # restarted for its threads: its predecessor's expiry, until its next request
     adopted: bool = False
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -159,6 +160,8 @@ class Slot:
         seconds = self.keep_alive_s if self.next_keep == DEFAULT_KEEP else self.next_keep
         if not self.idle or self.pinned or seconds is None:
             self.expires_at = None
+        elif self.keep_until is not None:
+            self.expires_at = self.keep_until  # a restart does not lengthen the keep_alive its predecessor had
         else:
             self.expires_at = now + float(seconds)  # type: ignore[arg-type]
 
@@ -281,6 +284,7 @@ class Slot:
             load_reason=reload_reason(self.grew_from, plan.ctx_size) if self.grew_from and plan else self.load_reason,
             threads=self.threads,
             computing=self.state == SlotState.READY and self.inflight > 0 and self.threads > 0,
+            yields_cores_to=self.cores_yield or "",
         )
 
 

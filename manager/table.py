@@ -80,7 +80,7 @@ class SlotTable(TableState):
         if (found := queues.find(self.slots.values(), peer, notice.req_id)) is not None:
             found[0].queue.remove(found[1])
             self._went_idle(found[0])
-            self._serve()  # it may have been first in line for the cores
+            self.schedule()  # it may have been first in line for the cores, or the last a draining slot waited for
 
     def _went_idle(self, slot: Slot) -> None:
         """Once ready with nothing in flight or queued, a draining slot stops and any other starts its keep_alive."""
@@ -95,8 +95,9 @@ class SlotTable(TableState):
 
     def _grant(self, slot: Slot, w: Waiter) -> None:
         lease = self.leases.grant(slot, w.peer, w.keep_alive, self.clock.mono())  # type: ignore[arg-type]
-        if slot.inflight == 1:  # it takes its threads now (cores.py)
-            slot.computing_since = self.clock.mono()
+        slot.keep_until = None  # its own keep_alive from now on
+        if slot.inflight == 1:  # it takes its threads now (cores.py), on a turn of its own
+            slot.computing_since, slot.cores_yield = self.clock.mono(), None
             busy = cores.busy_threads([*self.slots.values(), *self.retiring.values()], self.core_budget())
             self.busy_threads_peak = max(self.busy_threads_peak, busy)
         slot.next_keep, slot.last_used_at = w.keep_alive, self.clock.now()
@@ -169,7 +170,7 @@ class SlotTable(TableState):
 
     def set_hardware(self, snapshot: HardwareSnapshot) -> None:
         self.hardware = snapshot
-        for slot in self.slots.values():  # adopted slots came before the first snapshot
+        for slot in [*self.slots.values(), *self.retiring.values()]:  # adopted slots came before the first snapshot
             slot.on_gpu = budgets.is_gpu_host(snapshot)
             if not cores.cpu_host(snapshot):
                 slot.threads = 0  # engines on a GPU are not budgeted, even one started before the snapshot
@@ -295,11 +296,16 @@ class SlotTable(TableState):
         the policy or the plan changed, or the models resident did."""
         if not cores.cpu_host(self.hardware) or not self.peers.has(PeerRole.GATEWAY):
             return  # before the gateway's hello, an adopted engine's leases are not known: it may be busy
+        if any(s.state == SlotState.PENDING for s in self.slots.values()):
+            return  # a load decides first: it may evict the engine or be refused, and the split with it
         shape = self.split()
         for slot in cores.stale(self.slots.values(), shape, self.clock.now()):
             reason = f"threads {slot.threads} → {shape.threads} ({shape.why})"
             self.unload(slot, reason, explicit=True)
-            self._successor(slot, reason).ask_context(slot.num_ctx)
+            fresh = self._successor(slot, reason)
+            fresh.ask_context(slot.num_ctx)
+            # Nobody asked for the restart: the model keeps its keep_alive and its place in the LRU order.
+            fresh.next_keep, fresh.keep_until, fresh.last_used_at = slot.next_keep, slot.expires_at, slot.last_used_at
 
     def _settle_yields(self, wanted: dict[tuple[SlotKey, int], str]) -> None:
         """Mark the busy slots a starved load waits for; unmark the ones no load waits for any more."""
@@ -325,9 +331,10 @@ class SlotTable(TableState):
         self.out.slot(slot, previous)
 
     def _start(self, slot: Slot) -> None:
-        # Before the first snapshot (a configured memory budget does not wait for one) the host counts as a CPU host.
-        slot.threads = self.split().threads if self.hardware is None or cores.cpu_host(self.hardware) else 0
         previous = slot.change_state(SlotState.LOADING)
+        # Counted among the residents now. Before the first snapshot (a configured memory budget does not wait for
+        # one) the host counts as a CPU host.
+        slot.threads = self.split().threads if self.hardware is None or cores.cpu_host(self.hardware) else 0
         slot.wait_deadline, slot.busy_wait_since, slot.detail = None, None, "starting engine"
         self.out.add(Spawn(slot))
         self.out.slot(slot, previous)

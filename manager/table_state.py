@@ -68,7 +68,7 @@ class TableState:
         return cores.budget_cores(self.settings, self.hardware)
 
     def split(self) -> cores.Split:
-        """What the CPU policy comes to with the models resident now (pending ones included: each will run)."""
+        """What the CPU policy comes to with the models resident now (loading or ready)."""
         return cores.split(self.settings, self.core_budget(), cores.residents(self.slots.values()))
 
     def gate(self) -> cores.Gate:

@@ -168,6 +168,8 @@ def settled(inst: Instance, models: list[str]) -> bool:
     policy that splits the cores by the resident models restarts engines loaded before the last one."""
     status = inst.status()
     cpu = status.get("cpu") or {}
+    if cpu.get("mode") == "gpu":  # engines there keep their own few threads: the policy's count never comes
+        raise BenchError("cores are budgeted on CPU hosts only: this host has a GPU (or Metal), nothing to measure")
     slots = {s["model"]: s for s in status["slots"] if s["model"] in models}
     return (len(slots) == len(models) and not cpu.get("busy_threads")
             and all(s["state"] == "ready" and not s["inflight"] and s["threads"] == cpu.get("threads")

@@ -1,17 +1,20 @@
-"""Cores as a budget on a CPU host (manager/cores.py): thread counts, admission, the plan, policy changes.
+"""Cores as a budget on a CPU host (manager/cores.py): thread counts, admission, fairness, the plan, policy changes.
 
 Real LMForge, real llama-servers. Every model is the cycle model: it streams
 " hello world ..." and never samples an end, so a request's length is its
 max_tokens and a stream lasts until the test closes it, whatever the weights.
-The thread count an engine runs is read from its own command line.
+The thread count an engine runs is read from its own command line. Every test
+names its cpu_policy: tests/support/instance.py makes other tests exclusive.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 
 import aiohttp
@@ -52,6 +55,11 @@ def threads_now(pid: int) -> int | None:
         return None
 
 
+def cpu_of(inst: Instance) -> dict:
+    """/lf/status `cpu`, once the manager has it (None until the prober's first snapshot)."""
+    return wait_until(lambda: inst.status()["cpu"], timeout=WAIT_S, what="/lf/status cpu")
+
+
 def load(inst: Instance, model: str) -> int:
     code, body = inst.post("/lf/model/switch", {"model": model}, timeout=WAIT_S)
     assert code == 200, body
@@ -89,7 +97,7 @@ def test_exclusive_engines_start_with_every_core(instance, models_dir: Path) -> 
     """`exclusive`: each engine gets all the cores, and one computes at a time."""
     inst = instance(cycles(models_dir, "a", "b"), config(cpu_policy="exclusive")).start()
     pids = {model: load(inst, model) for model in ("a", "b")}
-    cpu = inst.status()["cpu"]
+    cpu = cpu_of(inst)
     assert cpu["policy"] == "exclusive" and cpu["mode"] == "exclusive" and cpu["at_once"] == 1
     assert {model: threads_of(pid) for model, pid in pids.items()} == {"a": cpu["cores"], "b": cpu["cores"]}
     assert {s["model"]: s["threads"] for s in inst.status()["slots"]} == {"a": cpu["cores"], "b": cpu["cores"]}
@@ -100,9 +108,9 @@ def test_auto_gives_a_model_alone_every_core_and_splits_them_once_another_is_res
         instance, models_dir: Path) -> None:
     """The default: the first model, alone, starts with every core; once a second is resident each gets half,
     the first by a restart once it is idle."""
-    inst = instance(cycles(models_dir, "a", "b"), config()).start()
+    inst = instance(cycles(models_dir, "a", "b"), config(cpu_policy="auto")).start()
     first = load(inst, "a")
-    cpu = inst.status()["cpu"]
+    cpu = cpu_of(inst)
     if cpu["cores"] < 2:
         pytest.skip("one core: every split is one thread")
     assert cpu["policy"] == "auto" and cpu["mode"] == "exclusive" and threads_of(first) == cpu["cores"]
@@ -121,7 +129,7 @@ def test_shared_engines_split_the_cores_whoever_is_resident(instance, models_dir
     inst = instance(cycles(models_dir, "a", "b"), config(cpu_policy="shared")).start()
     first = load(inst, "a")
     second = load(inst, "b")
-    cpu = inst.status()["cpu"]
+    cpu = cpu_of(inst)
     assert cpu["mode"] == ("shared" if cpu["cores"] > 1 else "exclusive") and cpu["at_once"] == cpu["cores"]
     assert threads_of(first) == threads_of(second) == cpu["threads"] == 1
     assert engines(inst) == {"a": first, "b": second}
@@ -131,7 +139,7 @@ def computing_threads(status: dict) -> int:
     return sum(s["threads"] for s in status["slots"] if s.get("computing"))
 
 
-@pytest.mark.parametrize("policy", ["auto", "shared"])
+@pytest.mark.parametrize("policy", ["auto", "exclusive"])  # shared admits as auto does with 8 models on <= 8 cores
 async def test_eight_busy_models_never_hold_more_threads_than_cores(instance, models_dir: Path,  # type: ignore[no-untyped-def]
                                                                     policy: str) -> None:
     """Seen: 8 busy tiny models, each with threads for every core, took 20 s for what one thread each did in 0.2 s.
@@ -141,7 +149,7 @@ async def test_eight_busy_models_never_hold_more_threads_than_cores(instance, mo
     inst = instance(cycles(models_dir, *models), settings).start()
     for model in models:  # loaded first: admission, not loading, is what this measures
         load(inst, model)
-    cpu = inst.status()["cpu"]
+    cpu = cpu_of(inst)
     cores = cpu["cores"]
     # Each load may change the shared split: wait until every engine was restarted with the final count.
     wait_until(lambda: all_run_with(inst, models, cpu["threads"]), timeout=WAIT_S,
@@ -172,50 +180,103 @@ async def test_eight_busy_models_never_hold_more_threads_than_cores(instance, mo
         sampler.join()
     assert len(answers) == 32 and all(answers), answers
     assert samples and max(samples) <= cores, samples
-    cpu = inst.status()["cpu"]
+    # The gateway returns a lease just after a stream's last byte: the last ones may still be held a moment.
+    cpu = wait_until(lambda: (c := inst.status()["cpu"])["busy_threads"] == 0 and c["waiting"] == [] and c,
+                     timeout=WAIT_S, what="every lease returned")
     assert 0 < cpu["busy_threads_peak"] <= cpu["cores"] == cores, cpu
-    assert cpu["busy_threads"] == 0 and cpu["waiting"] == []
 
 
 @pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset (util-linux)")
 def test_a_narrowed_affinity_mask_is_the_plan(instance, models_dir: Path) -> None:  # type: ignore[no-untyped-def]
     """LMForge confined to one CPU (as a container's cpuset or `taskset` does) plans one core, whatever the host."""
-    inst = instance(cycles(models_dir, "a"), config())
-    inst.start(prefix=("taskset", "-c", "0"))
+    ours = sorted(os.sched_getaffinity(0))
+    if len(ours) < 2:
+        pytest.skip("this process has one CPU already: narrowing it to one changes nothing")
+    inst = instance(cycles(models_dir, "a"), config(cpu_policy="auto"))
+    inst.start(prefix=("taskset", "-c", str(ours[0])))  # a CPU this process may use: CPU 0 may not be one
     pid = load(inst, "a")
-    cpu = inst.status()["cpu"]
+    cpu = cpu_of(inst)
     assert cpu["plan"] is not None, "the prober sent no CPU plan"
     assert cpu["plan"]["affinity"] == 1 and cpu["plan"]["limited_by"] == "affinity"
     assert cpu["cores"] == 1 and cpu["threads"] == 1
     assert threads_of(pid) == 1
 
 
-async def test_a_policy_change_restarts_idle_engines_only(instance, models_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    """exclusive → shared, then a manager restart: the idle engine comes back with one thread at once; the busy one
-    keeps its pid and its stream, and is restarted with one thread only after its request ends."""
+def held_busy(inst: Instance, old: dict[str, int]):  # type: ignore[no-untyped-def]
+    """An engine with its request in flight must stay the one it started on: the busy model's slot, checked so at
+    each read, and every pid read."""
+    pids: list[int] = []
+
+    def busy_slot() -> dict:
+        slot = inst.slot_if_answering("busy") or {}
+        if slot.get("pid"):
+            pids.append(slot["pid"])
+            assert slot["pid"] == old["busy"], f"the busy engine was restarted mid-request: {pids}"
+        return slot
+    return busy_slot, pids
+
+
+def rethreaded(inst: Instance, model: str, old_pid: int) -> bool:
+    """The model's engine is a new one, ready with one thread."""
+    slot = inst.slot_if_answering(model) or {}
+    return slot.get("state") == "ready" and slot["pid"] not in (None, old_pid) and threads_now(slot["pid"]) == 1
+
+
+async def two_engines_one_busy(instance, models_dir: Path  # type: ignore[no-untyped-def]
+                               ) -> tuple[Instance, dict[str, int], int]:
+    """`exclusive`, models idle and busy loaded: the instance, their pids, the cores."""
     inst = instance(cycles(models_dir, "idle", "busy"), config(cpu_policy="exclusive"))
     # llama-server's own context shift: a generation outlives its context, so the busy stream lasts until the test
     # closes it however fast the engine runs, not the few seconds a small context holds.
     inst.env["LLAMA_ARG_CONTEXT_SHIFT"] = "1"
     inst.start()
-    old = {model: load(inst, model) for model in ("idle", "busy")}
-    cores = inst.status()["cpu"]["cores"]
+    old = {model: await asyncio.to_thread(load, inst, model) for model in ("idle", "busy")}
+    cores = cpu_of(inst)["cores"]
     if cores < 2:
         pytest.skip("one core: both policies give one thread, nothing to restart")
     assert threads_of(old["idle"]) == threads_of(old["busy"]) == cores
-    busy_pids: list[int] = []
+    return inst, old, cores
 
-    def busy_slot() -> dict:
-        """The busy model's slot, while its request is in flight: its engine must be the one it started on."""
-        slot = inst.slot_if_answering("busy") or {}
-        if slot.get("pid"):
-            busy_pids.append(slot["pid"])
-            assert slot["pid"] == old["busy"], f"the busy engine was restarted mid-request: {busy_pids}"
-        return slot
 
-    body = {"model": "busy", "stream": True, "max_tokens": 100_000, "messages": HELLO}
+BUSY_BODY = {"model": "busy", "stream": True, "max_tokens": 100_000, "messages": HELLO}
+
+
+async def test_a_policy_change_restarts_idle_engines_only(instance, models_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """exclusive → shared in config.toml, applied live: the idle engine comes back with one thread; the busy one
+    keeps its pid and its stream, and is restarted with one thread only after its request ends."""
+    inst, old, cores = await two_engines_one_busy(instance, models_dir)
+    busy_slot, busy_pids = held_busy(inst, old)
     async with aiohttp.ClientSession() as http:
-        async with http.post(inst.url + "/v1/chat/completions", json=body) as resp:
+        async with http.post(inst.url + "/v1/chat/completions", json=BUSY_BODY) as resp:
+            await asyncio.wait_for(resp.content.readuntil(b"hello"), WAIT_S)
+            (inst.home / "config.toml").write_text(config(cpu_policy="shared"))  # no restart: the manager reads it
+
+            def idle_rethreaded() -> bool:
+                busy_slot()
+                return rethreaded(inst, "idle", old["idle"])
+            await asyncio.to_thread(wait_until, idle_rethreaded, timeout=WAIT_S,
+                                    what="the idle engine to be restarted with --threads 1")
+            assert inst.status()["cpu"]["mode"] == "shared"
+            for _ in range(3):  # the busy engine still answers its request, as it was
+                await asyncio.wait_for(resp.content.readuntil(b"world"), WAIT_S)
+            slot = busy_slot()
+            assert slot["state"] == "ready" and slot["inflight"] == 1 and threads_of(old["busy"]) == cores
+        # The stream is closed: its request ends, and the engine is idle now.
+    assert set(busy_pids) == {old["busy"]}, busy_pids  # never restarted while its request was in flight
+    await asyncio.to_thread(wait_until, lambda: rethreaded(inst, "busy", old["busy"]), timeout=WAIT_S,
+                            what="the busy engine, idle now, to be restarted with --threads 1")
+    assert len(llama_servers_of(inst.home)) == 2
+
+
+async def test_an_adopted_busy_engine_is_restarted_only_after_its_request_ends(  # type: ignore[no-untyped-def]
+        instance, models_dir: Path) -> None:
+    """Seen: a manager that adopted the engines of one killed mid-stream saw the busy engine idle (the gateway's
+    hello had not yet declared its lease) and restarted it under its stream. The new manager starts with another
+    policy; the idle engine comes back with one thread, the busy one only once its request ended."""
+    inst, old, cores = await two_engines_one_busy(instance, models_dir)
+    busy_slot, busy_pids = held_busy(inst, old)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(inst.url + "/v1/chat/completions", json=BUSY_BODY) as resp:
             await asyncio.wait_for(resp.content.readuntil(b"hello"), WAIT_S)
             inst.stop("manager", sig=signal.SIGKILL)  # the engines keep serving; the next manager adopts them
             (inst.home / "config.toml").write_text(config(cpu_policy="shared"))
@@ -223,9 +284,7 @@ async def test_a_policy_change_restarts_idle_engines_only(instance, models_dir: 
 
             def idle_rethreaded() -> bool:
                 busy_slot()
-                slot = inst.slot_if_answering("idle") or {}
-                return slot.get("state") == "ready" and slot["pid"] not in (None, old["idle"]) \
-                    and threads_now(slot["pid"]) == 1
+                return rethreaded(inst, "idle", old["idle"])
             await asyncio.to_thread(wait_until, idle_rethreaded, timeout=WAIT_S,
                                     what="the idle engine to be restarted with --threads 1")
             await asyncio.to_thread(wait_until, lambda: busy_slot().get("inflight") == 1, timeout=WAIT_S,
@@ -233,14 +292,58 @@ async def test_a_policy_change_restarts_idle_engines_only(instance, models_dir: 
             for _ in range(3):  # the busy engine still answers its request, as it was
                 await asyncio.wait_for(resp.content.readuntil(b"world"), WAIT_S)
             slot = busy_slot()
-            assert slot["state"] == "ready" and slot["pid"] == old["busy"] and threads_of(old["busy"]) == cores
+            assert slot["state"] == "ready" and slot["adopted"] and threads_of(old["busy"]) == cores
             assert inst.status()["cpu"]["mode"] == "shared"
         # The stream is closed: its request ends, and the engine is idle now.
     assert set(busy_pids) == {old["busy"]}, busy_pids  # never restarted while its request was in flight
-
-    def busy_rethreaded() -> bool:
-        slot = inst.slot("busy") or {}
-        return slot.get("state") == "ready" and slot["pid"] != old["busy"] and threads_now(slot["pid"]) == 1
-    await asyncio.to_thread(wait_until, busy_rethreaded, timeout=WAIT_S,
+    await asyncio.to_thread(wait_until, lambda: rethreaded(inst, "busy", old["busy"]), timeout=WAIT_S,
                             what="the busy engine, idle now, to be restarted with --threads 1")
     assert len(llama_servers_of(inst.home)) == 2
+
+
+async def first_token_then_rest(http: aiohttp.ClientSession, url: str, body: dict) -> tuple[float, str]:
+    """When the stream's first token came (monotonic), and the rest of the stream. The gateway answers with
+    headers only once the request holds a lease, so all of it runs as one task."""
+    async with http.post(url + "/v1/chat/completions", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+        await resp.content.readuntil(b"hello")
+        first = time.monotonic()
+        return first, await resp.text()
+
+
+async def test_a_model_waiting_its_fair_share_goes_before_the_holders_new_requests(  # type: ignore[no-untyped-def]
+        instance, models_dir: Path) -> None:
+    """`exclusive`, cpu_fair_share_s = 1: a holds the cores with an endless stream; b waits. Once b waited its
+    fair share, a's new request queues instead of batching in a's free engine slot, and b computes first when
+    a's stream ends."""
+    settings = config(cpu_policy="exclusive", cpu_fair_share_s=1.0) + "parallel = 2\n"  # into SMALL's [llama_cpp]
+    inst = instance(cycles(models_dir, "a", "b"), settings)
+    inst.env["LLAMA_ARG_CONTEXT_SHIFT"] = "1"  # a's stream lasts until the test closes it (see the tests above)
+    inst.start()
+    for model in ("a", "b"):
+        await asyncio.to_thread(load, inst, model)
+    assert (inst.slot("a") or {}).get("parallel") == 2
+    short = {"stream": True, "max_tokens": 8, "messages": HELLO}
+
+    def a_slot() -> dict:
+        return inst.slot("a") or {}
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as http:
+        async with http.post(inst.url + "/v1/chat/completions",
+                             json={"model": "a", "stream": True, "max_tokens": 100_000, "messages": HELLO}) as held:
+            await asyncio.wait_for(held.content.readuntil(b"hello"), WAIT_S)
+            b_done = asyncio.ensure_future(first_token_then_rest(http, inst.url, {"model": "b", **short}))
+            await asyncio.to_thread(wait_until, lambda: inst.status()["cpu"]["waiting"] == ["b"], timeout=WAIT_S,
+                                    what="b to wait for the cores")
+            # Once b waited cpu_fair_share_s, a yields to it, and its slot says so.
+            await asyncio.to_thread(wait_until, lambda: a_slot().get("yields_cores_to") == "b", timeout=WAIT_S,
+                                    what="a to yield to b")
+            a2_done = asyncio.ensure_future(first_token_then_rest(http, inst.url, {"model": "a", **short}))
+            slot = await asyncio.to_thread(wait_until, lambda: (s := a_slot())["waiting"] == 1 and s, timeout=WAIT_S,
+                                           what="a's new request to queue")
+            assert slot["inflight"] == 1, slot  # queued behind b, not batched beside the held stream
+            assert not b_done.done() and not a2_done.done()
+        # a's held stream is closed: the cores go to b first.
+        (b_first, b_text), (a2_first, a2_text) = await asyncio.wait_for(asyncio.gather(b_done, a2_done), WAIT_S)
+    assert b_text.count('"content":"') and a2_text.count('"content":"')
+    assert b_first < a2_first, f"a's queued request got its first token {b_first - a2_first:.2f}s before b's"

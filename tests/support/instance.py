@@ -64,14 +64,20 @@ async def wait_until_async(predicate, timeout: float = 10.0, interval: float = 0
         await asyncio.sleep(interval)  # poll interval of a condition wait
 
 
+TEST_CPU_POLICY = 'cpu_policy = "exclusive"\n'
+
+
 class Instance:
     def __init__(self, home: Path, llama_server: str, config: str = "", address: str = "127.0.0.1") -> None:
         self.home = home
         self.address = address  # where tests reach the gateway: its bind address when that is not loopback
         self.port = free_port()
         home.mkdir(parents=True, exist_ok=True)
-        if config:
-            (home / "config.toml").write_text(config)
+        if "cpu_policy" not in config:
+            # The default (auto) restarts an idle engine when another model comes or goes: a test about anything
+            # else must not see its engines change under it. tests/integration/test_cores.py tests auto.
+            config = TEST_CPU_POLICY + config
+        (home / "config.toml").write_text(config)
         self.env = dict(os.environ, LMFORGE_HOME=str(home), LMFORGE_PORT=str(self.port),
                         LMFORGE_LLAMA_SERVER=llama_server, PYTHONUNBUFFERED="1",
                         HF_ENDPOINT=NO_HUB, NO_PROXY=LOCAL_HOSTS, no_proxy=LOCAL_HOSTS)

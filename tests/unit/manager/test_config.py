@@ -29,7 +29,11 @@ def test_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 @pytest.mark.parametrize(
     ("text", "message"),
     [("port = 'x'", "Expected `int`"), ("prot = 1", "unknown field `prot`"), ("port = 70000", "port must be"),
-     ("memory_fraction = 2.0", "memory_fraction"), ('keep_alive = "10 days"', "keep_alive"), ("[llama_cpp]\nparallel = 0", "parallel"), ("port = ", "config.toml")],
+     ("memory_fraction = 2.0", "memory_fraction"), ('keep_alive = "10 days"', "keep_alive"), ("[llama_cpp]\nparallel = 0", "parallel"), ("port = ", "config.toml"),
+     ('cpu_policy = "fast"', "cpu_policy must be one of auto, exclusive, shared"),
+     ("cpu_fair_share_s = 0", "cpu_fair_share_s"), ("cpu_cores = -1", "cpu_cores"),
+     ('[llama_cpp]\nextra_args = ["--threads=8"]', "--threads would run more threads"),
+     ('[llama_cpp]\nextra_args = ["-tb", "8"]', "-tb would run more threads")],
 )
 def test_bad_files_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "config.toml").write_text(text)
@@ -80,3 +84,20 @@ def test_tls_paths_are_absolute_for_every_process(tmp_path: Path, monkeypatch: p
     settings, _ = load_settings(tmp_path)
     assert settings.tls_cert == str(tmp_path / "certs" / "c.pem")
     assert settings.tls_key == str(tmp_path / "user" / "k.pem")
+
+
+def test_the_cores_keys_of_a_changed_file_apply_live_and_an_invalid_file_changes_nothing(tmp_path: Path) -> None:
+    from manager.live_config import ConfigWatch, apply_live, read_live
+
+    config = tmp_path / "config.toml"
+    config.write_text('cpu_policy = "exclusive"\nport = 11431\n')
+    watch = ConfigWatch(config)
+    running = load_settings(tmp_path)[0]
+    assert not watch.changed()
+    config.write_text('cpu_policy = "shared"\ncpu_fair_share_s = 2.5\nport = 11432\n')
+    assert watch.changed() and not watch.changed()
+    applied, lines = apply_live(running, read_live(tmp_path))  # type: ignore[arg-type]
+    assert (applied.cpu_policy, applied.cpu_fair_share_s, applied.port) == ("shared", 2.5, 11431)  # port: restart
+    assert lines == ["cpu_policy: 'exclusive' → 'shared'", "cpu_fair_share_s: 1.0 → 2.5"]
+    config.write_text('cpu_policy = "fast"\n')
+    assert isinstance(read_live(tmp_path), ConfigError)

@@ -211,7 +211,6 @@ def test_a_waiting_model_gets_the_cores_within_the_bound_plus_the_request_in_fli
     ready(d, "a", "b")
     in_flight = d.lease(d.acquire("a"))
     waiting = d.acquire("b")
-    waited_at = d.clock.t
     d.advance(0.5)
     within = d.acquire("a")  # steady traffic to a, inside the bound: it batches in
     assert granted(d, within)
@@ -223,8 +222,6 @@ def test_a_waiting_model_gets_the_cores_within_the_bound_plus_the_request_in_fli
     d.advance(3.0)  # a's current request takes a while yet
     d.release(d.lease(within).lease_id)
     assert granted(d, waiting) and not granted(d, after)
-    # b waited the bound, then what a had in flight when the bound ran out: nothing more.
-    assert d.clock.t - waited_at <= 1.0 + 0.25 + 3.0
     d.release(d.lease(waiting).lease_id)
     assert granted(d, after)
 
@@ -258,7 +255,7 @@ def test_a_yield_ends_when_nobody_waits_for_the_cores_any_more() -> None:
 
 # --- restarts for a new thread count ---
 
-def test_a_new_resident_restarts_idle_engines_with_their_share_and_never_a_busy_one() -> None:
+def test_a_new_resident_restarts_an_idle_engine_with_its_share() -> None:
     d = driver("auto", plan_cores=4)
     ready(d, "a", "b")  # a started alone with 4 threads, then b came: two at once, 2 each
     assert slot(d, "b").threads == 2
@@ -279,6 +276,8 @@ def test_a_plan_change_restarts_an_engine_only_once_its_requests_end() -> None:
     d.advance(cores.RETHREAD_IDLE_S + 0.25)
     stopped = {m for m, _ in d.stopped}
     assert stopped == {"b"} and slot(d, "a").generation == busy.generation  # the busy one keeps running
+    d.stopped_engine("b", d.stopped[0][1])
+    d.ready("b")
     d.release(busy.lease_id)
     d.advance(cores.RETHREAD_IDLE_S + 0.25)
     assert ("a", busy.generation) in d.stopped
@@ -329,3 +328,44 @@ def test_an_engine_started_before_the_first_snapshot_is_budgeted_as_on_a_cpu_hos
     d = Driver(cpu_policy="exclusive", cpu_cores=2)
     ready(d, "a")
     assert d.table.hardware is None and slot(d, "a").threads == 2
+
+
+def test_a_restart_for_threads_keeps_the_models_keep_alive() -> None:
+    d = driver("auto", plan_cores=4)
+    rid = d.acquire("a", keep_alive="60s")
+    d.ready("a")
+    d.release(d.lease(rid).lease_id)
+    expires = slot(d, "a").expires_at
+    ready(d, "b")
+    d.advance(cores.RETHREAD_IDLE_S + 0.25)
+    assert [m for m, _ in d.stopped] == ["a"]
+    d.stopped_engine("a", d.stopped[0][1])
+    d.ready("a")
+    assert slot(d, "a").threads == 2 and slot(d, "a").expires_at == expires  # no restart lengthens it
+
+
+def test_a_load_that_evicts_the_idle_model_restarts_nothing() -> None:
+    d = driver("auto", plan_cores=4, budget_mb=150)  # room for one model of 100 MiB
+    ready(d, "a")
+    d.advance(cores.RETHREAD_IDLE_S + 0.25)
+    d.acquire("b")
+    assert [m for m, _ in d.stopped] == ["a"] and ("a", CHAT) not in d.table.slots  # evicted, not reloaded
+    d.stopped_engine("a", d.stopped[0][1])
+    d.ready("b")
+    assert slot(d, "b").threads == 4  # alone
+
+
+def test_a_model_just_loaded_is_not_restarted_before_it_was_idle_a_while() -> None:
+    d = driver("auto", plan_cores=4)
+    rid = d.acquire("a", keep_alive=-1)  # kept however long the test's clock jumps
+    d.ready("a")
+    d.release(d.lease(rid).lease_id)
+    d.clock.t += 3600  # a slow load of b: a has long been idle
+    d.load("b")
+    d.ready("b")
+    d.advance(0.25)
+    assert [m for m, _ in d.stopped] == ["a"]  # idle an hour: restarted for its share at once
+    d.stopped_engine("a", d.stopped[0][1])
+    d.ready("a")
+    d.advance(cores.RETHREAD_IDLE_S - 1)
+    assert slot(d, "a").state == SlotState.READY and len(d.stopped) == 1

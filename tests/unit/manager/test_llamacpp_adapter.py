@@ -149,3 +149,14 @@ def test_an_asked_context_sizes_the_plan_and_is_capped_by_the_trained_one(tmp_pa
     assert capped.ctx_size == capped.ctx_max == entries["chat"].context_length
     argv = a.command(Path("/opt/llama-server"), entries["chat"], SlotKind.CHAT, 4321, asked)
     assert argv[argv.index("--ctx-size") + 1] == "4096"
+
+
+def test_the_cores_budget_sets_both_thread_counts_and_zero_leaves_the_engines_own(tmp_path: Path,
+                                                                                 entries: dict) -> None:
+    a = adapter(tmp_path)
+    for kind, name in ((SlotKind.CHAT, "chat"), (SlotKind.EMBED, "embed")):
+        plan = a.plan(entries[name], kind, cpu_host(), 0)
+        argv = a.command(Path("/bin/llama-server"), entries[name], kind, 1, plan, threads=3)
+        assert argv[argv.index("--threads") + 1] == argv[argv.index("--threads-batch") + 1] == "3"
+        plain = a.command(Path("/bin/llama-server"), entries[name], kind, 1, plan)
+        assert "--threads" not in plain and "--threads-batch" not in plain  # an engine on a GPU keeps its own

@@ -52,6 +52,7 @@ from typing import Iterable
 from manager.config import Settings
 from manager.protocol import CpuPlan, CpuStatus, HardwareSnapshot, SlotState
 from manager.slots import Slot
+from prober.probes.cpu_plan import affinity_cpus
 
 EXCLUSIVE, SHARED, GPU = "exclusive", "shared", "gpu"
 # An engine idle this long may be restarted with a new thread count: long enough that a chat's next message
@@ -80,7 +81,7 @@ def budget_cores(settings: Settings, hardware: HardwareSnapshot | None) -> int:
     if settings.cpu_cores:
         return settings.cpu_cores
     if hardware is None:  # until the first snapshot: this process's CPUs, as the prober will count them
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return len(affinity_cpus()) or os.cpu_count() or 1
     plan = hardware.cpu_plan
     return max(1, plan.cores if plan is not None else hardware.cpu_cores)
 

@@ -24,18 +24,19 @@ LIVE_KEYS = ("cpu_policy", "cpu_cores", "cpu_shared_engines", "cpu_fair_share_s"
 
 
 class ConfigWatch:
-    """Notices a change of one file by its size and modification time."""
+    """Notices a change of one file by its size, modification time and inode (an editor that saves by renaming
+    a new file over it may keep the other two), as the model store notices a new index (catalog/store.py)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._seen = self._stamp()
 
-    def _stamp(self) -> tuple[int, int] | None:
+    def _stamp(self) -> tuple[int, int, int] | None:
         try:
             stat = os.stat(self.path)
         except OSError:
             return None
-        return stat.st_mtime_ns, stat.st_size
+        return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
     def changed(self) -> bool:
         stamp = self._stamp()

@@ -150,7 +150,7 @@ def read_cpu_plan(
 ) -> CpuPlan:
     """This process's CPU plan, read from the machine."""
     logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
-    cpus = _affinity()
+    cpus = affinity_cpus()
     affinity = len(cpus) if cpus else logical
     linux = sys.platform.startswith("linux")
     physical = physical_cores_of(cpus, topology_root) if linux else None
@@ -162,7 +162,7 @@ def read_cpu_plan(
     return cpu_plan(physical, affinity, quota, logical_cpus=max(logical, affinity))
 
 
-def _affinity() -> frozenset[int]:
+def affinity_cpus() -> frozenset[int]:
     """The CPUs this process may run on; empty where the OS will not say (macOS)."""
     if hasattr(os, "sched_getaffinity"):
         return frozenset(os.sched_getaffinity(0))

@@ -241,46 +241,30 @@ async def two_engines_one_busy(instance, models_dir: Path  # type: ignore[no-unt
 BUSY_BODY = {"model": "busy", "stream": True, "max_tokens": 100_000, "messages": HELLO}
 
 
-async def test_a_policy_change_restarts_idle_engines_only(instance, models_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    """exclusive → shared in config.toml, applied live: the idle engine comes back with one thread; the busy one
-    keeps its pid and its stream, and is restarted with one thread only after its request ends."""
+def change_to_shared(inst: Instance, how: str) -> None:
+    """config.toml says `shared` from now on: read live by the running manager, or by a new one that adopts the
+    engines of one killed mid-stream."""
+    if how == "live":
+        (inst.home / "config.toml").write_text(config(cpu_policy="shared"))  # no restart: the manager reads it
+        return
+    inst.stop("manager", sig=signal.SIGKILL)  # the engines keep serving; the next manager adopts them
+    (inst.home / "config.toml").write_text(config(cpu_policy="shared"))
+    inst.start("manager", wait=False)
+
+
+@pytest.mark.parametrize("how", ["live", "adopted"])
+async def test_a_policy_change_restarts_idle_engines_only(instance, models_dir: Path,  # type: ignore[no-untyped-def]
+                                                          how: str) -> None:
+    """exclusive → shared: the idle engine comes back with one thread; the busy one keeps its pid and its stream,
+    and is restarted with one thread only after its request ends. `adopted`, seen: a manager that adopted the
+    engines of one killed mid-stream saw the busy engine idle (the gateway's hello had not yet declared its lease)
+    and restarted it under its stream."""
     inst, old, cores = await two_engines_one_busy(instance, models_dir)
     busy_slot, busy_pids = held_busy(inst, old)
     async with aiohttp.ClientSession() as http:
         async with http.post(inst.url + "/v1/chat/completions", json=BUSY_BODY) as resp:
             await asyncio.wait_for(resp.content.readuntil(b"hello"), WAIT_S)
-            (inst.home / "config.toml").write_text(config(cpu_policy="shared"))  # no restart: the manager reads it
-
-            def idle_rethreaded() -> bool:
-                busy_slot()
-                return rethreaded(inst, "idle", old["idle"])
-            await asyncio.to_thread(wait_until, idle_rethreaded, timeout=WAIT_S,
-                                    what="the idle engine to be restarted with --threads 1")
-            assert inst.status()["cpu"]["mode"] == "shared"
-            for _ in range(3):  # the busy engine still answers its request, as it was
-                await asyncio.wait_for(resp.content.readuntil(b"world"), WAIT_S)
-            slot = busy_slot()
-            assert slot["state"] == "ready" and slot["inflight"] == 1 and threads_of(old["busy"]) == cores
-        # The stream is closed: its request ends, and the engine is idle now.
-    assert set(busy_pids) == {old["busy"]}, busy_pids  # never restarted while its request was in flight
-    await asyncio.to_thread(wait_until, lambda: rethreaded(inst, "busy", old["busy"]), timeout=WAIT_S,
-                            what="the busy engine, idle now, to be restarted with --threads 1")
-    assert len(llama_servers_of(inst.home)) == 2
-
-
-async def test_an_adopted_busy_engine_is_restarted_only_after_its_request_ends(  # type: ignore[no-untyped-def]
-        instance, models_dir: Path) -> None:
-    """Seen: a manager that adopted the engines of one killed mid-stream saw the busy engine idle (the gateway's
-    hello had not yet declared its lease) and restarted it under its stream. The new manager starts with another
-    policy; the idle engine comes back with one thread, the busy one only once its request ended."""
-    inst, old, cores = await two_engines_one_busy(instance, models_dir)
-    busy_slot, busy_pids = held_busy(inst, old)
-    async with aiohttp.ClientSession() as http:
-        async with http.post(inst.url + "/v1/chat/completions", json=BUSY_BODY) as resp:
-            await asyncio.wait_for(resp.content.readuntil(b"hello"), WAIT_S)
-            inst.stop("manager", sig=signal.SIGKILL)  # the engines keep serving; the next manager adopts them
-            (inst.home / "config.toml").write_text(config(cpu_policy="shared"))
-            inst.start("manager", wait=False)
+            await asyncio.to_thread(change_to_shared, inst, how)
 
             def idle_rethreaded() -> bool:
                 busy_slot()
@@ -288,11 +272,12 @@ async def test_an_adopted_busy_engine_is_restarted_only_after_its_request_ends( 
             await asyncio.to_thread(wait_until, idle_rethreaded, timeout=WAIT_S,
                                     what="the idle engine to be restarted with --threads 1")
             await asyncio.to_thread(wait_until, lambda: busy_slot().get("inflight") == 1, timeout=WAIT_S,
-                                    what="the new manager to know the busy engine's request")
+                                    what="the manager to know the busy engine's request")
             for _ in range(3):  # the busy engine still answers its request, as it was
                 await asyncio.wait_for(resp.content.readuntil(b"world"), WAIT_S)
             slot = busy_slot()
-            assert slot["state"] == "ready" and slot["adopted"] and threads_of(old["busy"]) == cores
+            assert slot["state"] == "ready" and slot["inflight"] == 1 and threads_of(old["busy"]) == cores
+            assert slot["adopted"] == (how == "adopted")
             assert inst.status()["cpu"]["mode"] == "shared"
         # The stream is closed: its request ends, and the engine is idle now.
     assert set(busy_pids) == {old["busy"]}, busy_pids  # never restarted while its request was in flight

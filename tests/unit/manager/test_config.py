@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,17 @@ def test_the_cores_keys_of_a_changed_file_apply_live_and_an_invalid_file_changes
     assert lines == ["cpu_policy: 'exclusive' → 'shared'", "cpu_fair_share_s: 1.0 → 2.5"]
     config.write_text('cpu_policy = "fast"\n')
     assert isinstance(read_live(tmp_path), ConfigError)
+
+
+def test_a_file_saved_by_renaming_a_new_one_over_it_is_a_change_with_the_same_size_and_time(tmp_path: Path) -> None:
+    from manager.live_config import ConfigWatch
+
+    config = tmp_path / "config.toml"
+    config.write_text('cpu_policy = "exclusive"\n')
+    watch = ConfigWatch(config)
+    stat = config.stat()
+    saved = tmp_path / "config.toml.new"
+    saved.write_text('cpu_policy = "auto"     \n')  # the same size
+    os.utime(saved, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same time
+    os.replace(saved, config)
+    assert watch.changed()

@@ -211,6 +211,7 @@ def test_a_waiting_model_gets_the_cores_within_the_bound_plus_the_request_in_fli
     ready(d, "a", "b")
     in_flight = d.lease(d.acquire("a"))
     waiting = d.acquire("b")
+    waited_at = d.clock.t
     d.advance(0.5)
     within = d.acquire("a")  # steady traffic to a, inside the bound: it batches in
     assert granted(d, within)
@@ -220,8 +221,12 @@ def test_a_waiting_model_gets_the_cores_within_the_bound_plus_the_request_in_fli
     after = d.acquire("a")
     assert not granted(d, after)  # a's new request queues behind b
     d.advance(3.0)  # a's current request takes a while yet
+    assert not granted(d, waiting)
     d.release(d.lease(within).lease_id)
     assert granted(d, waiting) and not granted(d, after)
+    # b got the cores the moment a's last request in flight ended: it waited the bound (and a tick), then what a
+    # had in flight when the bound ran out, and nothing more.
+    assert d.clock.t - waited_at <= 1.0 + 0.25 + 3.0
     d.release(d.lease(waiting).lease_id)
     assert granted(d, after)
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger("lmforge.logfiles")
 
@@ -17,6 +17,7 @@ log = logging.getLogger("lmforge.logfiles")
 # the same backups twice. Different logs rotate independently.
 _locks: dict[Path, threading.Lock] = {}
 _locks_guard = threading.Lock()
+COPY_CHUNK = 1024 * 1024
 
 
 def rotate_if_large(path: Path, max_bytes: int, backups: int) -> bool:
@@ -74,14 +75,33 @@ def _copy_truncate(path: Path, backups: int) -> None:
     tmp = path.with_name(f".{path.name}.rotating")
     try:
         with path.open("rb") as src, tmp.open("wb") as dst:
-            shutil.copyfileobj(src, dst)
+            whole = _copy_whole_lines(src, dst)
             # Truncate right after the copy reaches the end, before the
             # backups shift: that keeps the window for lost lines short.
             os.truncate(path, 0)
+            dst.truncate(whole)
         _shift_backups(path, backups)
         os.replace(tmp, backup_path(path, 1))
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _copy_whole_lines(src: BinaryIO, dst: BinaryIO) -> int:
+    """Copy `src` to its end; the length that ends with its last whole line (all of it when it has no newline).
+
+    A reader may see part of a write that the engine is making at that moment:
+    Linux grows a file page by page within one write, so a copy that reaches the
+    end there ends mid-line. That line is cut from the backup; the engine's
+    whole write lands in the live file before the truncate (which waits for it)
+    and is lost with it, as any line written between the copy and the truncate.
+    """
+    copied = whole = 0
+    while chunk := src.read(COPY_CHUNK):
+        dst.write(chunk)
+        if (newline := chunk.rfind(b"\n")) >= 0:
+            whole = copied + newline + 1
+        copied += len(chunk)
+    return whole or copied
 
 
 def _shift_backups(path: Path, backups: int) -> None:

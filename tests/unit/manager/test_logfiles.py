@@ -43,6 +43,22 @@ def test_backups_shift_and_the_oldest_is_dropped(tmp_path: Path) -> None:
     assert not backup_path(log, 4).exists()
 
 
+def test_a_line_caught_mid_write_is_cut_from_the_backup_not_torn(tmp_path: Path) -> None:
+    """Seen: the copy reached the end inside a write crossing a page, and the backup ended with half a line."""
+    log = tmp_path / "engine.log"
+    log.write_bytes(b"first line\n" * 10 + b"second li")  # the engine's write, as a reader may see part of it
+    assert rotate_if_large(log, max_bytes=64, backups=1)
+    assert backup_path(log, 1).read_bytes() == b"first line\n" * 10
+    assert log.read_bytes() == b""
+
+
+def test_a_log_without_a_newline_is_kept_whole(tmp_path: Path) -> None:
+    log = tmp_path / "engine.log"
+    log.write_bytes(b"x" * 100)
+    assert rotate_if_large(log, max_bytes=64, backups=1)
+    assert backup_path(log, 1).read_bytes() == b"x" * 100
+
+
 def test_no_backups_means_the_live_file_is_only_truncated(tmp_path: Path) -> None:
     log = tmp_path / "engine.log"
     log.write_bytes(b"y" * 200)

@@ -415,7 +415,9 @@ class _PartFile:
         if pending is None:
             return
         try:
-            await asyncio.wrap_future(pending)
+            # Shielded: a cancel must not cancel a write still queued for the thread, whose bytes on_bytes has
+            # already reported (wrap_future passes a cancel on to the concurrent future).
+            await asyncio.shield(asyncio.wrap_future(pending))
         finally:
             if pending.done() and self._pending is pending:
                 self._pending = None

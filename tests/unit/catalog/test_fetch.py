@@ -188,6 +188,34 @@ async def test_cancel_stops_the_fetch_and_keeps_the_part(hub: LocalHub, session,
     assert hub.ranges(BIG)[-1] == f"bytes={len(kept)}-"
 
 
+async def test_a_cancel_keeps_every_byte_it_reported(hub: LocalHub, session, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write still queued for the writer thread when the cancel comes is done, not dropped: the .part holds
+    every byte on_bytes reported (a slow disk, here a writer thread held busy, leaves writes queued)."""
+    import concurrent.futures
+    writers = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    monkeypatch.setattr(catalog.fetch, "_WRITERS", writers)
+    disk_free = threading.Event()
+    writers.submit(disk_free.wait, 30)
+    part, cancelled, progress = tmp_path / "big.part", asyncio.Event(), Progress()
+    task = asyncio.create_task(fetch(session, hub, pull_file(hub, BIG), part, cancelled=cancelled,
+                                     progress=progress))
+    await wait_until_async(lambda: progress.last > 0, what="a write handed to the thread")
+    cancelled.set()
+
+    def closing() -> bool:  # the fetch ended, or waits for its queued write before closing the .part
+        awaiting = task.get_coro()
+        while awaiting is not None and getattr(awaiting, "__name__", "") != "_outlive":
+            awaiting = getattr(awaiting, "cr_await", None)
+        return task.done() or awaiting is not None
+    await wait_until_async(closing, what="the cancel delivered")
+    disk_free.set()
+    with pytest.raises(Cancelled):
+        await asyncio.wait_for(task, 10)
+    writers.shutdown()
+    assert part.stat().st_size == progress.last > 0
+
+
 async def test_the_token_goes_to_the_hub_and_not_to_another_host(session, tmp_path: Path) -> None:
     with running_hub(cdn_host="localhost") as hub:  # the CDN on another origin, as on the real Hub
         hub.add_repo(REPO, {BIG: BIG_BYTES, SMALL: SMALL_BYTES})

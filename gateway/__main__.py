@@ -39,7 +39,7 @@ async def run(settings: Settings, paths: Paths, tls: ssl.SSLContext | None) -> N
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # from the start: a stop asked for during setup is kept
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    runner = DeadlineRunner(make_app(settings, paths), settings, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    runner = DeadlineRunner(make_app(settings, paths), shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:
         await site(runner, settings, tls).start()

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.api.native.logs import MAX_LINES as MAX_LOG_LINES
 from gateway.api.openai.handlers import EMBED_RULES
 from gateway.api.openai.rerank import RULES as RERANK_RULES
 from gateway.dataplane.validate import ANTHROPIC, COMPLETIONS, INT_MAX, OLLAMA, OLLAMA_OPTIONS, OPENAI, RESPONSES, Rule
+from gateway.logtail import NAME as LOG_NAME_RULE
 
 Schema = dict[str, Any]
 
@@ -219,8 +221,20 @@ BLOBS = {
 }
 DELETE_BY_NAME = {"delete": {"summary": "delete an installed model", "parameters": [_path("name", MODEL)],
                              "responses": ANSWERS}}
+# A log is named by its file in the logs directory (gateway/logtail.py); its live stream is not described.
+LOG_NAME = _path("name", {"type": "string", "pattern": f"^{LOG_NAME_RULE.pattern}$", "example": "manager"})
+LOG_LINES = {"name": "lines", "in": "query", "required": False, "schema": _int(1, MAX_LOG_LINES)}
+REQUESTS_LIMIT = {"name": "limit", "in": "query", "required": False, "schema": _int(1, 10_000)}
+REQUESTS_MODEL = {"name": "model", "in": "query", "required": False, "schema": MODEL}
 CANCEL_PULL = {"delete": {"summary": "cancel the pull of a model (the next pull resumes it)",
                           "parameters": [_path("name", MODEL)], "responses": ANSWERS}}
+# Keys of config.toml, dotted for tables ("llama_cpp.ctx_size") or nested; null resets one to its default.
+CONFIG = {
+    **_get("the settings in force, secrets redacted, with what the environment overrides and what needs a restart"),
+    "patch": {"summary": "change config.toml: checked whole, written atomically, applied live where it can be",
+              "requestBody": {"required": True, "content": {"application/json": {"schema": JSON_OBJECT}}},
+              "responses": ANSWERS},
+}
 
 PATHS: dict[str, dict[str, Schema]] = {
     "/": _get("liveness, as Ollama answers it", head=True),
@@ -235,6 +249,11 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/lf/model/pull": _streamed("pull a model, its progress streamed as SSE", PULL, "text/event-stream"),
     "/lf/model/pull/{name}": CANCEL_PULL,
     "/lf/catalog": _get("the catalog's shortcuts, with what fits this machine", CATALOG_KIND),
+    "/lf/config": CONFIG,
+    "/lf/requests": _get("the request log, newest first", REQUESTS_LIMIT, REQUESTS_MODEL),
+    "/metrics": _get("Prometheus metrics of the gateway and the manager"),
+    "/lf/logs": _get("the logs of LMForge's processes and engines, with their sizes"),
+    "/lf/logs/{name}": _get("the last lines of one log, as text", LOG_NAME, LOG_LINES),
     "/v1/models": _get("installed models with capabilities"),
     "/v1/models/{id}": _get("one model", MODEL_ID_PARAMETER),
     "/v1/chat/completions": _post("OpenAI chat completion", CHAT_COMPLETION),

@@ -1,15 +1,22 @@
 """Settings every LMForge process reads: `<home>/config.toml`, then the environment.
 
-`LMFORGE_HOME` (default `~/.lmforge`) picks the instance; `LMFORGE_PORT` and
-`LMFORGE_LLAMA_SERVER` override the file, so several instances can run side by side;
-`LMFORGE_API_KEY` and `LMFORGE_MAX_BODY_MB` override `api_key` and `max_body_mb`.
+Precedence, lowest first: the defaults below, then `<home>/config.toml` (TOML; a
+key it leaves out keeps its default), then the environment, which overrides the
+file key by key (ENV_OVERRIDES): `LMFORGE_PORT` and `LMFORGE_LLAMA_SERVER`, so
+several instances can run side by side, and `LMFORGE_API_KEY` and
+`LMFORGE_MAX_BODY_MB` for `api_key` and `max_body_mb`. `LMFORGE_HOME` (default
+`~/.lmforge`) picks the instance. Changes to the file while LMForge runs:
+manager/config_file.py writes it, manager/config_keys.py says what applies live.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import ipaddress
+import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +56,10 @@ CPU_POLICIES = ("auto", "exclusive", "shared")
 THREAD_FLAGS = frozenset({"-t", "--threads", "-tb", "--threads-batch"})
 MIN_KEY_CHARS = 8
 LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
+TIMEOUT_KEYS = ("header_timeout_s", "body_timeout_s", "write_timeout_s", "idle_timeout_s")
+# Each environment variable that overrides a key of the file (manager/config_keys.py spells keys this way).
+ENV_OVERRIDES = {"port": "LMFORGE_PORT", "api_key": "LMFORGE_API_KEY", "max_body_mb": "LMFORGE_MAX_BODY_MB",
+                 "llama_cpp.server": "LMFORGE_LLAMA_SERVER"}
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -73,7 +84,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # --- load shedding (manager): leases are the permits ---
     max_queue: int = 64  # requests queued per model beyond its engine's parallel slots
     max_inflight: int = 0  # leases across all models; 0: no cap
-    keep_alive: str = "5m"  # Ollama semantics: duration, seconds, 0, or negative
+    keep_alive: str | int | float = "5m"  # Ollama semantics: duration, seconds, 0, or negative
     max_loaded_models: int = 0  # 0: no cap beyond memory
     memory_budget_mb: int = 0  # 0: take it from the hardware
     memory_fraction: float = 0.9  # of the hardware budget that models may use
@@ -89,7 +100,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A model waiting this long for cores gets them next: the engines holding
     # them finish what they have in flight and queue their new requests.
     cpu_fair_share_s: float = 1.0
-    load_timeout_s: float = 180.0  # engine start to healthy
+    # A load whose engine shows no sign of progress (a new stage or log line, resident memory growing, bytes
+    # read, CPU time: manager/load_watch.py) for load_stall_s + load_stall_s_per_gb × the model's size in GB
+    # is stopped with an error: 45 s for a 1 GB model, 135 s for 7 GB. load_stall_s = 0: never.
+    load_stall_s: float = 30.0
+    load_stall_s_per_gb: float = 15.0
+    # Only an outer bound, engine start to healthy, for a load that keeps progressing (a large model from a
+    # slow disk): one that stands still is stopped after its stall window, long before.
+    load_timeout_s: float = 900.0
     stop_grace_s: float = 3.0  # SIGTERM to SIGKILL
     health_interval_s: float = 2.0
     health_failures: int = 3  # consecutive failed probes before an engine is killed
@@ -98,6 +116,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_backups: int = 3  # rotated files kept per log
     # Embedding inputs per engine call: longer lists are split and sent concurrently.
     embed_batch_size: int = 32
+    # --- watching (gateway/request_log.py, gateway/dataplane/progress.py) ---
+    request_log_size: int = 500  # API requests kept for GET /lf/requests and the dashboard
+    request_log_bodies: bool = False  # keep failed requests' bodies (secrets masked) in the request log
+    # Tell streamed requests how their model's load goes, in the stream itself (SSE comments on /v1, status
+    # lines on /api, ping events on /v1/messages); a request's X-LMForge-Progress header overrides it.
+    stream_load_progress: bool = False
     # --- pulls (catalog/downloader.py) ---
     max_pulls: int = 2  # pulls downloading at once; more wait in a queue
     disk_reserve_mb: int = 1024  # a pull must leave this much disk free, or it is refused before it starts
@@ -109,21 +133,33 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return self.load_timeout_s + self.drain_timeout_s + 30
 
     def validate(self) -> None:
+        """Raise ConfigError naming the first key whose value cannot be used, and why."""
+        for name in self.__struct_fields__:  # inf would pass every "> 0" below, and no timer takes it
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value) and name != "keep_alive":
+                raise ConfigError(f"{name} must be a finite number, not {value}")
         checks = [
             (1 <= self.port <= 65535, "port must be 1-65535"),
             (self.max_loaded_models >= 0, "max_loaded_models must be >= 0"),
             (self.memory_budget_mb >= 0, "memory_budget_mb must be >= 0"),
             (0.05 <= self.memory_fraction <= 1.0, "memory_fraction must be in 0.05-1.0"),
+            (self.ram_reserve_mb >= 0, "ram_reserve_mb must be >= 0"),
             (self.drain_timeout_s >= 0, "drain_timeout_s must be >= 0"),
             (self.fair_share_s > 0, "fair_share_s must be > 0"),
+            (self.load_stall_s >= 0, "load_stall_s must be >= 0 (0: a load is never stopped for standing still)"),
+            (self.load_stall_s_per_gb >= 0, "load_stall_s_per_gb must be >= 0"),
+            (self.load_timeout_s > 0, "load_timeout_s must be > 0"),
+            (self.stop_grace_s >= 0, "stop_grace_s must be >= 0"),
+            (self.health_interval_s > 0, "health_interval_s must be > 0"),
+            (self.health_failures >= 1, "health_failures must be >= 1"),
             (self.log_max_mb >= 1, "log_max_mb must be >= 1"),
             (0 <= self.log_backups <= 100, "log_backups must be 0-100"),
             (1 <= self.embed_batch_size <= 4096, "embed_batch_size must be 1-4096"),
             (self.llama_cpp.ctx_size >= 256, "llama_cpp.ctx_size must be >= 256"),
             (1 <= self.llama_cpp.parallel <= 64, "llama_cpp.parallel must be 1-64"),
+            (self.llama_cpp.cache_ram_mb >= 0, "llama_cpp.cache_ram_mb must be >= 0 (0: no prompt cache)"),
             (1 <= self.max_body_mb <= 4096, "max_body_mb must be 1-4096"),
-            (self.header_timeout_s > 0 and self.body_timeout_s > 0, "header_timeout_s and body_timeout_s must be > 0"),
-            (self.write_timeout_s > 0 and self.idle_timeout_s > 0, "write_timeout_s and idle_timeout_s must be > 0"),
+            *((getattr(self, key) > 0, f"{key} must be > 0") for key in TIMEOUT_KEYS),
             (0 <= self.max_queue <= 1024, "max_queue must be 0-1024"),
             (1 <= self.max_pulls <= 16, "max_pulls must be 1-16"),
             (self.disk_reserve_mb >= 0, "disk_reserve_mb must be >= 0"),
@@ -150,18 +186,24 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                     ipaddress.ip_network(cidr, strict=False)
                 except ValueError:
                     raise ConfigError(f"{field}: {cidr!r} is not a network (CIDR, like 192.168.1.0/24)") from None
-        for entry in self.api_keys:
+        self._validate_keys()
+
+    def _validate_keys(self) -> None:
+        for i, entry in enumerate(self.api_keys):
             if entry.scope not in SCOPES:
-                raise ConfigError(f"api_keys: scope {entry.scope!r} must be one of {', '.join(SCOPES)}")
-        named = [("api_key", self.api_key)] if self.api_key else []
-        named += [(entry.name or f"api_keys[{i}]", entry.key) for i, entry in enumerate(self.api_keys)]
-        for name, key in named:
+                raise ConfigError(f"api_keys[{i}].scope: scope {entry.scope!r} must be one of {', '.join(SCOPES)}")
+        named = [("api_key", "api_key", self.api_key)] if self.api_key else []
+        named += [(f"api_keys[{i}].key", entry.name or f"api_keys[{i}]", entry.key)
+                  for i, entry in enumerate(self.api_keys)]
+        seen: dict[str, str] = {}
+        for where, name, key in named:
             if len(key) < MIN_KEY_CHARS:
-                raise ConfigError(f"{name} is shorter than {MIN_KEY_CHARS} characters: use a long random key")
-        keys = [key for _, key in named]
-        if len(set(keys)) != len(keys):
-            raise ConfigError("api_keys: the same key is listed twice")
-        if not is_loopback_host(self.host) and not keys and not self.allow_unauthenticated:
+                prefix = "" if where == name else f"{where}: "
+                raise ConfigError(f"{prefix}{name} is shorter than {MIN_KEY_CHARS} characters: use a long random key")
+            if key in seen:
+                raise ConfigError(f"{where}: the same key is listed twice (as {seen[key]} too)")
+            seen[key] = where
+        if not is_loopback_host(self.host) and not seen and not self.allow_unauthenticated:
             raise ConfigError(
                 f"host = {self.host!r} serves other machines, and no key is set: set api_key (or LMFORGE_API_KEY), "
                 "add [[api_keys]], or set allow_unauthenticated = true to serve without one deliberately")
@@ -243,10 +285,19 @@ def home_dir() -> Path:
 
 def load_settings(home: Path | None = None) -> tuple[Settings, Paths]:
     paths = Paths(home or home_dir())
-    settings = _read_file(paths.config)
-    settings = _apply_env(settings)
+    return effective(_read_file(paths.config), paths.home), paths
+
+
+def effective(from_file: Settings, home: Path) -> Settings:
+    """What the processes run with: the file's settings with the environment's overrides, checked."""
+    settings = _apply_env(from_file)
     settings.validate()
-    return _with_tls_paths(settings, paths.home), paths
+    return _with_tls_paths(settings, home)
+
+
+def env_overrides() -> dict[str, str]:
+    """The keys the environment overrides now, each with its variable (an empty variable overrides nothing)."""
+    return {key: var for key, var in ENV_OVERRIDES.items() if os.environ.get(var)}
 
 
 def _with_tls_paths(settings: Settings, home: Path) -> Settings:
@@ -262,9 +313,46 @@ def _read_file(path: Path) -> Settings:
     if not path.exists():
         return Settings()
     try:
-        return msgspec.toml.decode(path.read_bytes(), type=Settings)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return decode_settings(path.read_bytes())
+    except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def decode_settings(text: bytes | str) -> Settings:
+    """The settings a TOML document holds (defaults for the keys it leaves out); the error names the key."""
+    try:
+        return msgspec.toml.decode(text, type=Settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_naming_the_key(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}") from None
+
+
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$\.?(?P<where>[^`]*)`)?$", re.DOTALL)
+_FIELD = re.compile(r"(unknown|missing required) field `([^`]*)`")
+
+
+def _naming_the_key(message: str) -> str:
+    """msgspec's `Expected `int`, got `str` - at `$.llama_cpp.ctx_size`` as `llama_cpp.ctx_size: Expected ...`,
+    and an unknown field as `unknown key "llama_cpp.ctx"` with the nearest real key."""
+    match = _AT.match(message)
+    what, where = (match["what"], match["where"] or "") if match else (message, "")
+    field = _FIELD.search(what)
+    if field is None:
+        return f"{where}: {what}" if where else what
+    key = f"{where}.{field[2]}" if where else field[2]
+    if field[1] == "missing required":
+        return f'{where}: the required key "{field[2]}" is missing'
+    known = [f"{where}.{name}" if where else name for name in _struct_at(where).__struct_fields__]
+    close = difflib.get_close_matches(key, known, n=1)
+    return f'unknown key "{key}"' + (f' (did you mean "{close[0]}"?)' if close else "")
+
+
+def _struct_at(where: str) -> type[msgspec.Struct]:
+    """The table type at a path msgspec reports: the top level, [llama_cpp] or one [[api_keys]] entry."""
+    if where.startswith("api_keys["):
+        return ApiKey
+    return LlamaCppSettings if where == "llama_cpp" else Settings
 
 
 def _apply_env(settings: Settings) -> Settings:

@@ -47,6 +47,10 @@ class Learn:
 
 Effect = Union[Send, Publish, Spawn, Stop, Plan, Learn]
 
+# How a load ended, as the status stream's `load` events tell it after its stages (manager/load_watch.py).
+LOAD_ENDS = {(SlotState.LOADING, SlotState.READY): "ready", (SlotState.LOADING, SlotState.FAILED): "failed",
+             (SlotState.PENDING, SlotState.FAILED): "failed", (SlotState.LOADING, SlotState.STOPPING): "stopped"}
+
 
 class Clock:
     def now(self) -> float:
@@ -85,3 +89,5 @@ class Outbox:
 
     def slot(self, slot: Slot, previous: SlotState | None) -> None:
         self.publish(SlotEvent(slot=slot.info(), previous=previous))
+        if (end := LOAD_ENDS.get((previous, slot.state))) is not None:  # type: ignore[arg-type]
+            self.publish(slot.load_event(end, 1.0 if end == "ready" else None, slot.detail))

@@ -1,10 +1,11 @@
-"""The settings a running manager takes from config.toml without a restart: the cores' (`cpu_*`).
+"""The settings a running manager takes from config.toml without a restart: LIVE_KEYS (config_keys.py).
 
-A policy change must restart idle engines only, never one with requests in flight,
-and a manager restart would stop them all. So the manager looks at config.toml about
-every CHECK_S seconds; when it changed and still reads as valid, the `cpu_*` keys are
-applied to the table at once, and the table restarts each idle engine whose thread
-count they change (cores.py). Every other key still needs `lmforge restart`.
+A manager restart would stop every engine, so the manager looks at config.toml
+about every CHECK_S seconds; when it changed and still reads as valid, its live
+keys (the cores', keep_alive, the budget's, the queues'...) are applied to the
+table at once. A cores' change restarts idle engines whose thread count it
+changes, never one with requests in flight (cores.py). Every other key needs a
+restart of LMForge.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ import logging
 import os
 from pathlib import Path
 
-import msgspec
-
 from manager.config import ConfigError, Settings, load_settings
+from manager.config_keys import LIVE, Applies, take
 
 log = logging.getLogger("lmforge.manager")
 
 CHECK_S = 2.0
-LIVE_KEYS = ("cpu_policy", "cpu_cores", "cpu_shared_engines", "cpu_fair_share_s")
+LIVE_KEYS = tuple(key for key, where in LIVE.items() if where & Applies.MANAGER)
 
 
 class ConfigWatch:
@@ -56,6 +56,5 @@ def read_live(home: Path) -> Settings | ConfigError:
 
 def apply_live(current: Settings, read: Settings) -> tuple[Settings, list[str]]:
     """`current` with the live keys taken from `read`, and a line per key that changed."""
-    changes = {key: getattr(read, key) for key in LIVE_KEYS if getattr(read, key) != getattr(current, key)}
-    lines = [f"{key}: {getattr(current, key)!r} → {value!r}" for key, value in changes.items()]
-    return (msgspec.structs.replace(current, **changes) if changes else current), lines
+    applied, keys = take(current, read, Applies.MANAGER)
+    return applied, [f"{key}: {getattr(current, key)!r} → {getattr(applied, key)!r}" for key in keys]

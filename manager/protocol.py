@@ -154,6 +154,8 @@ class SlotInfo(msgspec.Struct, kw_only=True, frozen=True):
     threads: int = 0  # compute threads its engine runs (--threads); 0: not budgeted (a GPU engine)
     computing: bool = False  # holds its threads: it has requests in flight
     yields_cores_to: str = ""  # the model it finishes its requests for, queueing new ones (cores.py fairness)
+    load_stage: str = ""  # pending: "waiting" (detail: for what); loading: its latest LoadProgressEvent's stage
+    load_progress: float | None = None  # loading_weights: the share of its weights in memory
 
 
 class BudgetInfo(msgspec.Struct, kw_only=True, frozen=True):
@@ -250,6 +252,7 @@ class AcquireReply(Reply):
     generation: int = 0
     load_s: float = 0.0  # time this request spent waiting for a load; 0 when warm
     queue_position: int = 0
+    trace_id: str = ""  # the request's, echoed: the manager marks the engine's log with it
 
 
 class LoadRequest(Request):
@@ -283,6 +286,14 @@ class SnapshotRequest(Request):
 class SnapshotReply(Reply):
     seq: int
     status: ManagerStatus
+
+
+class MetricsRequest(Request):
+    """The manager's Prometheus figures, for the gateway's /metrics (manager/metrics.py says why this way)."""
+
+
+class MetricsReply(Reply):
+    text: str  # Prometheus text exposition
 
 
 class ListModelsRequest(Request):
@@ -353,10 +364,15 @@ class QueueEvent(Event):
 
 
 class LoadProgressEvent(Event):
+    """How a load goes: "waiting" (detail: for what), "installing_engine", then the engine's own
+    stages (manager/load_watch.py: "spawned", "loading_weights", "building_context", "warming_up"), and how it
+    ended: "ready", "failed" (detail: the reason), "stopped" (unloaded, or replaced by a larger context)."""
+
     model: str
     kind: SlotKind
-    stage: str  # "installing_engine", "spawned", "waiting_for_memory", ...
+    stage: str
     detail: str = ""
+    progress: float | None = None  # loading_weights: the share of the weights in memory, below 1; ready: 1
 
 
 class ErrorEvent(Event):

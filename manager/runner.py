@@ -1,8 +1,8 @@
 """EngineRunner: the one task that owns an engine process, from spawn to exit.
 
-It never touches the slot table; it posts what happened (spawned, ready, failed,
-stopped) to the manager's inbox, and stops the engine when the slot's
-stop_event is set.
+It never touches the slot table; it posts what happened (spawned, how the load
+goes as its LoadWatch sees it, ready, failed, stopped) to the manager's inbox,
+and stops the engine when the slot's stop_event is set.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from typing import Awaitable, Callable
 
 import aiohttp
 
+from manager.load_watch import LoadWatch, WatchConfig, log_size, stall_message
 from manager.process import EngineExited, EngineProcess, EngineTimeout, answers_health, describe_exit
 from manager.protocol import Severity
-from manager.slots import SlotKey
+from manager.slots import SlotKey, label
 
 log = logging.getLogger("lmforge.runner")
 
@@ -35,6 +36,17 @@ class EngineSpawned:
     generation: int
     pid: int
     port: int
+
+
+@dataclass(frozen=True)
+class EngineProgress:
+    """A loading engine moved on: a new stage, or more of its weights in memory (load_watch.py)."""
+
+    key: SlotKey
+    generation: int
+    stage: str
+    progress: float | None
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,8 @@ class LoadFailure(Exception):
 
 @dataclass(frozen=True)
 class RunnerConfig:
+    # The outer bound from spawn to healthy, even for a load that keeps progressing; one that stands still
+    # is stopped sooner, after its stall window (watch.stall_s).
     load_timeout_s: float
     stop_grace_s: float
     health_interval_s: float
@@ -75,6 +89,7 @@ class RunnerConfig:
     log_path: Path
     pid_dir: Path
     about: dict[str, object] | None = None  # written into the engine's record, for adoption
+    watch: WatchConfig = WatchConfig()  # how its load is watched: stages, progress, stall window
 
 
 Command = Callable[[int, bool], Awaitable[list[str]]]  # (port, no_repack) -> argv
@@ -125,21 +140,15 @@ class EngineRunner:
             port = free_port()
             argv = await self.command(port, no_repack)
             about = {**(self.config.about or {}), "port": port}
+            offset = await asyncio.to_thread(log_size, self.config.log_path)  # the watch reads what follows
             self.proc = proc = await EngineProcess.spawn(
                 argv, log_path=self.config.log_path, pid_dir=self.config.pid_dir, about=about
             )
             self.post(EngineSpawned(self.key, self.generation, proc.pid, port))
-            url = f"http://127.0.0.1:{port}{self.config.health_path}"
-            healthy = asyncio.ensure_future(proc.wait_healthy(self.session, url, self.config.load_timeout_s))
-            stop = asyncio.ensure_future(self.stop_event.wait())
-            await asyncio.wait([healthy, stop], return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            if self.stop_event.is_set():
-                healthy.cancel()
-                await proc.stop(self.config.stop_grace_s)
-                return None
+            watch = LoadWatch(proc.pid, self.config.log_path, offset, self.config.watch, self._progressed)
             try:
-                healthy.result()
+                if not await self._until_healthy(proc, port, watch):
+                    return None
                 return port
             except EngineExited as exc:
                 if exc.returncode == -signal.SIGILL and not no_repack:
@@ -156,6 +165,35 @@ class EngineRunner:
                     Severity.TRANSIENT, proc.tail(),
                 ) from None
         raise LoadFailure("engine could not bind a port after 3 tries", Severity.TRANSIENT)
+
+    async def _until_healthy(self, proc: EngineProcess, port: int, watch: LoadWatch) -> bool:
+        """Wait until the engine answers its health check (True) or a stop is asked for (False, engine stopped).
+
+        Raises EngineExited or EngineTimeout from the health wait, and LoadFailure once the watch sees the
+        load stand still for its stall window (the engine is stopped first).
+        """
+        url = f"http://127.0.0.1:{port}{self.config.health_path}"
+        healthy = asyncio.ensure_future(proc.wait_healthy(self.session, url, self.config.load_timeout_s))
+        stop = asyncio.ensure_future(self.stop_event.wait())
+        watching = asyncio.ensure_future(watch.run())
+        try:
+            done, _ = await asyncio.wait([healthy, stop, watching], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (healthy, stop, watching):
+                task.cancel()
+        if self.stop_event.is_set():
+            await proc.stop(self.config.stop_grace_s)
+            return False
+        if healthy in done:
+            healthy.result()
+            await watch.look()  # the stages its log shows up to now are told before ready is
+            return True
+        await proc.stop(0)
+        message = stall_message(label(*self.key), self.config.log_path.stem, watching.result())
+        raise LoadFailure(message, Severity.TRANSIENT, proc.tail())
+
+    def _progressed(self, stage: str, progress: float | None, detail: str) -> None:
+        self.post(EngineProgress(self.key, self.generation, stage, progress, detail))
 
     async def _supervise(self, port: int) -> EngineFailed | None:
         """Wait for a stop request, an exit, or a run of failed health probes.

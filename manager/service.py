@@ -36,16 +36,19 @@ from manager.index import IndexWriter
 from manager.ipc import EventPublisher, endpoints, ensure_runtime_dir, make_socket, remove_endpoints
 from manager.lag import LoopLag
 from manager.live_config import CHECK_S, ConfigWatch, apply_live, read_live
+from manager.load_watch import watch_config
 from manager.memory import MemoryLedger
+from manager.engine_marks import EngineMarks
+from manager.metrics import ManagerMetrics
 from manager.pulls import PullBoard
 from manager.readings import engine_memory, rotate_engine_logs
 from manager.protocol import (
-    AbandonNotice, AcquireRequest, ErrorCode, ErrorReply, HardwareNotice, HeartbeatEvent, HelloRequest, ListModelsReply,
+    AbandonNotice, AcquireReply, AcquireRequest, ErrorCode, ErrorReply, HardwareNotice, HeartbeatEvent, HelloRequest, ListModelsReply,
     ListModelsRequest, LoadProgressEvent, LoadRequest, ManagerStatus, ManagerStoppingEvent, PingReply, PingRequest, ReleaseNotice,
     Reply, Severity, SnapshotReply, SnapshotRequest, UnloadRequest, encoder, to_manager_decoder,
 )
 from manager.runner import (
-    EngineFailed, EngineReady, EngineRunner, EngineSpawned, EngineStopped, LoadFailure, RunnerConfig,
+    EngineFailed, EngineProgress, EngineReady, EngineRunner, EngineSpawned, EngineStopped, LoadFailure, RunnerConfig,
 )
 from manager.slots import Slot
 from manager.effects import Learn, Plan, Publish, Send, Spawn, Stop
@@ -114,7 +117,7 @@ class ManagerService:
         self._handlers: dict[type, Callable[[bytes, object], None]] = {
             HelloRequest: t.hello,  # type: ignore[dict-item]
             AcquireRequest: self._on_acquire,  # type: ignore[dict-item]
-            ReleaseNotice: t.release,  # type: ignore[dict-item]
+            ReleaseNotice: lambda peer, n: (self.marks.released(n), t.release(peer, n)),  # type: ignore[attr-defined]
             AbandonNotice: t.abandon,  # type: ignore[dict-item]
             LoadRequest: self._on_load,  # type: ignore[dict-item]
             UnloadRequest: self._on_unload,  # type: ignore[dict-item]
@@ -128,8 +131,11 @@ class ManagerService:
         self.pulls = PullBoard(index=self.index_writer.index_pulled, home=paths.home, store=self.store,
                                budget=lambda: self.table.budget().total_bytes)  # a job's quant fits the budget
         self._handlers.update(self.pulls.handlers())  # pulls, and the downloader's jobs
+        self.metrics, self.marks = ManagerMetrics.of(t, self.lag), EngineMarks(t, paths.logs)
+        self._handlers.update(self.metrics.handlers(self.send))  # the gateway's /metrics asks for these
         self._internal: dict[type, Callable[[object], None]] = {
             EngineSpawned: lambda e: t.spawned(e.key, e.generation, e.pid, e.port),  # type: ignore[attr-defined]
+            EngineProgress: lambda e: t.progressed(e.key, e.generation, e.stage, e.progress, e.detail),  # type: ignore
             EngineReady: lambda e: t.ready(e.key, e.generation),  # type: ignore[attr-defined]
             EngineFailed: lambda e: t.failed(e.key, e.generation, e.message, e.severity, e.tail),  # type: ignore[attr-defined]
             EngineStopped: lambda e: t.stopped(e.key, e.generation),  # type: ignore[attr-defined]
@@ -208,7 +214,7 @@ class ManagerService:
             if isinstance(effect, Send):
                 self.send(effect.peer, effect.message)
             elif isinstance(effect, Publish):
-                self.events.publish(effect.event)
+                self.metrics.observe(self.events.publish(effect.event))
             elif isinstance(effect, Spawn):
                 self._spawn(effect.slot)
             elif isinstance(effect, Stop):
@@ -279,6 +285,8 @@ class ManagerService:
     def send(self, peer: bytes | None, message: Reply) -> None:
         if peer is None:
             return
+        if isinstance(message, AcquireReply):
+            self.marks.granted(message)
         try:
             self._router.send_multipart([peer, encoder.encode(message)], flags=zmq.NOBLOCK)
         except zmq.Again:
@@ -410,6 +418,7 @@ class ManagerService:
             load_timeout_s=s.load_timeout_s, stop_grace_s=s.stop_grace_s, health_interval_s=s.health_interval_s,
             health_failures=s.health_failures, health_path=self.adapter.health_path, pid_dir=self.paths.engine_pids,
             log_path=self.paths.logs / f"engine-{slot.file_slug}.log", about=about,
+            watch=watch_config(s.load_stall_s, s.load_stall_s_per_gb, slot.entry, self.adapter.load_markers),
         )
 
     def _spawn(self, slot: Slot) -> None:

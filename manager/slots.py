@@ -13,6 +13,7 @@ from manager.context import outgrown, reload_reason
 from manager.engines.base import MemoryPlan
 from manager.protocol import (
     AcquireRequest,
+    LoadProgressEvent,
     LoadRequest,
     ModelEntry,
     SlotInfo,
@@ -106,6 +107,8 @@ class Slot:
     cores_wait_since: float | None = None
     cores_yield: str | None = None
     keep_until: float | None = None  # restarted for its threads: its predecessor's expiry, until its next request
+    load_stage: str = ""  # while loading: how far its engine has got (manager/load_watch.py), and the share
+    load_progress: float | None = None  # of its weights in memory while it loads them
     adopted: bool = False
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -248,6 +251,20 @@ class Slot:
             self.plan = self.learned_bytes = None
         return None
 
+    def progressed(self, stage: str, progress: float | None, detail: str) -> LoadProgressEvent | None:
+        """Its loading engine moved on, as its runner saw: the event to publish; None unless it is loading."""
+        if self.state != SlotState.LOADING:
+            return None
+        self.load_stage, self.load_progress = stage, progress
+        return self.load_event(stage, progress, detail)
+
+    def load_event(self, stage: str, progress: float | None = None, detail: str = "") -> LoadProgressEvent:
+        return LoadProgressEvent(model=self.model, kind=self.kind, stage=stage, detail=detail, progress=progress)
+
+    def _waiting(self) -> str:
+        """A pending slot's load stage: "waiting" once it waits for something (its detail says what)."""
+        return "waiting" if self.state == SlotState.PENDING and self.detail else ""
+
     def change_state(self, new: SlotState) -> SlotState:
         old = self.state
         if new not in _ALLOWED[old]:
@@ -285,6 +302,8 @@ class Slot:
             threads=self.threads,
             computing=self.state == SlotState.READY and self.inflight > 0 and self.threads > 0,
             yields_cores_to=self.cores_yield or "",
+            load_stage=self.load_stage if self.state == SlotState.LOADING else self._waiting(),
+            load_progress=self.load_progress if self.state == SlotState.LOADING else None,
         )
 
 

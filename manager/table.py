@@ -104,7 +104,8 @@ class SlotTable(TableState):
         slot.refresh_expiry(self.clock.now())
         self.out.send(w.peer, AcquireReply(req_id=w.request.req_id, lease_id=lease.id, model=slot.model,
                                            kind=slot.kind, base_url=slot.base_url, engine=slot.engine,
-                                           generation=slot.generation, load_s=w.load_s))
+                                           generation=slot.generation, load_s=w.load_s,
+                                           trace_id=w.request.trace_id[:queues.TRACE_CHARS]))  # type: ignore[union-attr]
 
     def _serve(self) -> None:
         """Free permits go to the oldest queued acquires they can serve, across every slot; then the cores' fair
@@ -356,8 +357,11 @@ class SlotTable(TableState):
     def spawned(self, key: SlotKey, generation: int, pid: int, port: int) -> None:
         if (slot := self._find(key, generation)) is not None:
             slot.pid, slot.port = pid, port
-            self.out.publish(LoadProgressEvent(model=slot.model, kind=slot.kind, stage="spawned",
-                                               detail=f"pid {pid} on port {port}"))
+            self.progressed(key, generation, "spawned", None, f"pid {pid} on port {port}")
+
+    def progressed(self, key: SlotKey, generation: int, stage: str, progress: float | None, detail: str) -> None:
+        if (slot := self._find(key, generation)) is not None and (event := slot.progressed(stage, progress, detail)):
+            self.out.publish(event)
 
     def ready(self, key: SlotKey, generation: int) -> None:
         slot = self._find(key, generation)

@@ -41,8 +41,12 @@ class TableState:
         self.board = queues.QueueBoard()
         self.arrivals = itertools.count(1)  # Waiter.ticket: the order requests arrive in, across every slot
         self.generations = 0
-        self.default_keep = parse_keep_alive(settings.keep_alive)
         self.busy_threads_peak = 0  # the most threads computing engines held at once: /lf/status shows it
+
+    @property
+    def default_keep(self) -> float | None:
+        """keep_alive from the settings in force: they change live (live_config.py)."""
+        return parse_keep_alive(self.settings.keep_alive)
 
     def drain(self) -> list[Effect]:
         """The effects of the messages handled since the last drain, each queue that changed published once."""

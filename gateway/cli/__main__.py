@@ -12,12 +12,12 @@ import traceback
 from typing import NoReturn
 
 from gateway.cli.client import GatewayError
-from gateway.cli.commands import engine, launch, models, pull, run, service
+from gateway.cli.commands import config, engine, launch, logs, models, pull, run, service
 from gateway.cli.context import CommandError, Context
 from gateway.cli.terminal import Terminal, one_line
-from manager.config import ConfigError, load_settings
+from manager.config import ConfigError, Paths, Settings, home_dir, load_settings
 
-COMMANDS = (service, models, pull, run, launch, engine)
+COMMANDS = (service, models, pull, run, launch, engine, logs, config)
 
 
 class Parser(argparse.ArgumentParser):
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)  # usage errors exit with status 2
     term = Terminal(args.verbose - args.quiet)
     try:
-        settings, paths = load_settings()
+        settings, paths = _settings(args.command)
         return int(args.func(args, Context(term, settings, paths)))
     except (CommandError, ConfigError, GatewayError) as exc:
         term.error(f"error: {exc}")
@@ -59,6 +59,16 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         term.error(f"error: unexpected {type(exc).__name__}: {exc} (a bug in lmforge; -v shows the traceback)")
     return 1
+
+
+def _settings(command: str) -> tuple[Settings, Paths]:
+    try:
+        return load_settings()
+    except ConfigError:
+        if command != "config":
+            raise
+        # `lmforge config edit` (or set) is how a broken config.toml gets fixed: it must run in spite of it.
+        return Settings(), Paths(home_dir())
 
 
 if __name__ == "__main__":

@@ -105,9 +105,18 @@ class GatewayClient:
     def delete(self, path: str, timeout: float | None = None) -> dict:
         return self._json(self._read(self._open("DELETE", path, None, timeout), path), path)
 
-    def events(self, path: str, body: object, timeout: float | None = None) -> Iterator[tuple[str | None, dict]]:
-        """(event name, data) of an SSE response with named events, as they arrive; pings are skipped."""
-        resp = self._open("POST", path, body, timeout)
+    def patch(self, path: str, body: object, timeout: float | None = None) -> dict:
+        return self._json(self._read(self._open("PATCH", path, body, timeout), path), path)
+
+    def text(self, path: str, timeout: float | None = None) -> str:
+        """The body of a GET answered with text, not JSON."""
+        return self._read(self._open("GET", path, None, timeout), path).decode("utf-8", errors="replace")
+
+    def events(self, path: str, body: object | None, timeout: float | None = None
+               ) -> Iterator[tuple[str | None, dict]]:
+        """(event name, data) of an SSE response with named events, as they arrive; pings are skipped.
+        POSTs `body`; with None, a GET."""
+        resp = self._open("GET" if body is None else "POST", path, body, timeout)
         name = None
         try:
             for raw in self._lines(resp, path):

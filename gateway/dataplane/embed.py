@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway.dataplane.engine import Engine, with_engine
 from gateway.errors import ApiError
-from gateway.keys import SETTINGS
+from gateway.keys import LIVE
 from manager.protocol import ModelEntry, SlotKind
 
 Inputs = list[str] | list[list[int]]
@@ -55,7 +55,7 @@ async def embed_inputs(
     if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool)
                                    or dimensions < 1):
         raise ApiError(400, "dimensions must be a positive integer", param="dimensions", code="invalid_request")
-    settings = request.app[SETTINGS]
+    settings = request.app[LIVE].current  # embed_batch_size changes live
     size = settings.embed_batch_size
     chunks = [inputs[i:i + size] for i in range(0, len(inputs), size)]
     room = asyncio.Semaphore(settings.llama_cpp.parallel)

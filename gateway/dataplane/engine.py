@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
+import time
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import aiohttp
@@ -25,7 +25,8 @@ from aiohttp import web
 from gateway.dataplane.model import Event, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 from gateway.dataplane.queued import QueuedStream
 from gateway.errors import ApiError, from_manager
-from gateway.keys import MANAGER, SETTINGS, UPSTREAM
+from gateway.keys import LIVE, MANAGER, UPSTREAM
+from gateway.request_log import record_of, request_id
 from manager.client import Holding, ManagerError, ManagerTimeout, ManagerUnavailable
 from manager.protocol import AcquireReply, LeaseOutcome, SlotKind
 
@@ -60,6 +61,7 @@ class Engine:
         self.trace = trace
         self.failed = False
         self.response: web.StreamResponse | None = None  # the client's, when it started while the request was queued
+        self.record = record_of(request)  # the request log's: first token and usage are noted on it
 
     @property
     def model(self) -> str:
@@ -158,8 +160,12 @@ class Engine:
                         else:
                             out.append(event)
                 if out:
+                    self.record.first_token()
                     yield out
-        yield ([usage_of(last)] if last is not None else []) + [finish]
+        usage = usage_of(last) if last is not None else None
+        if usage is not None:
+            self.record.usage(usage)
+        yield ([usage] if usage is not None else []) + [finish]
 
     def broke(self, exc: BaseException) -> EngineBroke:
         """The engine's connection failed mid-stream: the lease is marked failed, and the client's stream
@@ -233,9 +239,10 @@ async def with_engine(
     A streamed request passes `queued`: if it waits in the model's queue its stream starts
     then (work finds it on `engine.response`), and a failure after that ends the stream.
     """
-    trace = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    trace = request_id(request)
     if queued is not None:
         queued.headers["X-Request-Id"] = trace
+        queued.follow(model, kind)
     try:
         for attempt in (1, 2):
             try:
@@ -257,11 +264,13 @@ async def with_engine(
 
 async def _leased(request: web.Request, work: Callable[[Engine], Awaitable[T]], trace: str, *, model: str,
                   kind: SlotKind, keep_alive: str | float | None, num_ctx: int, queued: QueuedStream | None) -> T:
-    wait = request.app[SETTINGS].acquire_wait_s  # a cold model may need a drain wait and a whole load first
+    wait = request.app[LIVE].current.acquire_wait_s  # a cold model may need a drain wait and a whole load first
+    asked = time.monotonic()
     try:
         async with request.app[MANAGER].lease(model=model, kind=kind, keep_alive=keep_alive, trace_id=trace,
                                               num_ctx=num_ctx, timeout=wait,
                                               queued=queued.heard if queued else None) as held:
+            record_of(request).leased(held.reply.model, held.reply.load_s, time.monotonic() - asked)
             return await _work(request, work, held, trace, queued)
     except ManagerTimeout:  # a deaf manager fails requests at once (heartbeats): this one waited its turn too long
         raise ApiError(503, f"{model} did not become free within {wait:.0f}s: it is loading or busy with the "

@@ -17,6 +17,7 @@ from typing import Any, Callable, Protocol
 import msgspec
 from aiohttp import web
 
+from gateway.dataplane import progress
 from gateway.dataplane.collect import Completion, collect
 from gateway.dataplane.engine import Engine, EngineBroke, Events, with_engine
 from gateway.dataplane.model import ChatRequest, Event, engine_body
@@ -66,7 +67,10 @@ async def whole(events: Events) -> Completion:
 
 def queued_stream(request: web.Request, renderer: Renderer, headers: dict[str, str]) -> QueuedStream:
     """How a streamed answer starts while queued; a failure then opens the renderer's stream and fails it."""
-    return QueuedStream(request, headers, lambda err: renderer.start() + renderer.fail(err.message))
+    notes = None
+    if progress.wanted(request):
+        notes = progress.anthropic_ping if request.path.startswith("/v1/messages") else progress.sse_comment
+    return QueuedStream(request, headers, lambda err: renderer.start() + renderer.fail(err.message), progress=notes)
 
 
 async def stream(request: web.Request, engine: Engine, events: Events, renderer: Renderer,
@@ -74,6 +78,7 @@ async def stream(request: web.Request, engine: Engine, events: Events, renderer:
     resp = engine.response or web.StreamResponse(headers={**headers, "X-Request-Id": engine.trace})
     if not resp.prepared:
         await resp.prepare(request)
+    engine.record.stream = True
     if opening := renderer.start():
         await resp.write(opening)
     async with contextlib.aclosing(events):  # closing aborts the engine's generation if the client left
@@ -82,6 +87,7 @@ async def stream(request: web.Request, engine: Engine, events: Events, renderer:
                 if frames := b"".join([renderer.render(event) for event in batch]):
                     await resp.write(frames)
         except EngineBroke as broke:
+            engine.record.broke(str(broke))
             await resp.write(renderer.fail(str(broke)))
     await resp.write_eof()
     return resp

@@ -3,7 +3,8 @@
 Every route has one access class (`access_of`; a route not named there is
 ADMIN, so a new route is closed until someone opens it):
 
-- PUBLIC: /health (which says only up or down to untrusted callers);
+- PUBLIC: /health (which says only up or down to untrusted callers) and the dashboard's files under /ui (a
+  shell holding no data: the page asks for a key when /lf refuses it);
 - INFERENCE: chat, completions, embeddings, rerank, show, the model lists and the catalog;
 - MONITOR: status, its stream, hardware and metrics;
 - ADMIN: load, unload, pull, create, copy, delete, config, logs;
@@ -17,6 +18,8 @@ MONITOR without a key, and a trusted caller on this machine ADMIN too; anyone
 else needs a key whose scope covers the route. A key that matches nothing is ignored
 from a trusted network (local apps send placeholders like "sk-no-key") and
 refused from anywhere else. Keys are compared in constant time, by digest.
+Keys and networks are those in force (gateway/live.py): a change of
+config.toml holds from the next request on.
 """
 
 from __future__ import annotations
@@ -25,18 +28,21 @@ import enum
 import hashlib
 import hmac
 import logging
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from gateway.errors import ApiError
-from gateway.keys import SETTINGS
-from gateway.middleware.peers import Peer, caller_address, local_address, networks, within
+from gateway.keys import live_settings
+from gateway.middleware.peers import Network, Peer, caller_address, local_address, networks, within
 from manager.config import Settings
 
 log = logging.getLogger("lmforge.gateway")
 
 # What the auth middleware found out about the caller; /health reads it.
 PEER = web.RequestKey("peer", Peer)
+# The (access, name) of the key the caller presented, when it matched one; PATCH /lf/config reads it.
+CALLER_KEY = web.RequestKey("caller_key", tuple)
 
 
 class Access(enum.IntEnum):
@@ -58,11 +64,11 @@ LOCAL_PATHS = {"/lf/shutdown", "/lf/model/import"}
 
 
 def access_of(path: str) -> Access:
-    if path == "/health":
+    if path == "/health" or path == "/ui" or path.startswith("/ui/"):
         return Access.PUBLIC
     if path in INFERENCE_PATHS or path.startswith("/v1/models/"):
         return Access.INFERENCE
-    if path in MONITOR_PATHS or path == "/ui" or path.startswith("/ui/"):
+    if path in MONITOR_PATHS:
         return Access.MONITOR
     if path in LOCAL_PATHS:
         return Access.LOCAL
@@ -85,6 +91,23 @@ class Keys:
             if hmac.compare_digest(digest, key):
                 found = (access, name)
         return found
+
+    @property
+    def has_admin(self) -> bool:
+        return any(access == Access.ADMIN for _, access, _ in self._keys)
+
+
+@dataclass(frozen=True)
+class Trust:
+    """Who gets in, as the settings in force say: built once per change of them (gateway/live.py)."""
+
+    keys: Keys
+    trusted: tuple[Network, ...]
+    proxies: tuple[Network, ...]
+
+
+def trust_of(settings: Settings) -> Trust:
+    return Trust(Keys(settings), networks(settings.trusted_networks), networks(settings.trusted_proxies))
 
 
 def _digest(key: str) -> bytes:
@@ -145,15 +168,18 @@ def route_path(request: web.Request) -> str:
 
 
 def setup_auth(app: web.Application) -> None:
-    settings = app[SETTINGS]
-    keys, trusted, proxies = Keys(settings), networks(settings.trusted_networks), networks(settings.trusted_proxies)
+    live = live_settings(app)
 
     @web.middleware
     async def auth_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
-        address = caller_address(request, proxies)
-        peer = request[PEER] = Peer(address, within(address, trusted), local_address(request))
+        trust = live.view(trust_of)  # keys and networks as they stand now: they change live
+        address = caller_address(request, trust.proxies)
+        peer = request[PEER] = Peer(address, within(address, trust.trusted), local_address(request))
         token = presented_key(request)
-        refusal = decide(access_of(route_path(request)), peer, keys.match(token) if token else None, token is not None)
+        key = trust.keys.match(token) if token else None
+        if key is not None:
+            request[CALLER_KEY] = key
+        refusal = decide(access_of(route_path(request)), peer, key, token is not None)
         if refusal is not None:
             log.info("refused %s %s from %s: %s", request.method, request.path, peer, refusal.code)
             raise refusal

@@ -7,6 +7,8 @@ asyncio protocol methods only. The middleware tells it when a request's
 handler runs and gives the body its own deadline. `DeadlineRunner` makes
 aiohttp build a DeadlineHandler for each connection (gateway/__main__.py
 serves through it); idle kept-alive connections close after idle_timeout_s.
+The timeouts change live (gateway/live.py): a connection keeps those in force
+when it opened, a body gets those in force when its request arrives.
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from gateway.keys import SETTINGS
+from gateway.keys import LIVE, live_settings
 from gateway.middleware.body_limit import streams_to_disk
-from manager.config import Settings
 
 log = logging.getLogger("lmforge.gateway")
 
@@ -119,23 +120,26 @@ class DeadlineRunner(web.AppRunner):
     unchanged; tests/unit/gateway/middleware/test_deadlines.py fails if it ever does.
     """
 
-    def __init__(self, app: web.Application, settings: Settings, *, shutdown_timeout: float) -> None:
+    def __init__(self, app: web.Application, *, shutdown_timeout: float) -> None:
         # handler_cancellation: a client that goes away (or is cut off) cancels its handler and its engine request.
         super().__init__(app, handler_cancellation=True, shutdown_timeout=shutdown_timeout)
-        self._connection_args = {
-            "header_timeout_s": settings.header_timeout_s, "write_timeout_s": settings.write_timeout_s,
-            "keepalive_timeout": settings.idle_timeout_s,
-            "access_log": None,
-            "auto_decompress": False,  # compressed bodies are refused (body_limit.py), never inflated
-        }
+        self._live = live_settings(app)
 
     @property
     def server(self) -> Callable[[], DeadlineHandler] | None:  # type: ignore[override]
         server = super().server
         if server is None:
             return None
-        args = self._connection_args
-        return lambda: DeadlineHandler(server, loop=asyncio.get_running_loop(), **args)
+        live = self._live
+
+        def connection() -> DeadlineHandler:
+            s = live.current  # the timeouts in force as the connection opens
+            return DeadlineHandler(
+                server, loop=asyncio.get_running_loop(), header_timeout_s=s.header_timeout_s,
+                write_timeout_s=s.write_timeout_s, keepalive_timeout=s.idle_timeout_s, access_log=None,
+                auto_decompress=False,  # compressed bodies are refused (body_limit.py), never inflated
+            )
+        return connection
 
 
 class BodyDeadline:
@@ -182,7 +186,7 @@ async def connection_middleware(request: web.Request, handler):  # type: ignore[
 async def deadlines_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
     body = None
     if request.body_exists and not request.content.is_eof():
-        body = BodyDeadline(request, request.app[SETTINGS].body_timeout_s)
+        body = BodyDeadline(request, request.app[LIVE].current.body_timeout_s)
     try:
         return await handler(request)
     finally:
@@ -195,4 +199,5 @@ def setup_connection(app: web.Application) -> None:
 
 
 def setup_deadlines(app: web.Application) -> None:
+    live_settings(app)  # the middleware reads body_timeout_s from it
     app.middlewares.append(deadlines_middleware)

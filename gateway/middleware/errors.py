@@ -13,12 +13,15 @@ import logging
 from aiohttp import web
 
 from gateway.errors import ApiError, dialect_of, from_manager
+from gateway.request_log import RECORD
 from manager.client import ManagerError, ManagerUnavailable
 
 log = logging.getLogger("lmforge.gateway")
 
 
 def render(request: web.Request, err: ApiError) -> web.Response:
+    if (record := request.get(RECORD)) is not None:  # counted by reason, and kept in the request log
+        record.failed(err.status, err.message, err.code)
     return err.response(dialect_of(request.path))
 
 

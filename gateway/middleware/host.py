@@ -17,8 +17,9 @@ import socket
 from aiohttp import web
 
 from gateway.errors import ApiError
-from gateway.keys import SETTINGS
+from gateway.keys import live_settings
 from gateway.middleware.peers import parse_address
+from manager.config import Settings
 
 
 def host_name(header: str) -> str:
@@ -48,14 +49,18 @@ class HostRule:
         return address.is_loopback or (interface is not None and address == parse_address(interface))
 
 
+def host_rule(settings: Settings) -> HostRule:
+    return HostRule(settings.host, settings.allowed_hosts)
+
+
 def setup_host(app: web.Application) -> None:
-    settings = app[SETTINGS]
-    rule = HostRule(settings.host, settings.allowed_hosts)
+    live = live_settings(app)
 
     @web.middleware
     async def host_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
         header = request.headers.get("Host")
         if header is not None:
+            rule = live.view(host_rule)  # allowed_hosts as it stands now: it changes live
             sockname = request.transport.get_extra_info("sockname") if request.transport else None
             name = host_name(header)
             if not rule.allows(name, str(sockname[0]) if sockname else None):

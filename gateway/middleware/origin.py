@@ -20,11 +20,12 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from gateway.errors import ApiError
-from gateway.keys import SETTINGS
+from gateway.keys import live_settings
 from gateway.middleware.peers import parse_address
+from manager.config import Settings
 
 APP_SCHEMES = {"app", "tauri", "vscode-webview", "vscode-file"}
-METHODS = "GET, HEAD, POST, DELETE, OPTIONS"
+METHODS = "GET, HEAD, POST, PATCH, DELETE, OPTIONS"
 # Headers a page may read from our answers besides the CORS-safelisted ones.
 EXPOSED = "Retry-After, X-Request-Id, WWW-Authenticate"
 PREFLIGHT_MAX_AGE_S = 600
@@ -58,14 +59,19 @@ def own_origin(request: web.Request) -> str:
     return f"{request.scheme}://{request.headers.get('Host', '')}".lower()
 
 
+def origin_rule(settings: Settings) -> OriginRule:
+    return OriginRule(settings.allowed_origins)
+
+
 def setup_origin(app: web.Application) -> None:
-    rule = OriginRule(app[SETTINGS].allowed_origins)
+    live = live_settings(app)
 
     @web.middleware
     async def origin_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
         origin = request.headers.get("Origin")
         if origin is None:
             return await handler(request)
+        rule = live.view(origin_rule)  # allowed_origins as it stands now: it changes live
         if not rule.allows(origin, own_origin(request)):
             raise ApiError(403, f"requests from the web page at {origin[:200]!r} are not allowed; to let that page "
                            "use LMForge, add its origin to allowed_origins in config.toml", code="origin_not_allowed")

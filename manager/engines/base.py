@@ -37,6 +37,7 @@ class MemoryPlan:
 class EngineAdapter(Protocol):
     name: str
     health_path: str
+    load_markers: tuple[tuple[str, str], ...]  # (text of a log line, the load stage it opens): load_watch.py
     parallel: int  # requests one engine serves at once: the leases its slot grants before queueing
 
     def supports(self, entry: ModelEntry) -> bool:

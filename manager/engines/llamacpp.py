@@ -12,6 +12,7 @@ from manager.context import start_ctx
 from manager.engines.base import EngineMissing, MemoryPlan
 from manager.engines import llamacpp_build
 from manager.engines.llamacpp_memory import GPU_FIRST_USE, Footprint, footprint
+from manager.engines.llamacpp_stages import LOAD_MARKERS
 from manager.protocol import HardwareSnapshot, ModelEntry, SlotKind
 
 MiB = 1024**2
@@ -40,6 +41,7 @@ class LlamaCppAdapter:
 
     name = "llama.cpp"
     health_path = "/health"
+    load_markers = LOAD_MARKERS  # the log lines that tell a load's stages
 
     def __init__(self, settings: Settings, paths: Paths) -> None:
         self.settings = settings.llama_cpp

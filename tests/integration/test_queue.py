@@ -25,6 +25,7 @@ import openai
 import pytest
 
 from tests.support.instance import Instance, running_instance, wait_until_async
+from tests.support.metrics import scrape
 from tests.support.sse import read_events
 
 CONFIG = """
@@ -158,10 +159,14 @@ async def test_past_the_queue_every_dialect_gets_503_concurrency_limit_and_then_
                         assert set(answer) == {"error"} and "max_queue" in answer["error"]
                     else:
                         assert answer["type"] == "error" and answer["error"]["type"] == "overloaded_error"
-            # What never takes a permit still answers: health, status and its stream.
+            # What never takes a permit still answers: health, status and its stream, and the metrics, which
+            # count the refusals and show the queue.
             assert (await http.get(inst.url + "/health")).status == 200
             assert (await http.get(inst.url + "/lf/status")).status == 200
             assert slot_of(inst, model)["waiting"] == 2
+            _, samples = await asyncio.to_thread(scrape, inst.url)
+            assert samples.get_one("lmforge_concurrency_rejections_total") >= len(refusals)
+            assert samples.get_one("lmforge_queue_depth", model=model, kind="chat") == 2
         tail = data_lines(await read_to_end(await holding))  # the holder's stream runs to its end...
         assert tail[-1] == "[DONE]" and json.loads(tail[-2])["choices"][0]["finish_reason"] == "length"
         lines = data_lines(await read_to_end(streamed))  # ...then the queue is served, in order

@@ -1,4 +1,4 @@
-"""A real llama-server that starts late when its command line names a "slow" model.
+"""A real llama-server that starts late when it serves a model whose name holds "slow".
 
 Stands in for a large model's multi-second load, which the tiny test models (ready
 in ~30 ms) do not have. Everything else is the real engine, exec'd unchanged.
@@ -12,14 +12,22 @@ from pathlib import Path
 
 WRAPPER = """#!{python}
 import os, sys, time
-if any("slow" in arg for arg in sys.argv[1:]):
-    time.sleep({delay})  # wait: the stand-in for a long weight load
+alias = sys.argv[sys.argv.index("--alias") + 1] if "--alias" in sys.argv else ""
+if "slow" in alias:  # the model's name, not any argument: a test's temporary paths may hold the word
+    gate = {gate!r}
+    if gate:
+        while not os.path.exists(gate):  # a load that lasts until the test lets it end
+            time.sleep(0.02)
+    else:
+        time.sleep({delay})  # wait: the stand-in for a long weight load
 os.execv({real!r}, [{real!r}, *sys.argv[1:]])
 """
 
 
-def write_slow_engine(directory: Path, real_server: str, delay_s: float = 3.0) -> Path:
+def write_slow_engine(directory: Path, real_server: str, delay_s: float = 3.0, gate: Path | None = None) -> Path:
+    """With `gate`, the load lasts until that file exists, however long the test takes; else `delay_s`."""
     path = directory / "llama-server"
-    path.write_text(WRAPPER.format(python=sys.executable, delay=delay_s, real=real_server))
+    path.write_text(WRAPPER.format(python=sys.executable, delay=delay_s, real=real_server,
+                                   gate=str(gate) if gate else ""))
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path

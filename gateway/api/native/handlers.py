@@ -11,7 +11,7 @@ from aiohttp import web
 from gateway.api.native.schemas import ImportBody, SwitchBody, UnloadBody, parse_body
 from gateway.dataplane.gates import installed_name
 from gateway.errors import ApiError
-from gateway.keys import MANAGER, SETTINGS, STREAMS
+from gateway.keys import LIVE, MANAGER, STREAMS
 from gateway.middleware.auth import PEER
 from gateway.openapi import openapi_document
 from gateway.sse import PING, SSE_HEADERS, frame
@@ -144,7 +144,7 @@ async def model_switch(request: web.Request) -> web.Response:
     model = installed_name(request, body.model)  # a short name loads what chat with it would use
     reply: LoadReply = await request.app[MANAGER].request(
         LoadRequest, model=model, kind=body.kind, pin=body.pin, keep_alive=body.keep_alive, num_ctx=body.num_ctx,
-        timeout=request.app[SETTINGS].acquire_wait_s,
+        timeout=request.app[LIVE].current.acquire_wait_s,
     )
     return web.json_response({"status": "ready", "model": model, "load_s": round(reply.load_s, 3),
                               "slot": msgspec.to_builtins(reply.slot)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.api.native import handlers, pulls
+from gateway.api.native import config, handlers, logs, metrics, pulls, requests
 
 
 def setup_native_routes(app: web.Application) -> None:
@@ -21,4 +21,11 @@ def setup_native_routes(app: web.Application) -> None:
     app.router.add_post("/lf/model/pull", pulls.model_pull)
     app.router.add_delete(r"/lf/model/pull/{name:[\s\S]+}", pulls.cancel_pull)
     app.router.add_get("/lf/catalog", pulls.catalog_list)
+    app.router.add_get("/lf/config", config.config_get)
+    app.router.add_patch("/lf/config", config.config_patch)
+    app.router.add_get("/metrics", metrics.metrics)
+    app.router.add_get("/lf/requests", requests.recent_requests)
+    app.router.add_get("/lf/logs", logs.logs_list)
+    app.router.add_get("/lf/logs/{name}/stream", logs.log_stream)
+    app.router.add_get(r"/lf/logs/{name:[\s\S]+}", logs.log_tail)  # any name: the log's own check refuses
     app.on_shutdown.append(handlers.close_streams)

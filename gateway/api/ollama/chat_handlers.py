@@ -17,10 +17,11 @@ from gateway.api.ollama import codec
 from gateway.api.ollama.details import can_insert, header
 from gateway.api.ollama.frames import Frames, FrameStream
 from gateway.api.ollama.infill import infill_events
-from gateway.dataplane import respond
+from gateway.dataplane import progress, respond
 from gateway.dataplane.engine import Engine, Events, with_engine
 from gateway.dataplane.gates import require_kind, require_vision
 from gateway.dataplane.model import ChatRequest, TextRequest, engine_body
+from gateway.dataplane.queued import QueuedStream
 from gateway.errors import ApiError
 from gateway.keys import MANAGER
 from manager.keepalive import parse_keep_alive
@@ -89,6 +90,10 @@ async def require_insert(entry: ModelEntry) -> None:
 async def answer(request: web.Request, req: ChatRequest | TextRequest, frames: Frames, body: dict[str, Any],
                  open_events: Opener) -> web.StreamResponse:
     stream = body.get("stream", True)
+    queued = None
+    if stream and progress.wanted(request):  # the stream starts while the model loads: its status lines say how
+        queued = QueuedStream(request, {"Content-Type": codec.NDJSON}, lambda err: frames.error(err.message),
+                              progress=frames.status, queue_notes=False)
 
     async def work(engine: Engine) -> web.StreamResponse:
         events = await open_events(engine)
@@ -100,7 +105,7 @@ async def answer(request: web.Request, req: ChatRequest | TextRequest, frames: F
                             headers={"X-Request-Id": engine.trace})
 
     return await with_engine(request, work, model=req.model, kind=SlotKind.CHAT, keep_alive=req.keep_alive,
-                             num_ctx=req.num_ctx)
+                             num_ctx=req.num_ctx, queued=queued)
 
 
 async def load_or_unload(request: web.Request, entry: ModelEntry, body: dict[str, Any],

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from gateway.api.ollama.times import now
+from gateway.dataplane import progress
 from gateway.dataplane.collect import Completion, ToolCalls, arguments_object
 from gateway.dataplane.model import Event, ReasoningDelta, TextDelta, ToolCall, ToolCallDelta, Usage
 
@@ -73,6 +74,11 @@ class Frames:
     def bare(self, reason: str) -> bytes:
         """The answer to a load or unload call: no text, no counters."""
         return _encode(self._start(done=True, reason=reason))
+
+    def status(self, note: dict[str, Any]) -> bytes:
+        """A load note in a started stream (gateway/dataplane/progress.py): a status line, as Ollama's pull writes
+        them, with an empty message and done false, which its clients render as nothing."""
+        return _encode(self._start(done=False) | {"status": progress.text_of(note), "lmforge": {"load": note}}) + b"\n"
 
     @staticmethod
     def error(message: str) -> bytes:

@@ -12,6 +12,7 @@ import msgspec
 from catalog.gguf_info import GGUFError
 from catalog.store import ModelStore, StoreError
 from gateway.cli.client import ApiError, GatewayDown
+from gateway.cli.commands.load_progress import load_with_progress
 from gateway.cli.context import CommandError, Context
 from manager.keepalive import describe
 from manager.protocol import IMPORT_TIMEOUT_S
@@ -175,9 +176,18 @@ def load(args: argparse.Namespace, ctx: Context) -> int:
     body = {"model": args.model, "pin": args.pin, "kind": args.kind}
     if args.keep_alive is not None:
         body["keep_alive"] = args.keep_alive
-    reply = ctx.client.post("/lf/model/switch", body, timeout=ctx.load_timeout_s)
+    reply = load_with_progress(ctx, body, _installed_as(ctx, args.model))
     ctx.term.success(f"{reply['model']} is ready (pid {reply['slot']['pid']}, loaded in {reply['load_s']:.2f}s)")
     return 0
+
+
+def _installed_as(ctx: Context, name: str) -> str:
+    """The name the gateway loads `name` as (a short name: the model chat with it uses), to follow its load by;
+    `name` itself when the store here cannot say."""
+    try:
+        return installed_here(ctx, name)
+    except CommandError:
+        return name
 
 
 def unload(args: argparse.Namespace, ctx: Context) -> int:

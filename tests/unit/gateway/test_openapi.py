@@ -11,8 +11,8 @@ from gateway.api.openai.routes import setup_openai_routes
 from gateway.dataplane.validate import OLLAMA_OPTIONS, OPENAI, Rule
 from gateway.openapi import PATHS
 
-# Not for clients: a live event stream (no request to fuzz) and a loopback-only import of a local file path.
-UNDESCRIBED = {("GET", "/lf/status/stream"), ("POST", "/lf/model/import")}
+# Not for clients: live event streams (no request to fuzz) and a loopback-only import of a local file path.
+UNDESCRIBED = {("GET", "/lf/status/stream"), ("GET", "/lf/logs/{name}/stream"), ("POST", "/lf/model/import")}
 
 
 def served() -> set[tuple[str, str]]:

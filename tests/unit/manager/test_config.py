@@ -29,7 +29,7 @@ def test_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("port = 'x'", "Expected `int`"), ("prot = 1", "unknown field `prot`"), ("port = 70000", "port must be"),
+    [("port = 'x'", "Expected `int`"), ("prot = 1", 'unknown key "prot" \\(did you mean "port"\\?\\)'), ("port = 70000", "port must be"),
      ("memory_fraction = 2.0", "memory_fraction"), ('keep_alive = "10 days"', "keep_alive"), ("[llama_cpp]\nparallel = 0", "parallel"), ("port = ", "config.toml"),
      ('cpu_policy = "fast"', "cpu_policy must be one of auto, exclusive, shared"),
      ("cpu_fair_share_s = 0", "cpu_fair_share_s"), ("cpu_cores = -1", "cpu_cores"),

@@ -14,7 +14,7 @@ def sample(cls: type) -> object:
         "req_id": 7, "role": p.PeerRole.GATEWAY, "pid": 42, "epoch": "e1", "manager_pid": 1,
         "model": "gemma3:270m", "lease_id": "e1:3", "kind": p.SlotKind.CHAT, "base_url": "http://127.0.0.1:1",
         "engine": "llama.cpp", "unloaded": ("a",), "seq": 5, "models": (), "code": p.ErrorCode.BAD_REQUEST,
-        "message": "no", "stage": "spawned", "time": 1.0,
+        "message": "no", "stage": "spawned", "time": 1.0, "text": "# metrics\n",
         "slot": p.SlotInfo(model="m", kind=p.SlotKind.CHAT, state=p.SlotState.READY, engine="llama.cpp", generation=1),
         "status": p.ManagerStatus(epoch="e", started_at=0.0, slots=(), last_errors={},
                                   budget=p.BudgetInfo(total_bytes=10, used_bytes=4, source="config")),

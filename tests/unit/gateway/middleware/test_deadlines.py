@@ -53,7 +53,7 @@ async def served() -> AsyncIterator[tuple[web.Application, DeadlineRunner, int]]
     app.router.add_get("/protocol", protocol)
     app.router.add_get("/held", held)
     app.router.add_get("/flood", flood)
-    runner = DeadlineRunner(app, app[SETTINGS], shutdown_timeout=5)
+    runner = DeadlineRunner(app, shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

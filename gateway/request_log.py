@@ -119,7 +119,7 @@ def dialect_of_route(route: str) -> str | None:
         return "openai"
     if route.startswith("/api/"):
         return "ollama"
-    if route.startswith("/lf/model/"):
+    if route.startswith("/lf/model/") and route != "/lf/model/list":  # the actions; a listing is a look
         return "native"
     return None
 

@@ -11,9 +11,6 @@ never overwritten. What a change comes to in running processes: config_keys.py.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ import msgspec
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
+from catalog import store_files
 from manager.config import ConfigError, Paths, Settings, decode_settings, effective, env_overrides
 from manager.config_keys import GUARDED, LIVE, SECRET, Guard, changed, classify
 
@@ -173,29 +171,9 @@ def save(paths: Paths, old_text: str, new_text: str, before: Settings | None = N
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` so that a reader sees the old file or the new one, whole, and a crash leaves
-    one of them: a temporary file beside it (mode 0600), fsync, rename, fsync of the directory. A link is
+    """Replace `path` with `text` atomically (catalog/store_files.py), mode 0600: it may hold keys. A link is
     followed: the file it points to is replaced, and the link kept."""
-    target = path.resolve() if path.is_symlink() else path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, MODE)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # the rename itself survives a crash once its directory is synced
-        dirfd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+    store_files.write_atomic(path.resolve() if path.is_symlink() else path, text.encode(), MODE)
 
 
 # --- showing ---

@@ -53,7 +53,7 @@ def test_a_failed_body_is_kept_with_its_secrets_masked() -> None:
 
 @pytest.mark.parametrize("route, dialect", [
     ("/v1/chat/completions", "openai"), ("/v1/messages", "anthropic"), ("/v1/messages/count_tokens", "anthropic"),
-    ("/api/chat", "ollama"), ("/rerank", "openai"), ("/lf/model/switch", "native"), ("/lf/status", None),
+    ("/api/chat", "ollama"), ("/rerank", "openai"), ("/lf/model/switch", "native"), ("/lf/status", None), ("/lf/model/list", None),
     ("/metrics", None), ("unmatched", None), ("/v1/models/{id}", "openai"),
 ])
 def test_dialects_by_route(route: str, dialect: str | None) -> None:

@@ -150,3 +150,11 @@ def test_without_a_manager_the_gateway_still_answers_and_says_so(make_instance) 
     _, samples = scrape(alone.url)
     assert samples.get_one("lmforge_manager_up") == 0
     assert samples.get_one("lmforge_slots", state="ready") is None
+
+
+def test_a_cli_answer_read_to_its_end_is_logged_as_delivered(inst: Instance) -> None:
+    done = inst.lmforge("run", "a", "hello", "--max-tokens", "4")
+    assert done.returncode == 0, done.stderr
+    code, log = inst.get("/lf/requests?limit=1")
+    newest = log["requests"][0]  # type: ignore[index]
+    assert (newest["route"], newest["status"], newest["outcome"]) == ("/v1/chat/completions", 200, "ok")

@@ -10,6 +10,7 @@ after the queue's comment lines, and a failure there as an error event.
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import msgspec
@@ -46,7 +47,7 @@ async def _whole(request: web.Request, engine: Engine, path: str, body: bytes) -
 async def _stream(request: web.Request, engine: Engine, path: str, body: bytes) -> web.StreamResponse:
     up = await engine.opened(path, body)
     resp = engine.response or web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": engine.trace})
-    record, tail = engine.record, b""
+    record, tail = engine.record, collections.deque(maxlen=TAIL_READS)
     record.stream = True
     async with up:
         try:
@@ -57,7 +58,7 @@ async def _stream(request: web.Request, engine: Engine, path: str, body: bytes) 
                     # The first event, not the first bytes: llama-server sends ":" keep-alive comments while it
                     # reads a long prompt. Its role-only delta comes with the first token.
                     record.first_token()
-                tail = (tail + chunk)[-TAIL:]
+                tail.append(chunk)
                 await resp.write(chunk)
         except ConnectionResetError:
             raise  # the client left (aiohttp's ClientConnectionResetError is one too)
@@ -68,13 +69,13 @@ async def _stream(request: web.Request, engine: Engine, path: str, body: bytes) 
         finally:
             if not up.content.is_eof():
                 up.close()  # closing the socket aborts the engine's generation
-    if (usage := usage_in_stream(tail)) is not None:
+    if (usage := usage_in_stream(b"".join(tail))) is not None:
         record.usage(usage)
     await resp.write_eof()
     return resp
 
 
-TAIL = 4096  # bytes of a relayed stream kept: its last events carry the usage and the engine's timings
+TAIL_READS = 4  # reads of a relayed stream kept: its last events carry the usage and the engine's timings
 
 
 class _Counts(msgspec.Struct):

@@ -285,12 +285,12 @@ class ManagerService:
     def send(self, peer: bytes | None, message: Reply) -> None:
         if peer is None:
             return
-        if isinstance(message, AcquireReply):
-            self.marks.granted(message)
         try:
             self._router.send_multipart([peer, encoder.encode(message)], flags=zmq.NOBLOCK)
         except zmq.Again:
             log.warning("reply to %r dropped: peer queue full", peer)
+        if isinstance(message, AcquireReply):  # after the reply: the mark's file write is not on its way
+            self.marks.granted(message)
 
     def _offload(self, work: Callable[[], object], then: Callable[[object], None]) -> None:
         """Run blocking `work` in a thread; `then(result or exception)` runs on the loop."""

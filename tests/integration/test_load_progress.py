@@ -62,8 +62,8 @@ def test_a_load_that_stops_progressing_is_stopped_after_its_stall_window(
 
 def test_a_slow_load_that_keeps_progressing_is_not_stopped_and_shows_its_stage(
         make_instance, models_dir: Path, tmp_path: Path, llama_server: str) -> None:
-    # The fake engine stands in for a large model on a slow disk: for 4 s (twice the stall window) it reads
-    # a little at a time, logging as it goes, then the real engine loads the model.
+    # The fake engine stands in for a large model whose load works for long (llama.cpp repacking weights for
+    # the CPU): for 4 s (twice the stall window) it computes and logs as it goes, then the real engine loads it.
     inst = make_instance(STALL, models={"crawl": models_dir / "chat.gguf"})
     inst.env["LMFORGE_LLAMA_SERVER"] = str(write_stalling_engine(tmp_path, llama_server, crawl_s=4.0))
     inst.start()

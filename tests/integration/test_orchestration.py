@@ -15,7 +15,7 @@ from manager.config import LlamaCppSettings, Paths, Settings
 from manager.engines.llamacpp import LlamaCppAdapter
 from manager.protocol import SlotKind
 from tests.support.instance import Instance, wait_until
-from tests.support.slow_engine import write_slow_engine
+from tests.support.slow_engine import release, write_slow_engine
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
 MiB = 1024**2
@@ -216,7 +216,7 @@ async def test_a_slow_load_does_not_delay_requests_to_a_loaded_model(make_instan
         assert (await asyncio.to_thread(chat, inst, "fast"))[0] == 200
         assert time.monotonic() - started < 2.0
     assert inst.slot("slow")["state"] == "loading"  # all five were served during the slow load
-    gate.touch()
+    await asyncio.to_thread(release, gate)
     assert (await slow)[0] == 200
 
 

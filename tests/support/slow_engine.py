@@ -6,6 +6,7 @@ in ~30 ms) do not have. Everything else is the real engine, exec'd unchanged.
 
 from __future__ import annotations
 
+import os
 import stat
 import sys
 from pathlib import Path
@@ -16,8 +17,8 @@ alias = sys.argv[sys.argv.index("--alias") + 1] if "--alias" in sys.argv else ""
 if "slow" in alias:  # the model's name, not any argument: a test's temporary paths may hold the word
     gate = {gate!r}
     if gate:
-        while not os.path.exists(gate):  # a load that lasts until the test lets it end
-            time.sleep(0.02)
+        with open(gate, "rb") as cue:  # a FIFO: the load lasts until the test writes to it and closes it
+            cue.read()
     else:
         time.sleep({delay})  # wait: the stand-in for a long weight load
 os.execv({real!r}, [{real!r}, *sys.argv[1:]])
@@ -25,9 +26,17 @@ os.execv({real!r}, [{real!r}, *sys.argv[1:]])
 
 
 def write_slow_engine(directory: Path, real_server: str, delay_s: float = 3.0, gate: Path | None = None) -> Path:
-    """With `gate`, the load lasts until that file exists, however long the test takes; else `delay_s`."""
+    """With `gate`, the load lasts until `release(gate)`, however long the test takes; else `delay_s`."""
+    if gate is not None:
+        os.mkfifo(gate)
     path = directory / "llama-server"
     path.write_text(WRAPPER.format(python=sys.executable, delay=delay_s, real=real_server,
                                    gate=str(gate) if gate else ""))
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path
+
+
+def release(gate: Path) -> None:
+    """End the gated load: opening the FIFO waits for the engine to be at its read, and closing ends the read."""
+    with open(gate, "wb"):
+        pass

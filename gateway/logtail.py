@@ -13,12 +13,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from manager.config import ENGINE_LOG_PREFIX
+
 SUFFIX = ".log"
 # A log's name is its file's name less SUFFIX. One path component that starts with a letter or digit: no
 # separator, no NUL, never "." or "..", so a name that passes cannot lead out of the logs directory.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 BACKUP = re.compile(r"(?P<file>.+)\.(?P<n>[0-9]+)")
-ENGINE_PREFIX = "engine-"  # manager/service.py names each engine's log engine-<slug>.log
 TAIL_MAX_BYTES = 2 * 1024 * 1024  # a tail reads no further back than this
 READ_MAX_BYTES = 1024 * 1024  # a follower reads at most this much per poll, so a flood cannot starve the rest
 LINE_MAX_BYTES = 64 * 1024  # a line without its newline is held up to this, then sent as it is
@@ -65,7 +66,7 @@ def list_logs(directory: Path) -> list[LogInfo]:
             found.append((entry.name, entry.stat(follow_symlinks=False)))
         except FileNotFoundError:  # rotated away between the listing and the stat
             continue
-    logs = [LogInfo(name=file.removesuffix(SUFFIX), kind="engine" if file.startswith(ENGINE_PREFIX) else "process",
+    logs = [LogInfo(name=file.removesuffix(SUFFIX), kind="engine" if file.startswith(ENGINE_LOG_PREFIX) else "process",
                     file=file, size_bytes=st.st_size, modified_at=st.st_mtime, backups=backups.get(file, 0))
             for file, st in found]
     return sorted(logs, key=lambda log: log.order)

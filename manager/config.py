@@ -26,6 +26,7 @@ import msgspec
 from manager.keepalive import KeepAliveError, parse_keep_alive
 
 DEFAULT_PORT = 11430
+ENGINE_LOG_PREFIX = "engine-"
 
 
 class ConfigError(Exception):
@@ -257,6 +258,10 @@ class Paths:
     def logs(self) -> Path:
         return self.home / "logs"
 
+    def engine_log(self, slug: str) -> Path:
+        """An engine's log: `engine-<slot's file slug>.log` (gateway/logtail.py lists them by this prefix)."""
+        return self.logs / f"{ENGINE_LOG_PREFIX}{slug}.log"
+
     @property
     def supervisord_conf(self) -> Path:
         return self.home / "supervisord.conf"
@@ -310,10 +315,12 @@ def _with_tls_paths(settings: Settings, home: Path) -> Settings:
 
 
 def _read_file(path: Path) -> Settings:
-    if not path.exists():
-        return Settings()
     try:
         return decode_settings(path.read_bytes())
+    except FileNotFoundError:
+        return Settings()
+    except OSError as exc:  # a live watch must hear it as a bad file, not die of it
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from manager.protocol import ErrorCode, ErrorReply, Event, Reply, SlotEvent, SlotKind, SlotState
+from manager.leases import Lease
 from manager.slots import Slot, Waiter
 
 
@@ -45,7 +46,13 @@ class Learn:
     basis: int  # the header's estimate it was learned against: a changed file or setting makes it stale
 
 
-Effect = Union[Send, Publish, Spawn, Stop, Plan, Learn]
+@dataclass(frozen=True)
+class Mark:
+    slug: str  # the engine's log (Paths.engine_log)
+    text: str  # "request <id> started (lease <id>)": manager/engine_marks.py writes it, off the loop
+
+
+Effect = Union[Send, Publish, Spawn, Stop, Plan, Learn, Mark]
 
 # How a load ended, as the status stream's `load` events tell it after its stages (manager/load_watch.py).
 LOAD_ENDS = {(SlotState.LOADING, SlotState.READY): "ready", (SlotState.LOADING, SlotState.FAILED): "failed",
@@ -86,6 +93,10 @@ class Outbox:
 
     def publish(self, event: Event) -> None:
         self.add(Publish(event))
+
+    def mark(self, slot: Slot, lease: Lease, what: str) -> None:
+        if lease.trace:
+            self.add(Mark(slot.file_slug, f"request {lease.trace} {what} (lease {lease.id} on {slot.label})"))
 
     def slot(self, slot: Slot, previous: SlotState | None) -> None:
         self.publish(SlotEvent(slot=slot.info(), previous=previous))

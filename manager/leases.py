@@ -17,6 +17,7 @@ class Lease:
     peer: bytes
     keep_alive: float | None | str
     since: float  # monotonic, from the table's clock: when it was granted (or taken over)
+    trace: str = ""  # the request's id (X-Request-Id), for the engine log's marks (manager/engine_marks.py)
 
 
 class LeaseTable:
@@ -33,12 +34,13 @@ class LeaseTable:
     def __contains__(self, lease_id: str) -> bool:
         return lease_id in self._leases
 
-    def grant(self, slot: Slot, peer: bytes, keep_alive: float | None | str, since: float) -> Lease:
-        return self.add(f"{self._epoch}:{next(self._ids)}", slot, peer, keep_alive, since)
+    def grant(self, slot: Slot, peer: bytes, keep_alive: float | None | str, since: float, trace: str = "") -> Lease:
+        return self.add(f"{self._epoch}:{next(self._ids)}", slot, peer, keep_alive, since, trace)
 
-    def add(self, lease_id: str, slot: Slot, peer: bytes, keep_alive: float | None | str, since: float) -> Lease:
+    def add(self, lease_id: str, slot: Slot, peer: bytes, keep_alive: float | None | str, since: float,
+            trace: str = "") -> Lease:
         """Record a lease (granted now, or declared by a peer after a manager restart) and count it in flight."""
-        lease = Lease(lease_id, slot.key, slot.generation, peer, keep_alive, since)
+        lease = Lease(lease_id, slot.key, slot.generation, peer, keep_alive, since, trace)
         self._leases[lease.id] = lease
         slot.inflight += 1
         return lease

@@ -252,7 +252,6 @@ class AcquireReply(Reply):
     generation: int = 0
     load_s: float = 0.0  # time this request spent waiting for a load; 0 when warm
     queue_position: int = 0
-    trace_id: str = ""  # the request's, echoed: the manager marks the engine's log with it
 
 
 class LoadRequest(Request):

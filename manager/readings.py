@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from manager.config import Settings
+from manager.config import ENGINE_LOG_PREFIX, Settings
 from manager.logfiles import rotate_if_large
 from manager.process import groups_memory
 from prober.probes.nvidia import gpu_memory_by_pid
@@ -21,6 +21,6 @@ def engine_memory(pids: list[int], on_gpu: bool) -> dict[int, tuple[int, int]]:
 
 
 def rotate_engine_logs(logs: Path, settings: Settings) -> None:
-    for path in logs.glob("engine-*.log"):
+    for path in logs.glob(f"{ENGINE_LOG_PREFIX}*.log"):
         rotate_if_large(path, settings.log_max_mb * MiB, settings.log_backups)
 

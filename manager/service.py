@@ -43,7 +43,7 @@ from manager.metrics import ManagerMetrics
 from manager.pulls import PullBoard
 from manager.readings import engine_memory, rotate_engine_logs
 from manager.protocol import (
-    AbandonNotice, AcquireReply, AcquireRequest, ErrorCode, ErrorReply, HardwareNotice, HeartbeatEvent, HelloRequest, ListModelsReply,
+    AbandonNotice, AcquireRequest, ErrorCode, ErrorReply, HardwareNotice, HeartbeatEvent, HelloRequest, ListModelsReply,
     ListModelsRequest, LoadProgressEvent, LoadRequest, ManagerStatus, ManagerStoppingEvent, PingReply, PingRequest, ReleaseNotice,
     Reply, Severity, SnapshotReply, SnapshotRequest, UnloadRequest, encoder, to_manager_decoder,
 )
@@ -51,7 +51,7 @@ from manager.runner import (
     EngineFailed, EngineProgress, EngineReady, EngineRunner, EngineSpawned, EngineStopped, LoadFailure, RunnerConfig,
 )
 from manager.slots import Slot
-from manager.effects import Learn, Plan, Publish, Send, Spawn, Stop
+from manager.effects import Learn, Mark, Plan, Publish, Send, Spawn, Stop
 from manager.table import SlotTable
 
 log = logging.getLogger("lmforge.manager")
@@ -117,7 +117,7 @@ class ManagerService:
         self._handlers: dict[type, Callable[[bytes, object], None]] = {
             HelloRequest: t.hello,  # type: ignore[dict-item]
             AcquireRequest: self._on_acquire,  # type: ignore[dict-item]
-            ReleaseNotice: lambda peer, n: (self.marks.released(n), t.release(peer, n)),  # type: ignore[attr-defined]
+            ReleaseNotice: t.release,  # type: ignore[dict-item]
             AbandonNotice: t.abandon,  # type: ignore[dict-item]
             LoadRequest: self._on_load,  # type: ignore[dict-item]
             UnloadRequest: self._on_unload,  # type: ignore[dict-item]
@@ -131,7 +131,7 @@ class ManagerService:
         self.pulls = PullBoard(index=self.index_writer.index_pulled, home=paths.home, store=self.store,
                                budget=lambda: self.table.budget().total_bytes)  # a job's quant fits the budget
         self._handlers.update(self.pulls.handlers())  # pulls, and the downloader's jobs
-        self.metrics, self.marks = ManagerMetrics.of(t, self.lag), EngineMarks(t, paths.logs)
+        self.metrics, self.marks = ManagerMetrics.of(t, self.lag), EngineMarks(paths)
         self._handlers.update(self.metrics.handlers(self.send))  # the gateway's /metrics asks for these
         self._internal: dict[type, Callable[[object], None]] = {
             EngineSpawned: lambda e: t.spawned(e.key, e.generation, e.pid, e.port),  # type: ignore[attr-defined]
@@ -221,6 +221,8 @@ class ManagerService:
                 effect.slot.stop_event.set()
             elif isinstance(effect, Plan):
                 self._plan(effect.slot)
+            elif isinstance(effect, Mark):
+                self.marks.put(effect)
             elif isinstance(effect, Learn):
                 self._offload(functools.partial(self.ledger.record, effect.model, effect.kind, effect.ctx_size,
                                                 effect.bytes, basis=effect.basis), lambda _: None)
@@ -289,8 +291,6 @@ class ManagerService:
             self._router.send_multipart([peer, encoder.encode(message)], flags=zmq.NOBLOCK)
         except zmq.Again:
             log.warning("reply to %r dropped: peer queue full", peer)
-        if isinstance(message, AcquireReply):  # after the reply: the mark's file write is not on its way
-            self.marks.granted(message)
 
     def _offload(self, work: Callable[[], object], then: Callable[[object], None]) -> None:
         """Run blocking `work` in a thread; `then(result or exception)` runs on the loop."""
@@ -417,7 +417,7 @@ class ManagerService:
         return RunnerConfig(
             load_timeout_s=s.load_timeout_s, stop_grace_s=s.stop_grace_s, health_interval_s=s.health_interval_s,
             health_failures=s.health_failures, health_path=self.adapter.health_path, pid_dir=self.paths.engine_pids,
-            log_path=self.paths.logs / f"engine-{slot.file_slug}.log", about=about,
+            log_path=self.paths.engine_log(slot.file_slug), about=about,
             watch=watch_config(s.load_stall_s, s.load_stall_s_per_gb, slot.entry, self.adapter.load_markers),
         )
 

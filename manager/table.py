@@ -67,6 +67,7 @@ class SlotTable(TableState):
     def _returned(self, lease: Lease, outcome: LeaseOutcome) -> None:
         slot = self._find(lease.key, lease.generation)  # None: the engine is gone already (crashed or forced down)
         if slot is not None:
+            self.out.mark(slot, lease, f"ended ({outcome})")
             slot.inflight -= 1
             slot.last_used_at = self.clock.now()
             slot.hold_s = queues.mean_hold(slot.hold_s, self.clock.mono() - lease.since)
@@ -94,7 +95,9 @@ class SlotTable(TableState):
             self.unload(slot, "keep_alive 0: unloaded after its request")
 
     def _grant(self, slot: Slot, w: Waiter) -> None:
-        lease = self.leases.grant(slot, w.peer, w.keep_alive, self.clock.mono())  # type: ignore[arg-type]
+        lease = self.leases.grant(slot, w.peer, w.keep_alive, self.clock.mono(),  # type: ignore[arg-type]
+                                  w.request.trace_id[:queues.TRACE_CHARS])  # type: ignore[union-attr]
+        self.out.mark(slot, lease, "started")
         slot.keep_until = None  # its own keep_alive from now on
         if slot.inflight == 1:  # it takes its threads now (cores.py), on a turn of its own
             slot.computing_since, slot.cores_yield = self.clock.mono(), None
@@ -104,8 +107,7 @@ class SlotTable(TableState):
         slot.refresh_expiry(self.clock.now())
         self.out.send(w.peer, AcquireReply(req_id=w.request.req_id, lease_id=lease.id, model=slot.model,
                                            kind=slot.kind, base_url=slot.base_url, engine=slot.engine,
-                                           generation=slot.generation, load_s=w.load_s,
-                                           trace_id=w.request.trace_id[:queues.TRACE_CHARS]))  # type: ignore[union-attr]
+                                           generation=slot.generation, load_s=w.load_s))
 
     def _serve(self) -> None:
         """Free permits go to the oldest queued acquires they can serve, across every slot; then the cores' fair

@@ -123,7 +123,7 @@ def test_one_request_id_runs_through_the_gateway_manager_and_engine_logs(inst: I
         "the engine's own lines of the request lie between the marks"
     wait_until(lambda: rid in inst.log("gateway"), what="the gateway's line")
     assert re.search(rf"request {rid} POST /v1/chat/completions -> 200 ok model=a", inst.log("gateway"))
-    assert re.search(rf"request {rid}: lease \S+ on a", inst.log("manager"))
+    assert re.search(rf"lmforge.manager: request {rid} started \(lease \S+ on a\)", inst.log("manager"))
 
 
 def test_refusals_are_counted_by_reason(make_instance, models_dir: Path) -> None:

@@ -11,7 +11,6 @@ program on this machine is taken from this machine only.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -56,14 +55,8 @@ async def config_patch(request: web.Request) -> web.Response:
 
 
 async def _change_of(request: web.Request) -> dict[str, Any]:
-    try:
-        change = json.loads(await request.read() or b"null")
-    except ValueError as exc:
-        raise ApiError(400, f"the body is not JSON: {exc}", code="invalid_json") from None
-    if not isinstance(change, dict):
-        raise ApiError(400, 'the body must be a JSON object of the keys to change, like {"keep_alive": "10m"} '
-                            'or {"llama_cpp.ctx_size": 4096}', code="invalid_request")
-    return change
+    """A JSON object of the keys to change, like {"keep_alive": "10m"} or {"llama_cpp.ctx_size": 4096}."""
+    return await read_json(request)  # empty, not JSON, too deep, not an object: 400
 
 
 def _nested(change: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 AUTH_CODES = frozenset({"missing_api_key", "invalid_api_key", "insufficient_scope", "loopback_only",
                         "admin_key_required"})
 BODY_CODES = frozenset({"request_too_large", "request_entity_too_large"})
-GUARD_CODES = frozenset({"host_not_allowed", "origin_not_allowed", "request_timeout", "unsupported_content_encoding"})
+GUARD_CODES = frozenset({"host_not_allowed", "origin_not_allowed", "unsupported_content_encoding"})
 CONCURRENCY_CODE = "concurrency_limit"
 
 
@@ -53,8 +53,8 @@ class GatewayMetrics:
                                        "max_body_mb (or compressed)", ["route"], registry=r)
         self.concurrency_rejections = Counter("lmforge_concurrency_rejections", "Requests refused because their "
                                               "model's queue was full or the wait too long", registry=r)
-        self.guard_rejections = Counter("lmforge_guard_rejections", "Requests refused by the host, origin and "
-                                        "deadline guards, by reason", ["reason"], registry=r)
+        self.guard_rejections = Counter("lmforge_guard_rejections", "Requests refused by the host and origin "
+                                        "guards or for a compressed body, by reason", ["reason"], registry=r)
 
     def observe(self, record: RequestRecord) -> None:
         """One finished request."""
@@ -81,7 +81,7 @@ class GatewayMetrics:
         code = record.code or ""
         if code in AUTH_CODES:
             self.auth_rejections.labels(code).inc()
-        elif code in BODY_CODES or record.status == 413:
+        elif code in BODY_CODES:
             self.body_rejections.labels(record.route).inc()
         elif code == CONCURRENCY_CODE:
             self.concurrency_rejections.inc()

@@ -51,6 +51,7 @@ class RequestRecord:
     completion_tokens: int | None = None
     tokens_per_s: float | None = None
     body: str | None = None  # a failed request's body, redacted, when request_log_bodies is on
+    delivered: bool = False  # its last frame was written: a client that hangs up now has had its answer
 
     def leased(self, model: str, load_s: float, waited_s: float) -> None:
         """The manager granted the lease after `waited_s`, of which `load_s` went to loading the model."""
@@ -66,6 +67,10 @@ class RequestRecord:
         self.prompt_tokens, self.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         if usage.predicted_ms > 0 and usage.completion_tokens:
             self.tokens_per_s = round(usage.completion_tokens * 1000 / usage.predicted_ms, 2)
+
+    def sent(self, status: int) -> None:
+        """A streamed answer's last frame is written (what follows is only the chunked end)."""
+        self.status, self.delivered = status, True
 
     def failed(self, status: int, message: str, code: str | None) -> None:
         self.error, self.code = message, code

@@ -71,6 +71,7 @@ async def _stream(request: web.Request, engine: Engine, path: str, body: bytes) 
                 up.close()  # closing the socket aborts the engine's generation
     if (usage := usage_in_stream(b"".join(tail))) is not None:
         record.usage(usage)
+    record.sent(resp.status)
     await resp.write_eof()
     return resp
 

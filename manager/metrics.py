@@ -154,13 +154,19 @@ class _StateCollector:
                                      labels=["model", "kind"])
         measured = GaugeMetricFamily("lmforge_model_memory_measured_bytes", "What a loaded model's engine holds, "
                                      "as measured (RSS on CPU, per-process VRAM on GPU)", labels=["model", "kind"])
+        # A model's engine that is draining and its successor share a label set: one sample each, summed.
+        sums: dict[tuple[str, str], list[int]] = {}
         for s in slots:
-            labels = [s.model, s.kind.value]
-            queued.add_metric(labels, s.waiting)
-            inflight.add_metric(labels, s.inflight)
-            estimate.add_metric(labels, s.estimate_bytes)
-            if s.measured_bytes is not None:
-                measured.add_metric(labels, s.measured_bytes)
+            total = sums.setdefault((s.model, s.kind.value), [0, 0, 0, 0, 0])
+            for i, value in enumerate((s.waiting, s.inflight, s.estimate_bytes, s.measured_bytes or 0,
+                                       s.measured_bytes is not None)):
+                total[i] += value
+        for labels, (waiting, busy, estimated, held, measured_any) in sums.items():
+            queued.add_metric(list(labels), waiting)
+            inflight.add_metric(list(labels), busy)
+            estimate.add_metric(list(labels), estimated)
+            if measured_any:
+                measured.add_metric(list(labels), held)
         yield from (queued, inflight, estimate, measured)
         for name, value, text in (("total", budget.total_bytes, "The memory budget models may use"),
                                   ("used", budget.used_bytes, "Memory the budget counts as used"),

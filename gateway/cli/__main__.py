@@ -15,7 +15,7 @@ from gateway.cli.client import GatewayError
 from gateway.cli.commands import config, engine, launch, logs, models, pull, run, service
 from gateway.cli.context import CommandError, Context
 from gateway.cli.terminal import Terminal, one_line
-from manager.config import ConfigError, Paths, Settings, home_dir, load_settings
+from manager.config import ConfigError, Paths, Settings, effective, home_dir, load_settings
 
 COMMANDS = (service, models, pull, run, launch, engine, logs, config)
 
@@ -67,8 +67,9 @@ def _settings(command: str) -> tuple[Settings, Paths]:
     except ConfigError:
         if command != "config":
             raise
-        # `lmforge config edit` (or set) is how a broken config.toml gets fixed: it must run in spite of it.
-        return Settings(), Paths(home_dir())
+        # `lmforge config edit` (or set) is how a broken config.toml gets fixed: it must run in spite of it,
+        # with the environment's port and key, to reach the LMForge that runs.
+        return effective(Settings(), home_dir()), Paths(home_dir())
 
 
 if __name__ == "__main__":

@@ -139,8 +139,6 @@ class GatewayClient:
                 continue
             payload = line[5:].strip()
             if payload == "[DONE]":
-                resp.read()  # the chunked end follows at once: read it, so the server sees its answer delivered
-                resp.close()
                 return
             event = self._json(payload.encode(), path)
             if "error" in event:

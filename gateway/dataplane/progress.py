@@ -19,6 +19,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.keys import MANAGER, live_settings
+from gateway.sse import frame
 from manager.client import ManagerClient
 from manager.protocol import LoadProgressEvent, SlotKind
 
@@ -36,8 +37,7 @@ def wanted(request: web.Request) -> bool:
 
 
 def note_of(event: LoadProgressEvent) -> dict[str, Any]:
-    progress = getattr(event, "progress", None)
-    return {"model": event.model, "stage": event.stage, "progress": progress, "detail": event.detail}
+    return {"model": event.model, "stage": event.stage, "progress": event.progress, "detail": event.detail}
 
 
 def text_of(note: dict[str, Any]) -> str:
@@ -53,7 +53,7 @@ def sse_comment(note: dict[str, Any]) -> bytes:
 
 def anthropic_ping(note: dict[str, Any]) -> bytes:
     """/v1/messages: a ping event, which Anthropic's clients skip, carrying the note beside its type."""
-    return b"event: ping\ndata: " + _encode({"type": "ping", "lmforge": {"load": note}}) + b"\n\n"
+    return frame("ping", {"type": "ping", "lmforge": {"load": note}})
 
 
 async def follow(manager: ManagerClient, model: str, kind: SlotKind, tell: Any) -> None:

@@ -89,5 +89,6 @@ async def stream(request: web.Request, engine: Engine, events: Events, renderer:
         except EngineBroke as broke:
             engine.record.broke(str(broke))
             await resp.write(renderer.fail(str(broke)))
+    engine.record.sent(resp.status)
     await resp.write_eof()
     return resp

@@ -160,11 +160,16 @@ def _unauthorized(message: str, code: str) -> ApiError:
     return ApiError(401, message, code=code, headers={"WWW-Authenticate": 'Bearer realm="lmforge"'})
 
 
-def route_path(request: web.Request) -> str:
-    """The template of the route that will answer (`/v1/models/{id}`), so access follows what the router chose,
-    however the path was spelled; a request that matches no route is classed by its path (and gets 404 or 401)."""
+def route_template(request: web.Request) -> str | None:
+    """The template of the route that will answer (`/v1/models/{id}`); None when no route matches."""
     resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else request.path
+    return resource.canonical if resource is not None else None
+
+
+def route_path(request: web.Request) -> str:
+    """The route's template, so access follows what the router chose, however the path was spelled; a request
+    that matches no route is classed by its path (and gets 404 or 401)."""
+    return route_template(request) or request.path
 
 
 def setup_auth(app: web.Application) -> None:

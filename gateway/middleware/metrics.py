@@ -10,8 +10,9 @@ import time
 
 from aiohttp import web
 
-from gateway.keys import METRICS, REQUEST_LOG, SETTINGS, live_settings
+from gateway.keys import METRICS, REQUEST_LOG, live_settings
 from gateway.metrics_registry import GatewayMetrics
+from gateway.middleware.auth import route_template
 from gateway.request_log import RECORD, RequestLog, RequestRecord, dialect_of_route, new_id, redacted_body
 
 log = logging.getLogger("lmforge.gateway")
@@ -21,13 +22,12 @@ CLIENT_GONE = 499  # nginx's status for a client that left before its answer end
 
 def route_of(request: web.Request) -> str:
     """The template of the route that matched, never the path itself: scanners cannot grow the label set."""
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
+    return route_template(request) or "unmatched"
 
 
 def setup_metrics(app: web.Application) -> None:
     app[METRICS] = GatewayMetrics()
-    app[REQUEST_LOG] = RequestLog(app[SETTINGS].request_log_size)
+    app[REQUEST_LOG] = RequestLog(live_settings(app).current.request_log_size)
 
     @web.middleware
     async def metrics_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
@@ -45,7 +45,8 @@ def setup_metrics(app: web.Application) -> None:
             record.status = exc.status
             raise
         except (asyncio.CancelledError, ConnectionResetError):
-            record.outcome, record.status = "client_gone", CLIENT_GONE
+            if not record.delivered:  # one that hangs up after the last frame (after [DONE]) had its answer
+                record.outcome, record.status = "client_gone", CLIENT_GONE
             raise
         finally:
             metrics.in_flight.dec()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.error
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -134,8 +135,9 @@ def test_refusals_are_counted_by_reason(make_instance, models_dir: Path) -> None
     assert guarded.request("GET", "/v1/models", headers={"Authorization": "Bearer wrong-key-000"})[0] == 401
     big = b'{"model": "a", "prompt": "' + b"x" * (2 * 1024 * 1024) + b'"}'
     assert guarded.request("POST", "/v1/completions", raw=big, headers=auth)[0] == 413
-    with pytest.raises(Exception):
+    with pytest.raises(urllib.error.HTTPError) as refused:
         scrape(guarded.url)  # /metrics needs a key from outside trusted_networks
+    assert refused.value.code == 401
     _, samples = scrape(guarded.url, auth)
     assert samples.get_one("lmforge_auth_rejections_total", reason="missing_api_key") >= 2  # the scrape too
     assert samples.get_one("lmforge_auth_rejections_total", reason="invalid_api_key") == 1
@@ -151,10 +153,3 @@ def test_without_a_manager_the_gateway_still_answers_and_says_so(make_instance) 
     assert samples.get_one("lmforge_manager_up") == 0
     assert samples.get_one("lmforge_slots", state="ready") is None
 
-
-def test_a_cli_answer_read_to_its_end_is_logged_as_delivered(inst: Instance) -> None:
-    done = inst.lmforge("run", "a", "hello", "--max-tokens", "4")
-    assert done.returncode == 0, done.stderr
-    code, log = inst.get("/lf/requests?limit=1")
-    newest = log["requests"][0]  # type: ignore[index]
-    assert (newest["route"], newest["status"], newest["outcome"]) == ("/v1/chat/completions", 200, "ok")

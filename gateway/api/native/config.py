@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.dataplane.validate import read_json
 from gateway.errors import ApiError
 from gateway.keys import LIVE, PATHS
 from gateway.middleware.auth import CALLER_KEY, PEER, Access, trust_of

@@ -14,6 +14,7 @@ import contextlib
 import difflib
 import os
 import shlex
+import signal
 import subprocess
 import tempfile
 import tomllib
@@ -238,7 +239,7 @@ def _edited(ctx: Context, draft: Path, original: str) -> str | None:
     editor = shlex.split(os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi")
     while True:
         try:
-            status = subprocess.call([*editor, str(draft)])
+            status = _run_editor([*editor, str(draft)])
         except OSError as exc:
             raise CommandError(f"cannot run the editor {editor[0]!r} ({exc.strerror or exc}): set VISUAL or "
                                "EDITOR; config.toml was not changed") from None
@@ -256,6 +257,21 @@ def _edited(ctx: Context, draft: Path, original: str) -> str | None:
             ctx.term.error(f"error: {exc}")
             if not _again(ctx):
                 raise CommandError("config.toml was not changed") from None
+
+
+def _run_editor(argv: list[str]) -> int:
+    """The editor owns the terminal: Ctrl-C is its key (vi's), not a reason to kill it and lose the draft."""
+    handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGQUIT)}
+    try:
+        return subprocess.Popen(argv, preexec_fn=_default_signals).wait()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # the editor decides what its keys do
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 def _again(ctx: Context) -> bool:

@@ -103,3 +103,15 @@ def test_every_stop_reason_the_table_gives_has_a_label() -> None:
     reasons = re.findall(r'(?:unload|_stop|_unload)\([^,]+, f?"([^"{]+)', source)
     assert reasons, "the table's reasons were found"
     assert {r: stop_reason(r) for r in reasons if stop_reason(r) == "other"} == {}
+
+
+def test_a_draining_engine_and_its_successor_give_one_sample_per_label_set() -> None:
+    slots = [slot(SlotState.READY, inflight=2, estimate_bytes=100, measured_bytes=120),
+             slot(SlotState.LOADING, generation=2, waiting=3, estimate_bytes=150)]
+    text = metrics(slots).exposition()
+    assert text.count('lmforge_queue_depth{kind="chat",model="m"}') == 1  # Prometheus drops a duplicate
+    got = parse(text)
+    assert got.get_one("lmforge_queue_depth", model="m", kind="chat") == 3
+    assert got.get_one("lmforge_inflight_requests", model="m", kind="chat") == 2
+    assert got.get_one("lmforge_model_memory_estimate_bytes", model="m", kind="chat") == 250
+    assert got.get_one("lmforge_model_memory_measured_bytes", model="m", kind="chat") == 120

@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import aiohttp
-import psutil
 
 from manager.load_watch import STAGES
-from tests.support.instance import Instance, wait_until
+from tests.support.instance import llama_servers_of, wait_until
 from tests.support.sse import read_events
 from tests.support.stalling_engine import write_stalling_engine
 
@@ -57,7 +56,7 @@ def test_a_load_that_stops_progressing_is_stopped_after_its_stall_window(
     assert "lmforge logs engine-stall-chat" in message
     assert 2 <= waited < 30  # about the window (2 s after its last sign of life), nowhere near load_timeout_s
     assert "made no progress" in inst.status()["last_errors"]["stall"]["message"]
-    wait_until(lambda: not _engines_of(inst), what="the stalled engine to be killed")
+    wait_until(lambda: not llama_servers_of(inst.home), what="the stalled engine to be killed")
 
 
 def test_a_slow_load_that_keeps_progressing_is_not_stopped_and_shows_its_stage(
@@ -96,12 +95,3 @@ def test_lmforge_load_prints_the_stages_as_lines_when_not_on_a_terminal(make_ins
     quiet = inst.lmforge("-q", "load", "a")
     assert quiet.returncode == 0 and quiet.stdout == "" and inst.slot("a")["state"] == "ready"
 
-
-def _engines_of(inst: Instance) -> list[psutil.Process]:
-    """The fake engine's processes (python running the wrapper), by the home in their command line."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = proc.info["cmdline"] or []
-        if any(str(inst.home) in part for part in cmd) and any(part.endswith("llama-server") for part in cmd):
-            found.append(proc)
-    return found

@@ -173,11 +173,12 @@ def _parse(data: bytes) -> object:
 
 
 def llama_servers_of(home: Path) -> list[psutil.Process]:
-    """Engine processes whose model lives under `home` (so parallel tests do not see each other's)."""
+    """Engine processes whose model lives under `home` (so parallel tests do not see each other's): real ones,
+    and fake engines (a python script named llama-server) before they exec the real one."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if cmd and cmd[0].endswith("llama-server") and any(str(home) in part for part in cmd):
+        if any(part.endswith("llama-server") for part in cmd[:2]) and any(str(home) in part for part in cmd):
             found.append(proc)
     return found
 

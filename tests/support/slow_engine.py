@@ -6,10 +6,13 @@ in ~30 ms) do not have. Everything else is the real engine, exec'd unchanged.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
 from pathlib import Path
+
+from tests.support.instance import wait_until
 
 WRAPPER = """#!{python}
 import os, sys, time
@@ -36,7 +39,14 @@ def write_slow_engine(directory: Path, real_server: str, delay_s: float = 3.0, g
     return path
 
 
-def release(gate: Path) -> None:
-    """End the gated load: opening the FIFO waits for the engine to be at its read, and closing ends the read."""
-    with open(gate, "wb"):
-        pass
+def release(gate: Path, timeout: float = 30.0) -> None:
+    """End the gated load: once the engine waits at its read of the FIFO, opening it and closing it ends the
+    read. Opening without a reader fails (ENXIO) until the engine is there; one that never comes fails the test."""
+    def opened() -> int | None:
+        try:
+            return os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            return None
+    os.close(wait_until(opened, timeout=timeout, what="the gated engine at its read"))

@@ -374,3 +374,10 @@ def test_a_model_just_loaded_is_not_restarted_before_it_was_idle_a_while() -> No
     d.ready("a")
     d.advance(cores.RETHREAD_IDLE_S - 1)
     assert slot(d, "a").state == SlotState.READY and len(d.stopped) == 1
+
+
+def test_an_engine_about_to_expire_is_not_restarted_for_a_new_thread_count() -> None:
+    d = driver("auto", keep_alive=f"{cores.RETHREAD_IDLE_S + 2}s")
+    ready(d, "m0", "m1")  # m0 loaded alone with both cores; m1 came: m0's share is one now
+    d.advance(cores.RETHREAD_IDLE_S + 0.25)  # idle long enough, but its keep_alive ends within the margin
+    assert d.stopped == [] and slot(d, "m0").threads == 2 and slot(d, "m0").state == "ready"

@@ -320,7 +320,7 @@ def _read_file(path: Path) -> Settings:
     except FileNotFoundError:
         return Settings()
     except OSError as exc:  # a live watch must hear it as a bad file, not die of it
-        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

@@ -28,6 +28,11 @@ AUTH_CODES = frozenset({"missing_api_key", "invalid_api_key", "insufficient_scop
 BODY_CODES = frozenset({"request_too_large", "request_entity_too_large"})
 GUARD_CODES = frozenset({"host_not_allowed", "origin_not_allowed", "unsupported_content_encoding"})
 CONCURRENCY_CODE = "concurrency_limit"
+# Images (gateway/preflight/): how each image of a request ended, and why a refused one was refused.
+IMAGE_RESULTS = ("accepted", "inline", "rejected")  # fetched and rewritten; data: or base64 as sent; refused
+IMAGE_REASONS = ("blocked_address", "scheme", "fetch_failed", "http_status", "timeout", "too_large",
+                 "too_many_redirects", "not_an_image")
+SECOND_CALLS = ("call2_prefill", "answer_fallback")  # the thinking workflow's second call, by kind
 
 
 class GatewayMetrics:
@@ -56,6 +61,24 @@ class GatewayMetrics:
         self.guard_rejections = Counter("lmforge_guard_rejections", "Requests refused by the host and origin "
                                         "guards or for a compressed body, by reason", ["reason"], registry=r)
 
+        self.images = Counter("lmforge_image_inputs", "Images in chat requests: fetched and rewritten (accepted), "
+                              "sent inline (inline), or refused (rejected)", ["result"], registry=r)
+        self.image_rejections = Counter("lmforge_image_rejections", "Images refused, by reason", ["reason"],
+                                        registry=r)
+        self.thinking_requests = Counter("lmforge_thinking_requests", "Requests served by the thinking-budget "
+                                         "workflow, by dialect", ["dialect"], registry=r)
+        self.second_calls = Counter("lmforge_thinking_second_calls", "Second calls of the thinking workflow: an "
+                                    "answer after the budget ran out (call2_prefill) or after an empty first call "
+                                    "(answer_fallback)", ["kind"], registry=r)
+        self.reasoning_tokens = Counter("lmforge_reasoning_tokens", "Tokens models spent thinking, in the thinking "
+                                        "workflow", ["model"], registry=r)
+        for result in IMAGE_RESULTS:  # every series from the start: a rate over a series that appears is lost
+            self.images.labels(result)
+        for reason in IMAGE_REASONS:
+            self.image_rejections.labels(reason)
+        for kind in SECOND_CALLS:
+            self.second_calls.labels(kind)
+
     def observe(self, record: RequestRecord) -> None:
         """One finished request."""
         method = record.method if record.method in METHODS else "OTHER"
@@ -76,6 +99,12 @@ class GatewayMetrics:
             self.completion_tokens.labels(model).inc(record.completion_tokens)
         if record.queue_ms is not None:
             self.queue_wait.labels(model).observe(record.queue_ms / 1000)
+        if record.thinking is not None:
+            self.thinking_requests.labels(record.dialect or "openai").inc()
+            if record.thinking in SECOND_CALLS:
+                self.second_calls.labels(record.thinking).inc()
+        if record.reasoning_tokens:
+            self.reasoning_tokens.labels(model).inc(record.reasoning_tokens)
 
     def _rejection(self, record: RequestRecord) -> None:
         code = record.code or ""

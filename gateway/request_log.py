@@ -50,6 +50,9 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     tokens_per_s: float | None = None
+    reasoning_tokens: int | None = None
+    # Served by the thinking workflow (gateway/thinking/workflow.py): "one_call", or the kind of its second call.
+    thinking: str | None = None
     body: str | None = None  # a failed request's body, redacted, when request_log_bodies is on
     delivered: bool = False  # its last frame was written: a client that hangs up now has had its answer
 
@@ -65,6 +68,7 @@ class RequestRecord:
 
     def usage(self, usage: Usage) -> None:
         self.prompt_tokens, self.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        self.reasoning_tokens = usage.reasoning_tokens or None
         if usage.predicted_ms > 0 and usage.completion_tokens:
             self.tokens_per_s = round(usage.completion_tokens * 1000 / usage.predicted_ms, 2)
 
@@ -88,7 +92,8 @@ class RequestRecord:
                "timings_ms": {"queue": self.queue_ms, "load": self.load_ms, "first_token": self.first_token_ms,
                               "total": self.total_ms},
                "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens,
-                          "per_s": self.tokens_per_s}}
+                          "reasoning": self.reasoning_tokens, "per_s": self.tokens_per_s},
+               "thinking": self.thinking}
         if self.body is not None:
             out["body"] = self.body
         return out

@@ -123,6 +123,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Tell streamed requests how their model's load goes, in the stream itself (SSE comments on /v1, status
     # lines on /api, ping events on /v1/messages); a request's X-LMForge-Progress header overrides it.
     stream_load_progress: bool = False
+    # --- thinking (gateway/thinking/): tokens a reasoning model may think before it must answer ---
+    thinking_budget_low: int = 1024  # think: "low"
+    thinking_budget_medium: int = 4096  # think: "medium", and think: true with no budget of its own
+    thinking_budget_high: int = 16384  # think: "high"
+    thinking_answer_tokens: int = 2048  # the answer's own budget when the request sets no max_tokens
+    # --- images (gateway/preflight/): remote images the gateway fetches for vision models ---
+    image_max_bytes: int = 20 * 1024**2  # an image larger than this (fetched or inline) is a 413
+    image_fetch_timeout_s: float = 15.0  # a whole fetch, redirects included
+    image_max_redirects: int = 3
+    # Hosts whose images may be fetched although they resolve to addresses the fetcher refuses (loopback, private,
+    # link-local...): "host", "host:port", or a network ("10.0.0.0/8"). Empty: public addresses only.
+    image_allow_hosts: list[str] = []
     # --- pulls (catalog/downloader.py) ---
     max_pulls: int = 2  # pulls downloading at once; more wait in a queue
     disk_reserve_mb: int = 1024  # a pull must leave this much disk free, or it is refused before it starts
@@ -170,6 +182,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             (0 <= self.cpu_shared_engines <= 4096, "cpu_shared_engines must be 0-4096 (0: as many as cores)"),
             (self.cpu_fair_share_s > 0, "cpu_fair_share_s must be > 0"),
             (bool(self.tls_cert) == bool(self.tls_key), "tls_cert and tls_key must be set together"),
+            *((getattr(self, f"thinking_budget_{level}") >= 1, f"thinking_budget_{level} must be >= 1")
+              for level in ("low", "medium", "high")),
+            (self.thinking_answer_tokens >= 1, "thinking_answer_tokens must be >= 1"),
+            (self.image_max_bytes >= 1024, "image_max_bytes must be >= 1024"),
+            (self.image_fetch_timeout_s > 0, "image_fetch_timeout_s must be > 0"),
+            (0 <= self.image_max_redirects <= 10, "image_max_redirects must be 0-10"),
         ]
         for ok, message in checks:
             if not ok:
@@ -181,6 +199,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             parse_keep_alive(self.keep_alive)
         except KeepAliveError as exc:
             raise ConfigError(str(exc)) from None
+        for entry in self.image_allow_hosts:
+            _check_allowed_host(entry)
         for field in ("trusted_networks", "trusted_proxies"):
             for cidr in getattr(self, field):
                 try:
@@ -208,6 +228,25 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError(
                 f"host = {self.host!r} serves other machines, and no key is set: set api_key (or LMFORGE_API_KEY), "
                 "add [[api_keys]], or set allow_unauthenticated = true to serve without one deliberately")
+
+
+def _check_allowed_host(entry: str) -> None:
+    """An `image_allow_hosts` entry: a network ("10.0.0.0/8"), or a host with or without a port."""
+    why = ""
+    if not entry or any(c.isspace() for c in entry) or "://" in entry:
+        why = 'must be a host, "host:port" or a network, with no scheme'
+    elif "/" in entry:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            why = "is not a network (CIDR, like 10.0.0.0/8)"
+    else:
+        port = entry.rpartition("]:")[2] if entry.startswith("[") else (
+            entry.partition(":")[2] if entry.count(":") == 1 else "")
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            why = "has a port that is not 1-65535"
+    if why:
+        raise ConfigError(f"image_allow_hosts: {entry!r} {why}")
 
 
 def is_loopback_host(host: str) -> bool:

@@ -43,6 +43,9 @@ LIVE: dict[str, Applies] = {
     "embed_batch_size": G,  # gateway/dataplane/embed.py, per request
     # gateway/middleware/metrics.py and gateway/dataplane/progress.py, per request
     "request_log_size": G, "request_log_bodies": G, "stream_load_progress": G,
+    # gateway/thinking/ and gateway/preflight/, per request
+    "thinking_budget_low": G, "thinking_budget_medium": G, "thinking_budget_high": G, "thinking_answer_tokens": G,
+    "image_max_bytes": G, "image_fetch_timeout_s": G, "image_max_redirects": G, "image_allow_hosts": G,
 }
 
 
@@ -56,6 +59,7 @@ class Guard(enum.Enum):
 GUARDED: dict[str, Guard] = {
     **dict.fromkeys(("host", "api_key", "api_keys", "trusted_networks", "trusted_proxies", "allowed_hosts",
                      "allowed_origins", "allow_unauthenticated"), Guard.ADMIN_KEY),
+    "image_allow_hosts": Guard.ADMIN_KEY,  # it opens this machine's own network to the image fetcher
     # A remote admin may not make the manager run a program of its choosing, nor the gateway read a file.
     **dict.fromkeys(("llama_cpp.server", "llama_cpp.extra_args", "tls_cert", "tls_key"), Guard.LOCAL),
 }

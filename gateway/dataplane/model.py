@@ -58,6 +58,14 @@ class Sampling(msgspec.Struct, kw_only=True, omit_defaults=True):
     stop: list[str] | None = None
 
 
+class ThinkPlan(msgspec.Struct, kw_only=True):
+    """How a thinking request is served: two engine calls on one lease (gateway/thinking/workflow.py)."""
+
+    budget: int  # tokens the first call may spend thinking
+    answer_tokens: int  # the answer's own budget, when the request sets no max_tokens
+    stream_deltas: bool = True  # a streamed answer carries the reasoning as it comes
+
+
 class ChatRequest(msgspec.Struct, kw_only=True):
     model: str
     messages: list[Message]
@@ -69,6 +77,8 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     keep_alive: str | float | None = None
     num_ctx: int = 0  # 0: the model's default context
     extra: dict[str, Any] = {}  # engine fields passed as they are (e.g. chat_template_kwargs)
+    thinking: ThinkPlan | None = None  # a thinking budget: the two-call workflow serves it
+    split_tags: bool = False  # the model may write its reasoning inline, in <think> tags: split it out
 
 
 class TextRequest(msgspec.Struct, kw_only=True):
@@ -114,9 +124,20 @@ class Usage(msgspec.Struct, kw_only=True):
     completion_tokens: int = 0
     prompt_ms: float = 0.0  # the engine's own timings, when it reports them
     predicted_ms: float = 0.0
+    reasoning_tokens: int = 0  # of completion_tokens, those spent thinking (counted by the thinking workflow)
 
 
-Event = TextDelta | ReasoningDelta | ToolCallDelta | Finish | Usage
+class Status(msgspec.Struct, kw_only=True):
+    """The thinking workflow's note before its second call: "call2_prefill" (the answer continues from the
+    reasoning) or "answer_fallback" (the first call produced nothing: a plain answer). Rendered as an
+    `lmforge` field standard clients ignore."""
+
+    status: str
+    reasoning_len: int  # characters of reasoning the first call produced
+    remaining_tokens: int  # the second call's budget
+
+
+Event = TextDelta | ReasoningDelta | ToolCallDelta | Finish | Usage | Status
 
 
 def engine_body(req: ChatRequest | TextRequest, *, stream: bool = True) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from gateway.dataplane.model import ChatRequest, Event, engine_body
 from gateway.dataplane.queued import QueuedStream
 from gateway.errors import ApiError
 from gateway.sse import SSE_HEADERS
+from gateway.thinking.workflow import chat_events
 from manager.protocol import SlotKind
 
 
@@ -38,12 +39,16 @@ class Renderer(Protocol):
 
 
 async def answer(request: web.Request, req: ChatRequest, *, streamed: bool, renderer: Renderer,
-                 whole_reply: Callable[[Completion], Any]) -> web.StreamResponse:
+                 whole_reply: Callable[[Completion], Any], body: dict[str, Any] | None = None) -> web.StreamResponse:
     """A translated chat request answered on a leased engine: streamed through `renderer`, or whole as
-    `whole_reply` of the collected events. Every gate has passed; `req.model` is the canonical name."""
+    `whole_reply` of the collected events. Every gate has passed; `req.model` is the canonical name.
+
+    `body` is the engine's body when it is the client's own OpenAI body (a /v1 chat with a thinking budget);
+    otherwise it is made from `req`. A thinking budget (`req.thinking`) is served in two calls."""
+    sent = engine_body(req) if body is None else body
 
     async def work(engine: Engine) -> web.StreamResponse:
-        events = await engine.events("/v1/chat/completions", engine_body(req))
+        events = await chat_events(engine, sent, plan=req.thinking, split=req.split_tags, streamed=streamed)
         if not streamed:
             return json_reply(whole_reply(await whole(events)))
         return await stream(request, engine, events, renderer, SSE_HEADERS)

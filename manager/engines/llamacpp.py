@@ -142,6 +142,10 @@ class LlamaCppAdapter:
             argv += ["--kv-unified", "--cache-ram", str(self.settings.cache_ram_mb)]
             if entry.mmproj:
                 argv += ["--mmproj", entry.mmproj]  # the vision projector imported with the model
+            if entry.thinking:
+                # Reasoning in its own field (reasoning_content), whatever the template: the gateway reads that,
+                # and inline <think> tags from engines that do not parse them.
+                argv += ["--reasoning-format", "deepseek"]
             argv += default_sampling(entry.options)
             if template := builtin_template(info):
                 # Built-in names only work through the non-Jinja formatter; with Jinja

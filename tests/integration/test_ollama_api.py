@@ -10,8 +10,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import urllib.request
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +19,7 @@ import psutil
 import pytest
 
 from tests.support.instance import Instance, wait_until, running_instance
+from tests.support.tiny_models import variant
 
 CYCLE = "owner/tiny:cycle"
 GEMMA = "gemma3:270m"  # a real base model: no chat template in its file, llama.cpp's built-in one for gemma
@@ -40,15 +39,6 @@ AGENT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}"
     "{%- if enable_thinking is defined and enable_thinking -%}{{- '<think>\\n' -}}{%- endif -%}{%- endif -%}"
 )
-
-
-def variant(models_dir: Path, name: str, *args: str) -> Path:
-    """The cycle model with metadata changed by gguf's own tool."""
-    out = models_dir / name
-    if not out.exists():
-        subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(models_dir / "cycle.gguf"),
-                        str(out), *args, "--force"], check=True, capture_output=True)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +151,13 @@ def test_tools_and_tool_history_reach_the_engine(inst: Instance) -> None:
     asked = prompt_tokens(inst, {"messages": history[:1]})
     answered = prompt_tokens(inst, {"messages": history})
     assert asked < answered < prompt_tokens(inst, {"messages": history, "tools": tools})
+
+
+def test_think_on_a_model_that_cannot_think_is_ollamas_400(inst: Instance) -> None:
+    code, answer = inst.post("/api/chat", {"model": "tiny:chat", "messages": MESSAGES, "think": True})
+    assert (code, answer) == (400, {"error": '"tiny:chat" does not support thinking'})
+    assert inst.post("/api/chat", {"model": "tiny:chat", "messages": MESSAGES, "think": False, "stream": False,
+                                   "options": {"num_predict": 1}})[0] == 200
 
 
 def test_think_switches_the_template(inst: Instance) -> None:

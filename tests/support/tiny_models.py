@@ -5,6 +5,7 @@ Owns the shared byte-level vocabulary, the weight recipes and the writers.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,31 @@ def write_duplicate_token_model(path: str | Path) -> Path:
     vocab = build_vocab()
     broken = Vocab(vocab.tokens + [HELLO], vocab.types + [gguf.TokenType.NORMAL], vocab.merges)
     return _write(path, "tiny-broken", broken, _random_weights(len(broken.tokens), 0))
+
+
+def variant(models_dir: Path, name: str, *args: str) -> Path:
+    """The cycle model (cycle.gguf in `models_dir`) with metadata changed by gguf's own tool, once."""
+    out = models_dir / name
+    if not out.exists():
+        subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(models_dir / "cycle.gguf"),
+                        str(out), *args, "--force"], check=True, capture_output=True)
+    return out
+
+
+# A Qwen3-like template: a thought opened by the prompt unless thinking is off, and an assistant turn's
+# reasoning_content shown as a closed thought. Its markers make the model "thinking" in the index.
+THINK_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['role'] == 'assistant' and message.get('reasoning_content') -%}"
+    "{{- '<think>\\n' + message['reasoning_content'] + '\\n</think>\\n\\n' -}}{%- endif -%}"
+    "{{- message['content'] or '' -}}"
+    "{%- if not (loop.last and message['role'] == 'assistant') -%}{{- '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}{{- '<think>\\n\\n</think>\\n\\n' -}}"
+    "{%- else -%}{{- '<think>\\n' -}}{%- endif -%}{%- endif -%}"
+)
 
 
 def build_vocab() -> Vocab:

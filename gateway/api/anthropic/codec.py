@@ -15,12 +15,12 @@ from typing import Any
 
 from gateway.dataplane.model import ChatRequest, Message, Sampling, Tool, ToolCall, flatten
 from gateway.dataplane.validate import ANTHROPIC, check, check_messages, invalid, require
+from gateway.thinking.intent import Intent, engine_fields, read_intent
 
 log = logging.getLogger("lmforge.gateway")
 
 ROLES = frozenset({"user", "assistant"})
 TOOL_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
-THINKING = frozenset({"enabled", "disabled", "adaptive"})
 # Blocks of Anthropic's own server features (files, citations sources, server tools): nothing to map them to.
 UNSERVED = "LMForge serves text, image, tool_use, tool_result and thinking blocks"
 
@@ -46,8 +46,7 @@ def to_chat(body: dict[str, Any], model: str) -> ChatRequest:
     sampling = Sampling(max_tokens=body.get("max_tokens"), temperature=body.get("temperature"),
                         top_p=body.get("top_p"), top_k=body.get("top_k"),
                         stop=[stop] if isinstance(stop, str) else stop or None)
-    # Anthropic's models think only when asked; so must a template that thinks by default.
-    extra: dict[str, Any] = {"chat_template_kwargs": {"enable_thinking": thinking_on(body.get("thinking"))}}
+    extra = engine_fields(intent_of(body))
     choice, parallel = tool_choice_of(body.get("tool_choice"))
     if parallel is False:
         extra["parallel_tool_calls"] = False
@@ -208,9 +207,14 @@ def response_format_of(body: dict[str, Any]) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"]}}
 
 
-def thinking_on(thinking: Any) -> bool:
-    if thinking is None:
-        return False
-    if not isinstance(thinking, dict) or thinking.get("type") not in THINKING:
-        raise invalid("thinking.type", 'must be "enabled", "disabled" or "adaptive"')
-    return thinking["type"] != "disabled"
+def intent_of(body: dict[str, Any]) -> Intent:
+    """The request's thinking (gateway/thinking/intent.py): Anthropic's models think only when asked, and so must
+    a template that thinks by default. Anthropic's rule holds: the budget stays below max_tokens."""
+    intent = read_intent(body)
+    if intent.on is None:
+        intent.on = False
+    budget, cap = intent.budget, body.get("max_tokens")
+    if intent.on and budget is not None and isinstance(cap, int) and budget >= cap:
+        raise invalid("thinking.budget_tokens", f"must be less than max_tokens ({budget} >= {cap}): max_tokens "
+                      "covers the thinking and the answer")
+    return intent

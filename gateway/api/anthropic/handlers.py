@@ -6,20 +6,23 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api.anthropic.codec import check_request, to_chat
+from gateway.api.anthropic.codec import check_request, intent_of, to_chat
 from gateway.api.anthropic.render import MessageStream, whole_message
 from gateway.dataplane.engine import Engine, with_engine
 from gateway.dataplane.gates import find_model, require_kind, require_vision
 from gateway.dataplane.model import ChatRequest, engine_body
 from gateway.dataplane.respond import answer, json_reply
 from gateway.dataplane.validate import read_json
+from gateway.keys import LIVE
+from gateway.preflight.images import preflight
+from gateway.thinking.intent import with_thinking
 from manager.protocol import SlotKind
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     check_request(body, "max_tokens")
-    req = _checked(request, body)
+    req = await _checked(request, body)
     asked = body["model"]
     return await answer(request, req, streamed=bool(body.get("stream")), renderer=MessageStream(asked),
                         whole_reply=lambda done: whole_message(done, asked))
@@ -29,7 +32,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     """The prompt's length as the engine counts it: its own chat template, then its own tokenizer."""
     body = await read_json(request)
     check_request(body)
-    req = _checked(request, body)
+    req = await _checked(request, body)
     chat = engine_body(req, stream=False)
 
     async def work(engine: Engine) -> int:
@@ -43,10 +46,11 @@ async def count_tokens(request: web.Request) -> web.Response:
     return json_reply({"input_tokens": count})
 
 
-def _checked(request: web.Request, body: dict[str, Any]) -> ChatRequest:
-    """The internal request, with every gate passed before any engine work."""
+async def _checked(request: web.Request, body: dict[str, Any]) -> ChatRequest:
+    """The internal request, with every gate passed and every image checked before any engine work."""
     entry = find_model(request, body["model"])
     require_kind(entry, SlotKind.CHAT)
-    req = to_chat(body, entry.name)
+    req = with_thinking(to_chat(body, entry.name), intent_of(body), entry, request.app[LIVE].current)
     require_vision(entry, req.messages)
+    await preflight(request, req.messages)
     return req

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from gateway.dataplane.collect import Completion, arguments_object
-from gateway.dataplane.model import Event, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
+from gateway.dataplane.model import Event, Finish, ReasoningDelta, Status, TextDelta, ToolCallDelta, Usage
 from gateway.sse import frame
 
 _encode = msgspec.json.encode
@@ -86,6 +86,9 @@ class MessageStream:
             return b""
         if isinstance(event, Finish):
             return self._finish(event)
+        if isinstance(event, Status):
+            # A ping, which Anthropic's clients skip, carrying the thinking workflow's note.
+            return frame("ping", {"type": "ping", "lmforge": msgspec.to_builtins(event)})
         return b""
 
     def _delta(self, block: tuple[str, int], text: str) -> bytes:

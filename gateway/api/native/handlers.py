@@ -15,6 +15,7 @@ from gateway.keys import LIVE, MANAGER, STREAMS
 from gateway.middleware.auth import PEER
 from gateway.openapi import openapi_document
 from gateway.sse import PING, SSE_HEADERS, frame
+from gateway.version import VERSION
 from manager.client import RESYNC, ManagerUnavailable
 from manager.protocol import (
     IMPORT_TIMEOUT_S,
@@ -35,7 +36,6 @@ from manager.protocol import (
     UnloadRequest,
 )
 
-VERSION = "0.1.0"
 PING_S = 15.0
 CLOSE = object()  # put on SSE queues at shutdown
 

@@ -23,7 +23,10 @@ from gateway.dataplane.gates import require_kind, require_vision
 from gateway.dataplane.model import ChatRequest, TextRequest, engine_body
 from gateway.dataplane.queued import QueuedStream
 from gateway.errors import ApiError
-from gateway.keys import MANAGER
+from gateway.preflight.images import preflight
+from gateway.keys import LIVE, MANAGER
+from gateway.thinking.intent import read_intent, with_thinking
+from gateway.thinking.workflow import chat_events
 from manager.keepalive import parse_keep_alive
 from manager.protocol import ModelEntry, SlotKind, UnloadRequest
 
@@ -40,8 +43,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return await load_or_unload(request, entry, body, frames)
     require_kind(entry, SlotKind.CHAT)
     require_vision(entry, body["messages"])
-    req = codec.chat_request(entry, body)
-    return await answer(request, req, frames, body, _chat_call(req))
+    req = thinking(request, entry, body, codec.chat_request(entry, body))
+    await preflight(request, req.messages)
+    return await answer(request, req, frames, body, _chat_call(req, body))
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
@@ -68,12 +72,23 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if as_text:
         req = codec.text_request(entry, body)
         return await answer(request, req, frames, body, _text_call(req))
-    chat_req = codec.generate_chat_request(entry, body)
-    return await answer(request, chat_req, frames, body, _chat_call(chat_req))
+    chat_req = thinking(request, entry, body, codec.generate_chat_request(entry, body))
+    await preflight(request, chat_req.messages)
+    return await answer(request, chat_req, frames, body, _chat_call(chat_req, body))
 
 
-def _chat_call(req: ChatRequest) -> Opener:
-    return lambda engine: engine.events("/v1/chat/completions", engine_body(req))
+def thinking(request: web.Request, entry: ModelEntry, body: dict[str, Any], req: ChatRequest) -> ChatRequest:
+    """The thinking contract on `req`; `think` on a model that cannot think is Ollama's 400."""
+    intent = read_intent(body)
+    if body.get("think") and not entry.thinking:
+        raise ApiError(400, f'"{body["model"]}" does not support thinking', param="think", code="not_supported")
+    return with_thinking(req, intent, entry, request.app[LIVE].current)
+
+
+def _chat_call(req: ChatRequest, body: dict[str, Any]) -> Opener:
+    streamed = body.get("stream", True) is not False
+    return lambda engine: chat_events(engine, engine_body(req), plan=req.thinking, split=req.split_tags,
+                                      streamed=streamed)
 
 
 def _text_call(req: TextRequest) -> Opener:

@@ -20,6 +20,7 @@ from gateway.dataplane.gates import find_model
 from gateway.dataplane.model import ChatRequest, Message, Sampling, TextRequest, Tool, ToolCall
 from gateway.dataplane.validate import OLLAMA, OLLAMA_OPTIONS, check, check_messages, read_json
 from gateway.errors import ApiError
+from gateway.thinking.intent import engine_fields, read_intent
 from manager.protocol import ModelEntry
 
 log = logging.getLogger("lmforge.gateway")
@@ -35,7 +36,6 @@ PASSED = ("mirostat", "mirostat_tau", "mirostat_eta")
 # Leading bytes of the image formats clients send, base64-encoded, for the data: URL's type.
 IMAGE_TYPES = {"iVBORw0KGgo": "image/png", "/9j/": "image/jpeg", "R0lGOD": "image/gif", "UklGR": "image/webp",
                "Qk": "image/bmp"}
-THINK_LEVELS = ("low", "medium", "high")  # gpt-oss's reasoning efforts, which Ollama's `think` also takes
 NDJSON = "application/x-ndjson"  # Ollama's streams: one JSON object a line
 
 
@@ -61,10 +61,7 @@ def validate(body: dict[str, Any]) -> None:
     if body.get("options") is not None:
         check(body["options"], OLLAMA_OPTIONS, "options.")
     response_format(body.get("format"))
-    think = body.get("think")
-    if think is not None and not isinstance(think, bool) and think not in THINK_LEVELS:
-        raise ApiError(400, f"think must be true, false or one of {', '.join(THINK_LEVELS)} (got {think!r})",
-                       param="think", code="invalid_request")
+    read_intent(body)  # think, and the thinking fields every dialect takes
 
 
 def chat_request(entry: ModelEntry, body: dict[str, Any]) -> ChatRequest:
@@ -95,13 +92,7 @@ def text_request(entry: ModelEntry, body: dict[str, Any]) -> TextRequest:
 def settings(body: dict[str, Any]) -> dict[str, Any]:
     """The fields chat and text requests share: sampling, context, format, keep_alive, thinking."""
     sampling, num_ctx, extra = options(body.get("options") or {})
-    think = body.get("think")
-    if think is not None:
-        # Chat templates that can think read this switch; others ignore it.
-        kwargs: dict[str, Any] = {"enable_thinking": think is not False}
-        if isinstance(think, str):
-            kwargs["reasoning_effort"] = think
-        extra["chat_template_kwargs"] = kwargs
+    extra.update(engine_fields(read_intent(body)))  # the switch chat templates that can think read
     return {"sampling": sampling, "num_ctx": num_ctx, "extra": extra, "keep_alive": body.get("keep_alive"),
             "response_format": response_format(body.get("format"))}
 

@@ -16,7 +16,7 @@ import msgspec
 from gateway.api.ollama.times import now
 from gateway.dataplane import progress
 from gateway.dataplane.collect import Completion, ToolCalls, arguments_object
-from gateway.dataplane.model import Event, ReasoningDelta, TextDelta, ToolCall, ToolCallDelta, Usage
+from gateway.dataplane.model import Event, ReasoningDelta, Status, TextDelta, ToolCall, ToolCallDelta, Usage
 
 _encode = msgspec.json.encode
 # Ollama ends a turn that called tools with "stop", not OpenAI's "tool_calls".
@@ -80,6 +80,11 @@ class Frames:
         them, with an empty message and done false, which its clients render as nothing."""
         return _encode(self._start(done=False) | {"status": progress.text_of(note), "lmforge": {"load": note}}) + b"\n"
 
+    def thinking_status(self, status: Status) -> bytes:
+        """The thinking workflow's note before its second call: an empty, not-done frame with an `lmforge` field,
+        which Ollama's clients render as nothing."""
+        return _encode(self._start(done=False) | {"lmforge": msgspec.to_builtins(status)}) + b"\n"
+
     @staticmethod
     def error(message: str) -> bytes:
         """The last line of a stream that failed after it started."""
@@ -130,6 +135,8 @@ class FrameStream:
         if isinstance(event, Usage):
             self.usage = event
             return b""
+        if isinstance(event, Status):
+            return self.frames.thinking_status(event)
         calls = self.calls.calls()
         head = self.frames.tool_calls(calls) if calls else b""
         return head + self.frames.final(event.reason, self.usage, self.load_s)

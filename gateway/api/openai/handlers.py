@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import base64
 import struct
+from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from gateway.api.openai.schemas import relay_body
+from gateway.api.openai.chat_stream import ChatStream, whole_chat
+from gateway.api.openai.schemas import Relay, relay_body
 from gateway.dataplane.embed import embed_inputs, embedding_inputs
 from gateway.dataplane.gates import can_do, find_model, require_kind, require_vision
 from gateway.dataplane.validate import Rule, check, read_json, require
 from gateway.errors import ApiError
-from gateway.keys import STORE
+from gateway.dataplane.model import ChatRequest, ThinkPlan
+from gateway.dataplane.respond import answer
+from gateway.keys import LIVE, STORE
+from gateway.preflight.images import preflight
+from gateway.thinking.intent import has_own, plan, read_intent, without_own
 from gateway.upstream import proxy
 from manager.protocol import ModelEntry, SlotKind
 
@@ -22,10 +28,30 @@ async def _forward(request: web.Request, path: str, *, chat: bool) -> web.Stream
     relay = relay_body(await request.read(), chat=chat)
     entry = find_model(request, relay.model)
     require_kind(entry, SlotKind.CHAT)
+    body = relay.raw
     if chat:
+        intent = read_intent(relay.body)
         require_vision(entry, relay.body["messages"])
+        changed = await preflight(request, relay.body["messages"])
+        if (budget := plan(intent, entry, request.app[LIVE].current)) is not None:
+            return await _think(request, entry, relay, without_own(relay.body, intent), budget)
+        if changed or has_own(relay.body):
+            body = msgspec.json.encode(without_own(relay.body, intent))
     return await proxy(request, model=entry.name, kind=SlotKind.CHAT, keep_alive=relay.keep_alive,
-                       path=path, body=relay.raw, stream=relay.stream)
+                       path=path, body=body, stream=relay.stream)
+
+
+async def _think(request: web.Request, entry: ModelEntry, relay: Relay, body: dict[str, Any],
+                 budget: ThinkPlan) -> web.StreamResponse:
+    """A chat with a thinking budget: not relayed but served in two calls (gateway/thinking/workflow.py), and
+    answered as OpenAI chunks made here."""
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    body |= {"stream": True, "stream_options": {"include_usage": True}}  # the engine streams; usage counts both calls
+    req = ChatRequest(model=entry.name, messages=[], keep_alive=relay.keep_alive, thinking=budget, split_tags=True)
+    return await answer(request, req, streamed=relay.stream, body=body,
+                        renderer=ChatStream(entry.name, include_usage=include_usage),
+                        whole_reply=lambda done: whole_chat(done, entry.name))
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -19,6 +19,9 @@ from gateway.dataplane.model import ChatRequest, Message, Sampling, Tool, ToolCa
 from gateway.dataplane.respond import answer
 from gateway.dataplane.validate import RESPONSES, check, invalid, read_json, require
 from gateway.errors import ApiError
+from gateway.keys import LIVE
+from gateway.preflight.images import preflight
+from gateway.thinking.intent import LEVELS, Intent, read_intent, with_thinking
 from manager.protocol import SlotKind
 
 log = logging.getLogger("lmforge.gateway")
@@ -43,11 +46,22 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         log.info("responses: store=true ignored (LMForge keeps no response state)")
     entry = find_model(request, body["model"])
     require_kind(entry, SlotKind.CHAT)
-    req = to_chat(body, entry.name)
+    req = with_thinking(to_chat(body, entry.name), intent_of(body), entry, request.app[LIVE].current)
     require_vision(entry, req.messages)
+    await preflight(request, req.messages)
     shell = ResponseShell(body)
     return await answer(request, req, streamed=bool(body.get("stream")), renderer=ResponseStream(shell),
                         whole_reply=lambda done: whole_response(shell, done))
+
+
+def intent_of(body: dict[str, Any]) -> Intent:
+    """The thinking fields every dialect takes, and the Responses API's own `reasoning.effort`."""
+    intent = read_intent(body)
+    reasoning = body.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    if not intent.asked and effort in LEVELS:
+        intent.on, intent.level = True, effort
+    return intent
 
 
 def to_chat(body: dict[str, Any], model: str) -> ChatRequest:

@@ -1,0 +1,1 @@
+"""Image preflight: every image of a chat request checked (and every remote one fetched) before any engine work."""

@@ -93,7 +93,12 @@ RESPONSE_FORMAT = _one_of(
          json_schema=_obj(["name"], name=STRING, schema=JSON_OBJECT, strict=BOOL)),
 )
 
-CHAT_COMPLETION = _obj(["model", "messages"], **{
+# The thinking contract every chat route takes (gateway/thinking/intent.py).
+THINKING = {"think": _one_of(BOOL, _enum("low", "medium", "high")), "thinking_budget": _int(1),
+            "stream_reasoning_deltas": BOOL,
+            "thinking": _obj(["type"], type=_enum("enabled", "adaptive", "disabled"), budget_tokens=_int(1))}
+
+CHAT_COMPLETION = _obj(["model", "messages"], **THINKING, **{
     **_checked(OPENAI, *(name for name in OPENAI if name != "max_output_tokens")), "model": MODEL,
     "messages": _array(CHAT_MESSAGE, minItems=1), "stream_options": _obj(include_usage=BOOL),
     "response_format": RESPONSE_FORMAT, "tools": _array(FUNCTION_TOOL),
@@ -143,7 +148,7 @@ ANTHROPIC_MESSAGE = _obj(
 SYSTEM = _one_of(STRING, _array(TEXT_PART))
 ANTHROPIC_TOOL = _obj(["name", "input_schema"], name=STRING, description=STRING, input_schema=JSON_OBJECT)
 MESSAGES = _obj(["model", "max_tokens", "messages"], **{
-    **_checked(ANTHROPIC), "model": MODEL, "messages": _array(ANTHROPIC_MESSAGE, minItems=1), "system": SYSTEM,
+    **_checked(ANTHROPIC), **THINKING, "model": MODEL, "messages": _array(ANTHROPIC_MESSAGE, minItems=1), "system": SYSTEM,
     "stop_sequences": _array(STRING), "tools": _array(ANTHROPIC_TOOL), "metadata": _obj(user_id=STRING),
 })
 COUNT_TOKENS = _obj(["model", "messages"], model=MODEL, messages=_array(ANTHROPIC_MESSAGE, minItems=1),
@@ -157,7 +162,7 @@ FORMAT = _one_of(_enum("json"), JSON_OBJECT)
 IMAGES = _array({"type": "string", "description": "base64-encoded image"})
 OLLAMA_MESSAGE = _obj(["role", "content"], role=_enum("system", "user", "assistant"), content=STRING,
                       images=IMAGES)
-GENERATION = {**_checked(OLLAMA, "stream", "keep_alive"), "format": FORMAT, "options": OPTIONS, "think": BOOL}
+GENERATION = {**_checked(OLLAMA, "stream", "keep_alive"), "format": FORMAT, "options": OPTIONS, **THINKING}
 
 OLLAMA_CHAT = _obj(["model", "messages"], model=MODEL, messages=_array(OLLAMA_MESSAGE), **GENERATION)
 OLLAMA_GENERATE = _obj(["model"], **{

@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from gateway.dataplane.gates import IMAGE_PARTS
 from gateway.dataplane.model import Message
 from gateway.errors import ApiError
 from gateway.keys import LIVE, METRICS
@@ -20,18 +21,23 @@ from gateway.metrics_registry import GatewayMetrics
 from gateway.preflight.fetch import FetchPolicy, Refused, failed, fetch, fetch_policy, open_session, target, too_large
 from gateway.preflight.sniff import image_type
 
-IMAGE_PARTS = frozenset({"image_url", "input_image"})  # what the dialects' codecs leave, and raw /v1 bodies
 FETCHES = 4  # remote images of one request fetched at once
 SHOWN = 200  # characters of a URL an error message repeats (a data: URL is megabytes)
 
 
-async def preflight(request: web.Request, messages: Sequence[Message | dict[str, Any]]) -> bool:
+async def preflight(request: web.Request, messages: Sequence[Message | dict[str, Any]],
+                    param: str = "messages") -> bool:
     """Check every image part of `messages` and rewrite remote ones as data: URLs, in place; whether any changed.
-    Raises ApiError (400 image_fetch_failed or invalid_image, 413 image_too_large) for the first image refused."""
+    Raises ApiError (400 image_fetch_failed or invalid_image, 413 image_too_large) for the first image refused,
+    naming `param`, the field of the request the images came in."""
     parts = list(image_parts(messages))
     if not parts:
         return False
-    return await check_images(parts, request.app[LIVE].view(fetch_policy), request.app[METRICS])
+    try:
+        return await check_images(parts, request.app[LIVE].view(fetch_policy), request.app[METRICS])
+    except ApiError as err:
+        err.param = param
+        raise
 
 
 def image_parts(messages: Sequence[Message | dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -150,7 +156,8 @@ def _rewrite(part: dict[str, Any], url: str) -> None:
 def _rejected(refused: Refused, url: str, metrics: GatewayMetrics) -> ApiError:
     metrics.images.labels("rejected").inc()
     metrics.image_rejections.labels(refused.reason).inc()
-    subject = f"image {_shown(url)}" if url else "an image part"
+    # An inline image is not quoted: it is megabytes, and a dialect's codec may have written its data: prefix.
+    subject = "an inline image" if url[:5].lower() == "data:" else f"image {_shown(url)}" if url else "an image part"
     via = f" (redirected to {_shown(refused.redirected_to)})" if refused.redirected_to else ""
     return ApiError(refused.status, f"{subject}{via}: {refused.why}", code=refused.code, param="messages")
 

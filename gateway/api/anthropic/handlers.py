@@ -9,7 +9,7 @@ from aiohttp import web
 from gateway.api.anthropic.codec import check_request, intent_of, to_chat
 from gateway.api.anthropic.render import MessageStream, whole_message
 from gateway.dataplane.engine import Engine, with_engine
-from gateway.dataplane.gates import find_model, require_kind, require_vision
+from gateway.dataplane.gates import find_model, has_image, require_kind, require_vision
 from gateway.dataplane.model import ChatRequest, engine_body
 from gateway.dataplane.respond import answer, json_reply
 from gateway.dataplane.validate import read_json
@@ -34,8 +34,12 @@ async def count_tokens(request: web.Request) -> web.Response:
     check_request(body)
     req = await _checked(request, body)
     chat = engine_body(req, stream=False)
+    seeing = any(has_image(m) for m in req.messages)
 
     async def work(engine: Engine) -> int:
+        if seeing:  # the template writes an image as a marker, not as the tokens the projector makes of it
+            reply = await engine.json("/v1/chat/completions", {**chat, "max_tokens": 1})
+            return int(reply["usage"]["prompt_tokens"])
         prompt = (await engine.json("/apply-template", chat))["prompt"]
         # As llama-server tokenizes a chat prompt: with BOS, special tokens parsed.
         tokens = await engine.json("/tokenize", {"content": prompt, "add_special": True, "parse_special": True})

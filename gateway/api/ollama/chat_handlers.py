@@ -73,7 +73,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         req = codec.text_request(entry, body)
         return await answer(request, req, frames, body, _text_call(req))
     chat_req = thinking(request, entry, body, codec.generate_chat_request(entry, body))
-    await preflight(request, chat_req.messages)
+    await preflight(request, chat_req.messages, param="images")
     return await answer(request, chat_req, frames, body, _chat_call(chat_req, body))
 
 

@@ -48,7 +48,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     require_kind(entry, SlotKind.CHAT)
     req = with_thinking(to_chat(body, entry.name), intent_of(body), entry, request.app[LIVE].current)
     require_vision(entry, req.messages)
-    await preflight(request, req.messages)
+    await preflight(request, req.messages, param="input")
     shell = ResponseShell(body)
     return await answer(request, req, streamed=bool(body.get("stream")), renderer=ResponseStream(shell),
                         whole_reply=lambda done: whole_response(shell, done))

@@ -148,7 +148,8 @@ ANTHROPIC_MESSAGE = _obj(
 SYSTEM = _one_of(STRING, _array(TEXT_PART))
 ANTHROPIC_TOOL = _obj(["name", "input_schema"], name=STRING, description=STRING, input_schema=JSON_OBJECT)
 MESSAGES = _obj(["model", "max_tokens", "messages"], **{
-    **_checked(ANTHROPIC), **THINKING, "model": MODEL, "messages": _array(ANTHROPIC_MESSAGE, minItems=1), "system": SYSTEM,
+    **_checked(ANTHROPIC), **THINKING, "model": MODEL, "messages": _array(ANTHROPIC_MESSAGE, minItems=1),
+    "system": SYSTEM,
     "stop_sequences": _array(STRING), "tools": _array(ANTHROPIC_TOOL), "metadata": _obj(user_id=STRING),
 })
 COUNT_TOKENS = _obj(["model", "messages"], model=MODEL, messages=_array(ANTHROPIC_MESSAGE, minItems=1),

@@ -60,6 +60,7 @@ class Engine:
         self.lease = lease
         self.trace = trace
         self.failed = False
+        self.gone = False  # the engine went away after the answer had started (a second call found it gone)
         self.response: web.StreamResponse | None = None  # the client's, when it started while the request was queued
         self.record = record_of(request)  # the request log's: first token and usage are noted on it
 
@@ -292,9 +293,11 @@ async def _work(request: web.Request, work: Callable[[Engine], Awaitable[T]], he
         held.outcome = LeaseOutcome.CLIENT_GONE
         raise
     except ApiError:
-        held.outcome = LeaseOutcome.UPSTREAM_ERROR
+        held.outcome = LeaseOutcome.ENGINE_GONE if engine.gone else LeaseOutcome.UPSTREAM_ERROR
         raise
-    if engine.failed:
+    if engine.gone:
+        held.outcome = LeaseOutcome.ENGINE_GONE
+    elif engine.failed:
         held.outcome = LeaseOutcome.UPSTREAM_ERROR
     return result
 

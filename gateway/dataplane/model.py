@@ -62,6 +62,7 @@ class ThinkPlan(msgspec.Struct, kw_only=True):
     """How a thinking request is served: two engine calls on one lease (gateway/thinking/workflow.py)."""
 
     budget: int  # tokens the first call may spend thinking
+    named: bool = False  # the request named the budget (else a level's, from config)
     answer_tokens: int  # the answer's own budget, when the request sets no max_tokens
     stream_deltas: bool = True  # a streamed answer carries the reasoning as it comes
 

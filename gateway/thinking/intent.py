@@ -13,7 +13,8 @@ wins. Precedence, first present wins:
   reasoning as it comes; false keeps it out of the stream (a whole answer still has it).
 
 `max_tokens` caps the whole completion, reasoning included (as OpenAI's,
-Ollama's and Anthropic's do); without it the answer gets `thinking_answer_tokens`.
+Ollama's and Anthropic's do), and a budget the request did not name takes at
+most half of it; without it the answer gets `thinking_answer_tokens`.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def read_intent(body: dict[str, Any]) -> Intent:
         intent.on = enable
     budget = fields.get("thinking_budget")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise invalid("thinking_budget", f"must be a positive integer: the tokens the model may think (got {budget!r:.40})")
+        raise invalid("thinking_budget", f"must be a positive integer: the tokens the model may think "
+                      f"(got {budget!r:.40})")
     intent.budget = budget if budget is not None else (anthropic[1] if anthropic else None)
     if intent.on is None and intent.budget is not None:
         intent.on = True
@@ -97,7 +99,7 @@ def plan(intent: Intent, entry: ModelEntry, settings: Settings) -> ThinkPlan | N
         return None
     level = intent.level or "medium"
     budget = intent.budget or getattr(settings, f"thinking_budget_{level}")
-    return ThinkPlan(budget=budget, answer_tokens=settings.thinking_answer_tokens,
+    return ThinkPlan(budget=budget, named=intent.budget is not None, answer_tokens=settings.thinking_answer_tokens,
                      stream_deltas=intent.stream_deltas)
 
 
@@ -106,9 +108,7 @@ def with_thinking(req: ChatRequest, intent: Intent, entry: ModelEntry, settings:
     <think> tags read as reasoning for a model that thinks."""
     req.thinking = plan(intent, entry, settings)
     req.split_tags = entry.thinking
-    if switch := engine_fields(intent).get("chat_template_kwargs"):
-        kwargs = req.extra.get("chat_template_kwargs")
-        req.extra["chat_template_kwargs"] = {**(kwargs if isinstance(kwargs, dict) else {}), **switch}
+    switched(req.extra, engine_fields(intent))
     return req
 
 
@@ -122,14 +122,20 @@ def engine_fields(intent: Intent) -> dict[str, Any]:
     return {"chat_template_kwargs": kwargs}
 
 
+def switched(body: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """`body` (an engine body, or a request's extra fields) with `fields`' template switches merged into the
+    chat_template_kwargs it may already carry; changed in place, and returned."""
+    if switch := fields.get("chat_template_kwargs"):
+        kwargs = body.get("chat_template_kwargs")
+        body["chat_template_kwargs"] = {**(kwargs if isinstance(kwargs, dict) else {}), **switch}
+    return body
+
+
 def without_own(body: dict[str, Any], intent: Intent) -> dict[str, Any]:
     """An OpenAI body for the engine: LMForge's thinking fields out, the template's switch in."""
     extra = body.get("extra_body") if isinstance(body.get("extra_body"), dict) else {}
     out = {k: v for k, v in {**body, **extra}.items() if k not in OWN}  # extra_body's other fields are the engine's
-    if switch := engine_fields(intent).get("chat_template_kwargs"):
-        kwargs = out.get("chat_template_kwargs")
-        out["chat_template_kwargs"] = {**(kwargs if isinstance(kwargs, dict) else {}), **switch}
-    return out
+    return switched(out, engine_fields(intent))
 
 
 def has_own(body: dict[str, Any]) -> bool:

@@ -1,8 +1,9 @@
 """Reasoning written inline, between <think> and </think> in the answer's text, split out as reasoning events.
 
 Engines that do not parse reasoning themselves (llama-server with
-`--reasoning-format none`, most OpenAI-compatible servers) send it in the
-content. A tag may straddle two chunks ("<th" then "ink>"), so a text tail
+`--reasoning-format none`, servers started without a reasoning parser) send it
+in the content; LMForge starts llama-server with one, so there only a template
+it does not know leaves tags inline. A tag may straddle two chunks ("<th" then "ink>"), so a text tail
 that could still become one is held back until the next chunk says.
 """
 
@@ -17,37 +18,17 @@ OPEN, CLOSE = "<think>", "</think>"
 
 
 class ThinkSplitter:
-    """Stateful: feed it the content as it comes, then flush it once at the end.
+    """Stateful: feed it the content as it comes, then flush it once at the end."""
 
-    `inside` starts the text inside a thought: a template that opens the thought
-    itself (`<think>\\n` at the end of the prompt) gets a reply with no opening tag.
-    """
-
-    def __init__(self, *, inside: bool = False) -> None:
-        self.inside = inside
+    def __init__(self) -> None:
+        self.inside = False
         self.held = ""
-        self.fed = False
         self.closed = False  # a thought just ended
-        self.opening = inside  # started inside: an opening tag the model writes anyway is still only a tag
-
-    def engine_parses(self) -> None:
-        """The engine sent reasoning of its own before any text: what text follows is the answer."""
-        if not self.fed:
-            self.inside = False
 
     def feed(self, text: str) -> list[Event]:
-        self.fed = True
         out: list[Event] = []
         text = self.held + text
         self.held = ""
-        if self.opening:
-            head = text.lstrip()
-            if len(head) < len(OPEN) and OPEN.startswith(head):
-                self.held = text  # whitespace, or the start of a tag
-                return out
-            self.opening = False
-            if head.startswith(OPEN):
-                text = head[len(OPEN):]
         while text:
             tag = CLOSE if self.inside else OPEN
             at = text.find(tag)
@@ -86,9 +67,9 @@ def _partial_tail(text: str, tag: str) -> int:
     return 0
 
 
-async def split_tags(events: AsyncIterator[list[Event]], *, inside: bool = False) -> AsyncIterator[list[Event]]:
+async def split_tags(events: AsyncIterator[list[Event]]) -> AsyncIterator[list[Event]]:
     """`events` with inline thoughts turned into ReasoningDelta; reasoning the engine parsed itself passes."""
-    splitter = ThinkSplitter(inside=inside)
+    splitter = ThinkSplitter()
     async with contextlib.aclosing(events):  # type: ignore[type-var]
         async for batch in events:
             out: list[Event] = []
@@ -96,9 +77,7 @@ async def split_tags(events: AsyncIterator[list[Event]], *, inside: bool = False
                 if isinstance(event, TextDelta):
                     out += splitter.feed(event.text)
                     continue
-                if isinstance(event, ReasoningDelta):
-                    splitter.engine_parses()
-                else:  # a tool call, the usage, the end: no more text to wait for
+                if not isinstance(event, ReasoningDelta):  # a tool call, the usage, the end: no more text to wait for
                     out += splitter.flush()
                 out.append(event)
             if out:

@@ -15,8 +15,9 @@ import contextlib
 from typing import Any
 
 from gateway.dataplane.engine import Engine, EngineBroke, EngineGone, Events
-from gateway.dataplane.model import (Event, Finish, ReasoningDelta, Status, TextDelta, ThinkPlan, Usage)
+from gateway.dataplane.model import Event, Finish, ReasoningDelta, Status, TextDelta, ThinkPlan, ToolCallDelta, Usage
 from gateway.errors import ApiError
+from gateway.thinking.intent import switched
 from gateway.thinking.tags import split_tags
 
 PATH = "/v1/chat/completions"
@@ -37,8 +38,11 @@ async def chat_events(engine: Engine, body: dict[str, Any], *, plan: ThinkPlan |
 
 
 def _first_call(body: dict[str, Any], plan: ThinkPlan) -> dict[str, Any]:
-    cap = _max_tokens(body)
-    return _switched({**body, "max_tokens": plan.budget if cap is None else min(plan.budget, cap)}, thinking=True)
+    cap, budget = _max_tokens(body), plan.budget
+    if cap is not None:
+        # A budget the request did not name leaves the answer half of max_tokens at least.
+        budget = min(budget, cap if plan.named else max(1, cap // 2))
+    return _with_thinking({**body, "max_tokens": budget}, on=True)
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:
@@ -46,11 +50,9 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _switched(body: dict[str, Any], *, thinking: bool) -> dict[str, Any]:
-    kwargs = body.get("chat_template_kwargs")
-    body["chat_template_kwargs"] = {**(kwargs if isinstance(kwargs, dict) else {}), "enable_thinking": thinking}
-    body.pop("max_completion_tokens", None)
-    return body
+def _with_thinking(body: dict[str, Any], *, on: bool) -> dict[str, Any]:
+    body.pop("max_completion_tokens", None)  # max_tokens, set by the caller, is the cap of this call
+    return switched(body, {"chat_template_kwargs": {"enable_thinking": on}})
 
 
 class _Call1:
@@ -60,6 +62,7 @@ class _Call1:
         self.reasoning: list[str] = []
         self.text: list[str] = []
         self.reasoning_events = 0
+        self.tool_calls = False
         self.usage = Usage()
         self.finish = Finish("stop")
 
@@ -77,6 +80,8 @@ class _Call1:
                 self.reasoning_events += 1
             elif isinstance(event, TextDelta):
                 self.text.append(event.text)
+            elif isinstance(event, ToolCallDelta):
+                self.tool_calls = True
             out.append(event)
         return out
 
@@ -92,12 +97,14 @@ class _Call1:
 
 async def _two_calls(engine: Engine, body: dict[str, Any], plan: ThinkPlan, first: Events) -> Events:
     call1 = _Call1()
-    async for batch in split_tags(first, inside=True):  # the template opened the thought: text is reasoning first
-        if out := call1.take(batch):
-            yield out
+    async with contextlib.aclosing(split_tags(first)) as events:  # closed at once when the client leaves
+        async for batch in events:
+            if out := call1.take(batch):
+                yield out
     usage = call1.usage
     usage.reasoning_tokens = call1.reasoning_tokens
-    if call1.finish.reason != "length":  # finished within its budget: that was the answer
+    # Finished within its budget: that was the answer. A tool call cut short cannot be continued.
+    if call1.finish.reason != "length" or call1.tool_calls:
         yield _end(engine, usage, call1.finish)
         return
     cap = _max_tokens(body)
@@ -106,27 +113,30 @@ async def _two_calls(engine: Engine, body: dict[str, Any], plan: ThinkPlan, firs
         yield _end(engine, usage, Finish("length"))
         return
     reasoning, answered = "".join(call1.reasoning), "".join(call1.text)
-    status = "call2_prefill" if reasoning or answered else "answer_fallback"
+    status = "call2_prefill" if (reasoning + answered).strip() else "answer_fallback"
     engine.record.thinking = status
     yield [Status(status=status, reasoning_len=len(reasoning), remaining_tokens=remaining)]
     second = await _open_second(engine, _second_call(body, reasoning, answered, remaining, status))
-    echo = _EchoStrip(answered)
+    answer = _Continuation(answered)
     finish = Finish("stop")
-    async for batch in split_tags(second):
-        out: list[Event] = []
-        for event in batch:
-            if isinstance(event, TextDelta):  # call 1 delivered the reasoning: only the answer is kept
-                if text := echo.feed(event.text):
-                    out.append(TextDelta(text))
-            elif isinstance(event, Usage):
-                usage = _sum(usage, event)
-            elif isinstance(event, Finish):
-                finish = event
-            elif not isinstance(event, ReasoningDelta):
-                out.append(event)
-        if out:
-            yield out
-    if rest := echo.flush():
+    async with contextlib.aclosing(split_tags(second)) as events:
+        async for batch in events:
+            out: list[Event] = []
+            for event in batch:
+                if isinstance(event, TextDelta):  # call 1 delivered the reasoning: only the answer is kept
+                    if text := answer.feed(event.text):
+                        out.append(TextDelta(text))
+                elif isinstance(event, ReasoningDelta):
+                    answer.thought_repeated()
+                elif isinstance(event, Usage):
+                    usage = _sum(usage, event)
+                elif isinstance(event, Finish):
+                    finish = event
+                else:
+                    out.append(event)
+            if out:
+                yield out
+    if rest := answer.flush():
         yield [TextDelta(rest)]
     yield _end(engine, usage, finish)
 
@@ -139,7 +149,7 @@ def _second_call(body: dict[str, Any], reasoning: str, answered: str, remaining:
         # vLLM and SGLang continue a final assistant turn only when told; llama-server then does not echo it.
         second |= {"messages": [*body["messages"], prefill], "continue_final_message": True,
                    "add_generation_prompt": False}
-    return _switched(second, thinking=False)
+    return _with_thinking(second, on=False)
 
 
 async def _open_second(engine: Engine, body: dict[str, Any]) -> Events:
@@ -147,7 +157,7 @@ async def _open_second(engine: Engine, body: dict[str, Any]) -> Events:
     try:
         return await engine.events(PATH, body)
     except EngineGone as gone:
-        engine.failed = True
+        engine.failed = engine.gone = True  # the lease says so: the manager fails the slot at once
         raise EngineBroke(f"the engine serving {engine.model} went away before its answer call: "
                           f"{gone.__cause__}") from None
     except ApiError as err:
@@ -155,34 +165,47 @@ async def _open_second(engine: Engine, body: dict[str, Any]) -> Events:
         raise EngineBroke(f"the engine serving {engine.model} refused its answer call: {err.message}") from None
 
 
-class _EchoStrip:
-    """Call 2's answer without the prefill some engines repeat at its start (llama-server does, unless told to
-    continue the turn), and without the blank lines after the closed thought."""
+class _Continuation:
+    """Call 2's answer as the client gets it.
+
+    An engine that repeats the prefill (llama-server does, unless told to
+    continue the turn) starts with the thought, then the answer begun in call 1:
+    only then is that answer dropped from the start. With nothing answered yet,
+    the blank lines after the closed thought are dropped too."""
 
     def __init__(self, answered: str) -> None:
-        self.echo = answered.lstrip()
-        self.pending: str | None = ""  # None once decided
+        self.answered = answered.lstrip()
+        self.echo = ""  # the text to drop from the start, once the engine showed it repeats the prefill
+        self.pending: str | None = ""  # None once the start is settled
+
+    def thought_repeated(self) -> None:
+        if self.pending == "":
+            self.echo = self.answered
 
     def feed(self, text: str) -> str:
         if self.pending is None:
             return text
         self.pending += text
         head = self.pending.lstrip()
-        if not self.echo:
-            if not head:
-                return ""
-            self.pending = None
-            return head
-        if len(head) < len(self.echo) and self.echo.startswith(head):
-            return ""  # could still be the echo
-        out = head[len(self.echo):] if head.startswith(self.echo) else self.pending
+        if self.echo:
+            if len(head) < len(self.echo) and self.echo.startswith(head):
+                return ""  # could still be the repeated answer
+            out = head[len(self.echo):] if head.startswith(self.echo) else self.pending
+        elif self.answered:
+            out = self.pending  # a continuation: its leading space is the answer's own
+        elif head:
+            out = head
+        else:
+            return ""
         self.pending = None
         return out
 
     def flush(self) -> str:
         """What was held when the answer ended: a short answer that was only the start of the echo is no answer."""
         held, self.pending = self.pending, None
-        return "" if held is None or self.echo.startswith(held.lstrip()) else held
+        if held is None or (self.echo and self.echo.startswith(held.lstrip())):
+            return ""
+        return held if self.answered else held.lstrip()
 
 
 def _sum(a: Usage, b: Usage) -> Usage:

@@ -8,7 +8,7 @@ budget (4 tokens) runs out, so every answer comes from the second call.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import anthropic
 import ollama
@@ -68,11 +68,11 @@ def test_ollama_think_fills_thinking(inst: Instance) -> None:
 
 def test_anthropic_thinking_blocks_stream_and_whole(inst: Instance) -> None:
     client = anthropic.Anthropic(base_url=inst.url, api_key="lmforge", max_retries=0)
-    thinking = {"type": "enabled", "budget_tokens": 4}
-    with client.messages.stream(model=MODEL, max_tokens=10, messages=ASK, thinking=thinking) as stream:  # type: ignore[arg-type]
+    thinking: Any = {"type": "enabled", "budget_tokens": 4}
+    with client.messages.stream(model=MODEL, max_tokens=10, messages=ASK, thinking=thinking) as stream:
         final = stream.get_final_message()
     assert [b.type for b in final.content] == ["thinking", "text"]
     assert (final.content[0].thinking, final.content[1].text) == (THOUGHT, ANSWER)  # type: ignore[union-attr]
     assert final.stop_reason == "max_tokens" and final.usage.output_tokens == 10
-    whole = client.messages.create(model=MODEL, max_tokens=10, messages=ASK, thinking=thinking)  # type: ignore[arg-type]
+    whole = client.messages.create(model=MODEL, max_tokens=10, messages=ASK, thinking=thinking)
     assert [b.type for b in whole.content] == ["thinking", "text"]

@@ -17,10 +17,12 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.support.instance import Instance, running_instance, wait_until
-from tests.support.reasoning_engine import ANSWER, PROMPT_TOKENS_PER_MESSAGE, REASONING, read_calls, write_reasoning_engine
+from tests.support.reasoning_engine import (ANSWER, PROMPT_TOKENS_PER_MESSAGE, REASONING, read_calls,
+                                            write_reasoning_engine)
 from tests.support.tiny_models import THINK_TEMPLATE, variant
 
-MODELS = ("think:field", "think:tags", "think:empty", "think:tags-empty", "think:hold", "think:tags-echo")
+MODELS = ("think:field", "think:tags", "think:empty", "think:tags-empty", "think:hold", "think:tags-echo",
+          "think:refuse")
 ASK = [{"role": "user", "content": "What is six times seven?"}]
 THOUGHT, REPLY = "".join(REASONING), "".join(ANSWER)
 ANSWER_TOKENS = 300  # thinking_answer_tokens, the answer's budget without max_tokens
@@ -196,7 +198,10 @@ def test_a_client_that_leaves_during_the_first_call_cancels_it_and_no_second_cal
     resp = conn.getresponse()
     seen = b""
     while REASONING[0].encode() not in seen:  # the first reasoning token reached the client
-        seen += resp.read1(4096)
+        chunk = resp.read1(4096)
+        if not chunk:
+            pytest.fail(f"the stream ended before its first reasoning token: {seen!r}")
+        seen += chunk
     conn.close()
     wait_until(lambda: {"closed": True, "alias": "think:hold"} in read_calls(engine_dir), timeout=10,
                what="the engine's first call to be closed")
@@ -225,10 +230,37 @@ def test_reasoning_left_out_of_a_stream_when_asked_is_still_in_a_whole_answer(in
     assert (whole.reasoning, whole.text) == ("".join(REASONING[:3]), REPLY)
 
 
-def test_an_engine_that_echoes_the_prefill_does_not_repeat_it(inst: Instance) -> None:
-    """llama-server repeats a prefilled turn at the start of its answer unless told to continue it."""
-    got = ollama(inst, "think:tags-echo", 2, True)
-    assert (got.reasoning, got.text) == ("".join(REASONING[:2]), REPLY)
+@pytest.mark.parametrize("model", ["think:field", "think:tags", "think:tags-echo"])
+def test_an_answer_begun_in_the_first_call_is_continued_once(inst: Instance, engine_dir: Path, model: str) -> None:
+    """The budget runs out two words into the answer; the second call continues it. think:tags-echo repeats
+    the prefill at the start of its answer, as llama-server does when not told to continue the turn."""
+    got = ollama(inst, model, len(REASONING) + 2, True)
+    assert (got.reasoning, got.text) == (THOUGHT, REPLY)
+    _, second = (c["body"] for c in calls(engine_dir, model))
+    assert second["messages"][-1]["content"] == f"<think>\n{THOUGHT}\n</think>\n\n{''.join(ANSWER[:2])}"
+
+
+def test_an_answer_call_that_fails_after_the_thought_streamed_ends_the_stream_with_an_error(
+        inst: Instance, engine_dir: Path) -> None:
+    """No retry on a fresh lease: the client already has the first call's reasoning."""
+    chunks = _post(inst, "/v1/chat/completions", {"model": "think:refuse", "messages": ASK, "thinking_budget": 3,
+                                                   "stream": True}, stream=True)
+    assert chunks[-1]["error"]["message"].endswith("refused its answer call: prefill refused"), chunks[-1]
+    assert len(calls(engine_dir, "think:refuse")) == 2
+
+
+def test_a_budget_the_request_did_not_name_leaves_half_of_max_tokens_to_the_answer(
+        inst: Instance, engine_dir: Path) -> None:
+    code, reply = inst.post("/v1/messages", {"model": "think:field", "messages": ASK, "max_tokens": 8,
+                                              "thinking": {"type": "adaptive"}})
+    assert code == 200, reply
+    (first, *_) = (c["body"] for c in calls(engine_dir, "think:field"))
+    assert first["max_tokens"] == 4
+
+
+def test_several_choices_with_a_thinking_budget_are_a_400(inst: Instance) -> None:
+    code, reply = inst.post("/v1/chat/completions", {"model": "think:field", "messages": ASK, "n": 2, "think": True})
+    assert code == 400 and reply["error"]["param"] == "n", reply  # type: ignore[index]
 
 
 def test_thinking_off_is_one_plain_call_with_the_switch_off(inst: Instance, engine_dir: Path) -> None:

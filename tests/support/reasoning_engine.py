@@ -11,7 +11,10 @@ workflow's prefill) gets ANSWER only. The model's name (`--alias`) picks how:
 - "empty": a thinking call writes nothing and ends on "length";
 - "hold": after its first reasoning token the call waits for the client to hang up;
 - "echo": the prefill is repeated at the start of the answer, as llama-server
-  does when not told to continue the turn.
+  does when not told to continue the turn;
+- "refuse": the answer call (the prefill) is refused with a 500.
+
+An answer call continues ANSWER after what the prefill's answer already holds.
 
 Every request body, and each connection the client closed early, is a JSON line
 in the calls log, for tests to read. /health answers 200, so the manager takes it
@@ -69,7 +72,9 @@ class Script:
         if prefill is not None:
             if "echo" in alias:
                 self.chunks.append(("content", prefill, False))
-            self._tokens("content", ANSWER)
+            begun = prefill.rpartition("</think>")[2].strip()  # the answer call 1 had begun: continued, not redone
+            done = next(n for n in range(len(ANSWER) + 1) if "".join(ANSWER[:n]).strip() == begun)
+            self._tokens("content", ANSWER[done:])
         elif kwargs.get("enable_thinking", True) is not False:
             if "empty" not in alias:
                 self._thought()
@@ -112,6 +117,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         self._log({"path": self.path, "body": body})
+        if "refuse" in self.alias and body.get("continue_final_message"):
+            self._send(500, "application/json", b'{"error": {"code": 500, "message": "prefill refused"}}')
+            return
         script = Script(self.alias, body)
         if not body.get("stream"):
             self._send(200, "application/json", json.dumps(self._whole(script)).encode())

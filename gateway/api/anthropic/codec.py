@@ -215,6 +215,8 @@ def intent_of(body: dict[str, Any]) -> Intent:
         intent.on = False
     budget, cap = intent.budget, body.get("max_tokens")
     if intent.on and budget is not None and isinstance(cap, int) and budget >= cap:
-        raise invalid("thinking.budget_tokens", f"must be less than max_tokens ({budget} >= {cap}): max_tokens "
-                      "covers the thinking and the answer")
+        named = "thinking_budget" if "thinking_budget" in {**body, **(body.get("extra_body") or {})} else (
+            "thinking.budget_tokens")
+        raise invalid(named, f"must be less than max_tokens ({budget} >= {cap}): max_tokens covers the thinking "
+                      "and the answer")
     return intent

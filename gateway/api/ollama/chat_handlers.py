@@ -23,8 +23,8 @@ from gateway.dataplane.gates import require_kind, require_vision
 from gateway.dataplane.model import ChatRequest, TextRequest, engine_body
 from gateway.dataplane.queued import QueuedStream
 from gateway.errors import ApiError
-from gateway.preflight.images import preflight
 from gateway.keys import LIVE, MANAGER
+from gateway.preflight.images import preflight
 from gateway.thinking.intent import read_intent, with_thinking
 from gateway.thinking.workflow import chat_events
 from manager.keepalive import parse_keep_alive

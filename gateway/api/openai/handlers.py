@@ -13,10 +13,10 @@ from gateway.api.openai.chat_stream import ChatStream, whole_chat
 from gateway.api.openai.schemas import Relay, relay_body
 from gateway.dataplane.embed import embed_inputs, embedding_inputs
 from gateway.dataplane.gates import can_do, find_model, require_kind, require_vision
-from gateway.dataplane.validate import Rule, check, read_json, require
-from gateway.errors import ApiError
 from gateway.dataplane.model import ChatRequest, ThinkPlan
 from gateway.dataplane.respond import answer
+from gateway.dataplane.validate import Rule, check, invalid, read_json, require
+from gateway.errors import ApiError
 from gateway.keys import LIVE, STORE
 from gateway.preflight.images import preflight
 from gateway.thinking.intent import has_own, plan, read_intent, without_own
@@ -45,6 +45,9 @@ async def _think(request: web.Request, entry: ModelEntry, relay: Relay, body: di
                  budget: ThinkPlan) -> web.StreamResponse:
     """A chat with a thinking budget: not relayed but served in two calls (gateway/thinking/workflow.py), and
     answered as OpenAI chunks made here."""
+    if body.get("n", 1) != 1:
+        raise invalid("n", "must be 1 with a thinking budget: the two calls that keep thinking within it make one "
+                      "answer")
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     body |= {"stream": True, "stream_options": {"include_usage": True}}  # the engine streams; usage counts both calls

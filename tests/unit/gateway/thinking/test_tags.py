@@ -11,8 +11,8 @@ from gateway.dataplane.model import Event, Finish, ReasoningDelta, TextDelta, Us
 from gateway.thinking.tags import ThinkSplitter, split_tags
 
 
-def split(chunks: list[str], *, inside: bool = False) -> tuple[str, str]:
-    splitter = ThinkSplitter(inside=inside)
+def split(chunks: list[str]) -> tuple[str, str]:
+    splitter = ThinkSplitter()
     events = [e for chunk in chunks for e in splitter.feed(chunk)] + splitter.flush()
     return ("".join(e.text for e in events if isinstance(e, ReasoningDelta)),
             "".join(e.text for e in events if isinstance(e, TextDelta)))
@@ -28,25 +28,20 @@ def test_one_character_at_a_time_and_several_thoughts() -> None:
     assert split(list("a<think>b</think>c<think>d</think>e")) == ("bd", "ace")
 
 
-def test_a_prompt_that_opened_the_thought_needs_no_opening_tag_and_takes_one_anyway() -> None:
-    assert split(["so", "</think>", "yes"], inside=True) == ("so", "yes")
-    assert split(["\n<th", "ink>so</think>yes"], inside=True) == ("so", "yes")
-
-
 def test_an_unterminated_thought_is_reasoning_and_a_tail_that_never_became_a_tag_is_text() -> None:
     assert split(["<think>still going"]) == ("still going", "")
     assert split(["a <thi"]) == ("", "a <thi")
     assert split(["1 < 2 and <b>"]) == ("", "1 < 2 and <b>")
 
 
-def test_reasoning_the_engine_parsed_passes_and_turns_a_started_thought_into_answer() -> None:
+def test_reasoning_the_engine_parsed_passes_as_it_is() -> None:
     async def events() -> AsyncIterator[list[Event]]:
         yield [ReasoningDelta("parsed")]
         yield [TextDelta("the answer")]
         yield [Usage(completion_tokens=2), Finish("stop")]
 
     async def run() -> list[Event]:
-        return [e async for batch in split_tags(events(), inside=True) for e in batch]
+        return [e async for batch in split_tags(events()) for e in batch]
 
     got = asyncio.run(run())
     assert got[:2] == [ReasoningDelta("parsed"), TextDelta("the answer")] and isinstance(got[-1], Finish)

@@ -74,7 +74,8 @@ def test_images_become_image_url_parts_also_from_a_tool_result() -> None:
 
 def test_thinking_and_structured_output() -> None:
     schema = {"type": "object"}
-    out = chat(messages=[{"role": "user", "content": "x"}], thinking={"type": "enabled", "budget_tokens": 1024}, max_tokens=2048,
+    out = chat(messages=[{"role": "user", "content": "x"}], thinking={"type": "enabled", "budget_tokens": 1024},
+               max_tokens=2048,
                output_config={"format": {"type": "json_schema", "schema": schema}})
     assert out["chat_template_kwargs"] == {"enable_thinking": True}
     assert out["response_format"] == {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}

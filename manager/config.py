@@ -200,7 +200,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         except KeepAliveError as exc:
             raise ConfigError(str(exc)) from None
         for entry in self.image_allow_hosts:
-            _check_allowed_host(entry)
+            allowed_host(entry)
         for field in ("trusted_networks", "trusted_proxies"):
             for cidr in getattr(self, field):
                 try:
@@ -230,23 +230,33 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 "add [[api_keys]], or set allow_unauthenticated = true to serve without one deliberately")
 
 
-def _check_allowed_host(entry: str) -> None:
-    """An `image_allow_hosts` entry: a network ("10.0.0.0/8"), or a host with or without a port."""
-    why = ""
+def allowed_host(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | tuple[str, int | None]:
+    """An `image_allow_hosts` entry read: a network ("10.0.0.0/8"), or (host, port or None) for "cdn.lan",
+    "cdn.lan:8080", "[fd00::1]:8080". The config's check and the image fetcher's allowlist both read it here."""
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"image_allow_hosts: {entry!r} {why}")
+
     if not entry or any(c.isspace() for c in entry) or "://" in entry:
-        why = 'must be a host, "host:port" or a network, with no scheme'
-    elif "/" in entry:
+        raise bad('must be a host, "host:port" or a network, with no scheme')
+    if "/" in entry:
         try:
-            ipaddress.ip_network(entry, strict=False)
+            return ipaddress.ip_network(entry, strict=False)
         except ValueError:
-            why = "is not a network (CIDR, like 10.0.0.0/8)"
+            raise bad("is not a network (CIDR, like 10.0.0.0/8)") from None
+    port: str | None = None
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        if rest:
+            port = rest[1:] if rest.startswith(":") else ""
+    elif entry.count(":") == 1:
+        host, _, port = entry.partition(":")
     else:
-        port = entry.rpartition("]:")[2] if entry.startswith("[") else (
-            entry.partition(":")[2] if entry.count(":") == 1 else "")
-        if port and not (port.isdigit() and 0 < int(port) < 65536):
-            why = "has a port that is not 1-65535"
-    if why:
-        raise ConfigError(f"image_allow_hosts: {entry!r} {why}")
+        host = entry  # a name, or an IPv6 address without brackets or port
+    if not host:
+        raise bad("has no host")
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        raise bad("has a port that is not 1-65535")
+    return host, int(port) if port is not None else None
 
 
 def is_loopback_host(host: str) -> bool:

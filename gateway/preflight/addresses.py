@@ -3,13 +3,10 @@ allowlist (`image_allow_hosts`) that opens chosen hosts, ports and networks."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
-from manager.config import Settings
-
-log = logging.getLogger("lmforge.gateway")
+from manager.config import Settings, allowed_host
 
 Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
@@ -128,41 +125,24 @@ class Allowlist:
         return key in self.hosts or (key, port) in self.host_ports
 
     def opens_address(self, address: Address) -> bool:
-        return any(address in n for n in self.networks)
+        """A listed network opens its addresses, never a cloud metadata address (only a host entry naming it)."""
+        return address not in METADATA and any(address in n for n in self.networks)
 
 
 def allowlist(settings: Settings) -> Allowlist:
-    """The parsed `image_allow_hosts` (built once per change, by LiveSettings.view)."""
+    """The parsed `image_allow_hosts` (built once per change, by LiveSettings.view; the config was checked)."""
     hosts: set[str] = set()
     host_ports: set[tuple[str, int]] = set()
     networks: list[Network] = []
     for entry in settings.image_allow_hosts:
-        entry = entry.strip()
-        if "/" in entry:
-            try:
-                networks.append(ip_network(entry, strict=False))
-            except ValueError:
-                log.warning("image_allow_hosts: %r is not a network; ignored", entry)
-            continue
-        host, port = _split_port(entry)
-        if port is None:
-            hosts.add(_host_key(host))
-        elif port.isdigit() and 0 < int(port) < 65536:
-            host_ports.add((_host_key(host), int(port)))
+        read = allowed_host(entry.strip())
+        if not isinstance(read, tuple):
+            networks.append(read)
+        elif read[1] is None:
+            hosts.add(_host_key(read[0]))
         else:
-            log.warning("image_allow_hosts: %r has no valid port; ignored", entry)
+            host_ports.add((_host_key(read[0]), read[1]))
     return Allowlist(frozenset(hosts), frozenset(host_ports), tuple(networks))
-
-
-def _split_port(entry: str) -> tuple[str, str | None]:
-    """`host:port`, `[v6]:port`, or a host alone (a bare IPv6 address has colons but no port)."""
-    if entry.startswith("["):
-        host, _, rest = entry[1:].partition("]")
-        return host, rest[1:] if rest.startswith(":") else None
-    if entry.count(":") == 1:
-        host, _, port = entry.partition(":")
-        return host, port
-    return entry, None
 
 
 def _host_key(host: str) -> str:

@@ -1,5 +1,5 @@
 """The image preflight: every image part of a chat request checked before any engine work, data: URLs passed
-(their base64 and type checked), remote images fetched by gateway/preflight/fetch.py and rewritten in place as
+(their base64 and type checked), remote images fetched by gateway/preflight/fetcher.py and rewritten in place as
 data: URLs, anything else refused; llama-server would fetch any URL it is given itself."""
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ from gateway.dataplane.model import Message
 from gateway.errors import ApiError
 from gateway.keys import LIVE, METRICS
 from gateway.metrics_registry import GatewayMetrics
-from gateway.preflight.fetch import FetchPolicy, Refused, failed, fetch, fetch_policy, open_session, target, too_large
-from gateway.preflight.sniff import image_type
+from gateway.preflight.fetcher import FetchPolicy, Refused, failed, fetch, fetch_policy, open_session, target, too_large
+from gateway.preflight.formats import image_type
 
 FETCHES = 4  # remote images of one request fetched at once
+# Remote images one request may name (each distinct URL is fetched once): each may be image_max_bytes, and
+# all of them are held at once, so a body of thousands of URLs must not make the gateway fetch them all.
+MAX_REMOTE = 8
 SHOWN = 200  # characters of a URL an error message repeats (a data: URL is megabytes)
 
 
@@ -68,6 +71,11 @@ async def check_images(parts: list[dict[str, Any]], policy: FetchPolicy, metrics
                 remote.append((part, url))
         except Refused as refused:
             raise _rejected(refused, url, metrics) from None
+    if len({url for _, url in remote}) > MAX_REMOTE:
+        metrics.images.labels("rejected").inc()
+        metrics.image_rejections.labels("fetch_failed").inc()
+        raise ApiError(400, f"a request may name at most {MAX_REMOTE} remote images; send the others inline as "
+                       "data: URLs", code="image_fetch_failed")
     if remote:
         await _fetch_all(remote, policy, metrics)
     return changed or bool(remote)
@@ -109,9 +117,10 @@ def _inline(part: dict[str, Any], url: str, max_bytes: int) -> bool:
     return True
 
 
-def _sniffed(data: bytes) -> str:
+def _sniffed(data: bytes | bytearray) -> str:
     if (kind := image_type(data)) is None:
-        raise Refused(400, "invalid_image", "not_an_image", "not an image the engine can read (PNG, JPEG, GIF or BMP)")
+        raise Refused(400, "invalid_image", "not_an_image",
+                      "not an image the engine can read (PNG, JPEG, GIF or BMP)")
     return kind
 
 
@@ -120,11 +129,14 @@ async def _fetch_all(remote: list[tuple[dict[str, Any], str]], policy: FetchPoli
     """Fetch every remote image, FETCHES at a time, in one session; the first refusal cancels the others (the
     task group's rule) and closes the session before it is raised."""
     gate = asyncio.Semaphore(FETCHES)
+    by_url: dict[str, list[dict[str, Any]]] = {}
+    for part, url in remote:
+        by_url.setdefault(url, []).append(part)  # one fetch per URL, however many parts name it
     async with open_session(policy) as session:
         try:
             async with asyncio.TaskGroup() as group:
-                for part, url in remote:
-                    group.create_task(_fetch_one(session, gate, part, url, policy, metrics))
+                for url, parts in by_url.items():
+                    group.create_task(_fetch_one(session, gate, parts, url, policy, metrics))
         except BaseExceptionGroup as failures:
             refusals = [e for e in failures.exceptions if isinstance(e, ApiError)]
             if len(refusals) < len(failures.exceptions):
@@ -132,16 +144,18 @@ async def _fetch_all(remote: list[tuple[dict[str, Any], str]], policy: FetchPoli
             raise refusals[0] from None
 
 
-async def _fetch_one(session: aiohttp.ClientSession, gate: asyncio.Semaphore, part: dict[str, Any], url: str,
-                     policy: FetchPolicy, metrics: GatewayMetrics) -> None:
+async def _fetch_one(session: aiohttp.ClientSession, gate: asyncio.Semaphore, parts: list[dict[str, Any]],
+                     url: str, policy: FetchPolicy, metrics: GatewayMetrics) -> None:
     async with gate:
         try:
             data = await fetch(session, url, policy)
             kind = _sniffed(data)
         except Refused as refused:
             raise _rejected(refused, url, metrics) from None
-    _rewrite(part, f"data:{kind};base64,{base64.b64encode(data).decode('ascii')}")
-    metrics.images.labels("accepted").inc()
+    inline = f"data:{kind};base64,{base64.b64encode(data).decode('ascii')}"
+    for part in parts:
+        _rewrite(part, inline)
+        metrics.images.labels("accepted").inc()
 
 
 def _rewrite(part: dict[str, Any], url: str) -> None:

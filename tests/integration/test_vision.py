@@ -141,7 +141,7 @@ def inst(tmp_path_factory: pytest.TempPathFactory, llama_server: str, models_dir
          images: ImageServer) -> Iterator[Instance]:
     """One LMForge: the image server opened by its port alone (the canary, on another port, stays refused)."""
     config = (f'image_allow_hosts = ["127.0.0.1:{images.port}"]\nimage_max_bytes = {MAX}\n'
-              "image_fetch_timeout_s = 1.0\n")
+              "image_fetch_timeout_s = 3.0\n")
     made = prepare_instance(tmp_path_factory.mktemp("vision") / "home", llama_server,
                             {BLIND: models_dir / "chat.gguf"}, config)
     ModelStore(Paths(made.home)).import_gguf(models_dir / "chat.gguf", VISION, mmproj=models_dir / "mmproj.gguf")
@@ -346,7 +346,7 @@ CASES = {
     "big": ("{images}/big", 413, "image_too_large", [f"{MAX}-byte limit"], "too_large", ["/big"]),
     "big-chunked": ("{images}/big-chunked", 413, "image_too_large", [f"{MAX}-byte limit"], "too_large",
                     ["/big-chunked"]),
-    "slow": ("{images}/slow", 400, "image_fetch_failed", ["timed out after 1 s"], "timeout", ["/slow"]),
+    "slow": ("{images}/slow", 400, "image_fetch_failed", ["timed out after 3 s"], "timeout", ["/slow"]),
     "not-image": ("{images}/not-image", 400, "invalid_image", ["not an image"], "not_an_image", ["/not-image"]),
 }
 ELSEWHERE = [("/v1/messages", "loopback"), ("/v1/messages", "file"), ("/v1/messages", "big-chunked"),

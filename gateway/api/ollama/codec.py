@@ -20,6 +20,7 @@ from gateway.dataplane.gates import find_model
 from gateway.dataplane.model import ChatRequest, Message, Sampling, TextRequest, Tool, ToolCall
 from gateway.dataplane.validate import OLLAMA, OLLAMA_OPTIONS, check, check_messages, read_json
 from gateway.errors import ApiError
+from gateway.preflight.formats import image_type
 from gateway.thinking.intent import engine_fields, read_intent
 from manager.protocol import ModelEntry
 
@@ -33,9 +34,6 @@ SAMPLING = {"num_predict": "max_tokens", "temperature": "temperature", "top_k": 
             "frequency_penalty": "frequency_penalty", "seed": "seed", "stop": "stop"}
 # Options llama-server reads per request under the same names; passed to it as they are.
 PASSED = ("mirostat", "mirostat_tau", "mirostat_eta")
-# Leading bytes of the image formats clients send, base64-encoded, for the data: URL's type.
-IMAGE_TYPES = {"iVBORw0KGgo": "image/png", "/9j/": "image/jpeg", "R0lGOD": "image/gif", "UklGR": "image/webp",
-               "Qk": "image/bmp"}
 NDJSON = "application/x-ndjson"  # Ollama's streams: one JSON object a line
 
 
@@ -173,12 +171,11 @@ def image_url(image: Any, where: str) -> str:
     if image.startswith("data:"):
         return image
     head = image[:64]
-    try:  # the head only: a whole image is megabytes, and the engine decodes it anyway
-        base64.b64decode(head[: len(head) // 4 * 4] or "!", validate=True)
+    try:  # the head only: a whole image is megabytes, and the preflight checks it whole
+        leading = base64.b64decode(head[: len(head) // 4 * 4] or "!", validate=True)
     except (binascii.Error, ValueError):
         raise ApiError(400, f"{where} is not base64-encoded image data", param=where, code="invalid_request") from None
-    kind = next((t for prefix, t in IMAGE_TYPES.items() if image.startswith(prefix)), "image/jpeg")
-    return f"data:{kind};base64,{image}"
+    return f"data:{image_type(leading) or 'image/jpeg'};base64,{image}"
 
 
 def tool_calls(raw: Any, where: str, turn: int) -> list[ToolCall]:

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, ip_address
 import pytest
 
 from gateway.preflight.addresses import allowlist, ipv4_literal, literal, refusal
-from manager.config import Settings
+from manager.config import ConfigError, Settings
 
 
 @pytest.mark.parametrize("address,words", [
@@ -109,10 +109,17 @@ def test_a_network_entry_opens_the_addresses_inside_it() -> None:
     assert not allow.opens_host("10.20.30.40", 80)  # a network is matched against addresses, not host names
 
 
-def test_malformed_entries_open_nothing() -> None:
-    allow = allowlist(Settings(image_allow_hosts=["10.0.0.0/33", "cdn.local:http", "cdn.local:70000"]))
-    assert not allow.networks and not allow.hosts and not allow.host_ports
-    assert not allow.opens_host("cdn.local", 80)
+@pytest.mark.parametrize("entry", ["10.0.0.0/33", "cdn.local:http", "cdn.local:70000", "[::1]x", ":80",
+                                   "http://cdn.local", "cdn local"])
+def test_a_malformed_entry_is_a_config_error(entry: str) -> None:
+    with pytest.raises(ConfigError, match="image_allow_hosts"):
+        Settings(image_allow_hosts=[entry]).validate()
+
+
+def test_a_network_never_opens_a_cloud_metadata_address_but_a_host_entry_naming_it_does() -> None:
+    wide = allowlist(Settings(image_allow_hosts=["0.0.0.0/0"]))
+    assert wide.opens_address(ip_address("10.1.2.3")) and not wide.opens_address(ip_address("169.254.169.254"))
+    assert allowlist(Settings(image_allow_hosts=["169.254.169.254"])).opens_host("169.254.169.254", 80)
 
 
 def test_an_empty_allowlist_opens_nothing() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.preflight.sniff import image_type
+from gateway.preflight.formats import image_type
 from tests.support.images import bmp, png
 
 

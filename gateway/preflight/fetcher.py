@@ -4,6 +4,7 @@ address that was checked; redirects followed by hand, each hop checked again; by
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from dataclasses import dataclass
 from ipaddress import ip_address
@@ -17,6 +18,7 @@ from gateway.version import VERSION
 from manager.config import Settings
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+NUMERIC_LABEL = re.compile(r"0[xX][0-9a-fA-F]*|[0-9]*")
 CHUNK = 64 * 1024
 
 
@@ -72,11 +74,20 @@ def target(url: URL, allow: Allowlist) -> URL:
     if not url.host:
         raise failed("fetch_failed", "refused: the URL has no host")
     address = literal(url.host)
+    if address is None and _address_like(url.host):
+        # Not an address, yet spelt as one: some aiohttp releases connect to such a host without asking the
+        # resolver, and the system's lookup may answer it from anywhere.
+        raise failed("blocked_address", f"refused: {url.host} is not a valid address")
     if address is None:
         return url  # a name: PinnedResolver checks what it resolves to, at connection time
     if not allow.opens_host(url.host, url.port):
         check_address(url.host, address, allow)
     return url if str(address) == url.host else url.with_host(str(address))
+
+
+def _address_like(host: str) -> bool:
+    """Whether `host` is spelt as an address (numbers and dots, or colons) rather than as a name."""
+    return ":" in host or all(NUMERIC_LABEL.fullmatch(label) for label in host.split("."))
 
 
 class PinnedResolver(AbstractResolver):
@@ -117,12 +128,12 @@ def open_session(policy: FetchPolicy) -> aiohttp.ClientSession:
     environment, no cookies carried between hops."""
     connector = aiohttp.TCPConnector(resolver=PinnedResolver(policy.allow), use_dns_cache=False)
     return aiohttp.ClientSession(
-        connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar(),
+        connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
         timeout=aiohttp.ClientTimeout(total=policy.timeout_s),
         headers={"User-Agent": USER_AGENT, "Accept": "image/*", "Accept-Encoding": "identity"})
 
 
-async def fetch(session: aiohttp.ClientSession, url: str, policy: FetchPolicy) -> bytes:
+async def fetch(session: aiohttp.ClientSession, url: str, policy: FetchPolicy) -> bytearray:
     """The image at `url`, redirects followed; raises Refused for anything that stops it."""
     try:
         async with asyncio.timeout(policy.timeout_s):
@@ -135,7 +146,7 @@ async def fetch(session: aiohttp.ClientSession, url: str, policy: FetchPolicy) -
         raise failed("fetch_failed", f"not a valid URL: {exc}") from None
 
 
-async def _follow(session: aiohttp.ClientSession, url: URL, policy: FetchPolicy) -> bytes:
+async def _follow(session: aiohttp.ClientSession, url: URL, policy: FetchPolicy) -> bytearray:
     for hop in range(policy.max_redirects + 1):
         try:
             url = target(url, policy.allow)
@@ -161,14 +172,17 @@ def _location(url: URL, response: aiohttp.ClientResponse) -> URL:
     return url.join(URL(location))  # a relative Location is read against the URL that answered
 
 
-async def _read(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+async def _read(response: aiohttp.ClientResponse, max_bytes: int) -> bytearray:
     """The body, refused before it is read when its Content-Length is over the cap, and the moment it passes
     the cap otherwise (a chunked body, or a server that sends more than it announced)."""
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):  # asked for identity: a compressed body would be inflated past the cap
+        raise failed("fetch_failed", f"the server sent a {encoding}-encoded body; images are fetched uncompressed")
     if response.content_length is not None and response.content_length > max_bytes:
         raise too_large(max_bytes, response.content_length)
-    body = bytearray()
+    body = bytearray()  # not copied to bytes: an image may be megabytes, and base64 and the sniffer take this
     async for chunk in response.content.iter_chunked(CHUNK):
         body += chunk
         if len(body) > max_bytes:
             raise too_large(max_bytes)
-    return bytes(body)
+    return body

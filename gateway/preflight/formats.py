@@ -9,7 +9,7 @@ import struct
 BMP_HEADERS = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 
 
-def image_type(data: bytes) -> str | None:
+def image_type(data: bytes | bytearray) -> str | None:
     """The MIME type of the image in `data`, or None when it is none of the formats passed on."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "image/png"

@@ -4,7 +4,6 @@ error shape. A loopback canary that every refused URL points at records each con
 
 from __future__ import annotations
 
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from catalog.store import ModelStore
 from manager.config import Paths
+from tests.support.canary import Canary
 from tests.support.images import data_url, png
 from tests.support.instance import Instance, clean_up, prepare_instance
 from tests.support.metrics import scrape
@@ -24,28 +24,6 @@ MAX = 64 * 1024
 RED = png(8, 8)
 NOT_AN_IMAGE = data_url(b"plain words, not an image at all")
 TOO_LARGE = data_url(RED + bytes(MAX))
-
-
-class Canary:
-    """A TCP listener on 127.0.0.1 that is never served: connections wait in its backlog until `seen()` takes
-    them, so none can be missed. Its port is in no allowlist."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.setblocking(False)
-        self.port = self.sock.getsockname()[1]
-        self.accepted: list[Any] = []
-
-    def seen(self) -> list[Any]:
-        while True:
-            try:
-                conn, peer = self.sock.accept()
-            except BlockingIOError:
-                return self.accepted
-            conn.close()
-            self.accepted.append(peer)
 
 
 class ImageServer(ThreadingHTTPServer):
@@ -121,7 +99,7 @@ def canary() -> Iterator[Canary]:
     made = Canary()
     yield made
     assert made.seen() == [], "a refused image URL reached the loopback canary"
-    made.sock.close()
+    made.close()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from aiohttp import web
 
@@ -100,13 +100,16 @@ def require_vision(entry: ModelEntry, messages: Sequence[Message | dict[str, Any
 
 
 def has_image(message: Message | dict[str, Any]) -> bool:
-    if isinstance(message, Message):
-        content: Any = message.content
-    elif isinstance(message, dict):
-        if message.get("images"):  # Ollama's form
-            return True
-        content = message.get("content")
-    else:
-        return False
-    return isinstance(content, list) and any(isinstance(p, dict) and isinstance(p.get("type"), str)
-                                             and p["type"] in IMAGE_PARTS for p in content)
+    if isinstance(message, dict) and message.get("images"):  # Ollama's form
+        return True
+    return next(image_parts([message]), None) is not None
+
+
+def image_parts(messages: Sequence[Message | dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The image parts of messages (internal ones, or OpenAI message objects as a client sent them)."""
+    for message in messages:
+        content = message.content if isinstance(message, Message) else (
+            message.get("content") if isinstance(message, dict) else None)
+        if isinstance(content, list):
+            yield from (p for p in content if isinstance(p, dict) and isinstance(p.get("type"), str)
+                        and p["type"] in IMAGE_PARTS)

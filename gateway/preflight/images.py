@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from gateway.dataplane.gates import IMAGE_PARTS
+from gateway.dataplane.gates import image_parts
 from gateway.dataplane.model import Message
 from gateway.errors import ApiError
 from gateway.keys import LIVE, METRICS
@@ -41,15 +41,6 @@ async def preflight(request: web.Request, messages: Sequence[Message | dict[str,
     except ApiError as err:
         err.param = param
         raise
-
-
-def image_parts(messages: Sequence[Message | dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    for message in messages:
-        content = message.content if isinstance(message, Message) else (
-            message.get("content") if isinstance(message, dict) else None)
-        if isinstance(content, list):
-            yield from (p for p in content if isinstance(p, dict) and isinstance(p.get("type"), str)
-                        and p["type"] in IMAGE_PARTS)
 
 
 async def check_images(parts: list[dict[str, Any]], policy: FetchPolicy, metrics: GatewayMetrics) -> bool:

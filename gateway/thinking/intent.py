@@ -50,7 +50,7 @@ def read_intent(body: dict[str, Any]) -> Intent:
     extra = body.get("extra_body")
     if extra is not None and not isinstance(extra, dict):
         raise invalid("extra_body", "must be an object")
-    fields = {**body, **(extra or {})}
+    fields = {**body, **extra} if extra else body
     intent = Intent()
     think = fields.get("think")
     if think is not None:

@@ -6,6 +6,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.support.canary import Canary
 from tests.support.hub import LocalHub, running_hub
 
 
@@ -21,3 +22,12 @@ def hub(module_hub: LocalHub) -> Iterator[LocalHub]:
     """The module's hub, with every fault it was given cleared after each test."""
     yield module_hub
     module_hub.clear_faults()
+
+
+@pytest.fixture(scope="module")
+def canary() -> Iterator[Canary]:
+    """A loopback canary (tests/support/canary.py) for the module's image tests: it must see no connection."""
+    made = Canary()
+    yield made
+    assert made.seen() == [], "a refused image URL reached the loopback canary"
+    made.close()

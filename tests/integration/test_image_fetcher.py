@@ -32,14 +32,6 @@ RED = png(4, 4)
 TEST_HOST = "images.lmforge-test.example"
 
 
-@pytest.fixture(scope="module")
-def canary() -> Iterator[Canary]:
-    made = Canary()
-    yield made
-    assert made.seen() == [], "a refused image URL reached the loopback canary"
-    made.close()
-
-
 @pytest.fixture(autouse=True)
 def canary_untouched(canary: Canary) -> Iterator[None]:
     yield

@@ -78,12 +78,14 @@ class Frames:
     def status(self, note: dict[str, Any]) -> bytes:
         """A load note in a started stream (gateway/dataplane/progress.py): a status line, as Ollama's pull writes
         them, with an empty message and done false, which its clients render as nothing."""
-        return _encode(self._start(done=False) | {"status": progress.text_of(note), "lmforge": {"load": note}}) + b"\n"
+        return self._note({"status": progress.text_of(note), "lmforge": {"load": note}})
 
     def thinking_status(self, status: Status) -> bytes:
-        """The thinking workflow's note before its second call: an empty, not-done frame with an `lmforge` field,
-        which Ollama's clients render as nothing."""
-        return _encode(self._start(done=False) | {"lmforge": msgspec.to_builtins(status)}) + b"\n"
+        """The thinking workflow's note before its second call, in the same empty, not-done frame."""
+        return self._note({"lmforge": msgspec.to_builtins(status)})
+
+    def _note(self, fields: dict[str, Any]) -> bytes:
+        return _encode(self._start(done=False) | fields) + b"\n"
 
     @staticmethod
     def error(message: str) -> bytes:

@@ -75,10 +75,10 @@ def pull_with_progress(ctx: Context, model: str, *, as_json: bool = False) -> No
     events = ctx.client.events("/lf/model/pull", {"model": model}, timeout=STREAM_TIMEOUT_S)
     try:
         for event, data in events:
-            view.show(event, data)
             if event == "download":
-                last = data
-            elif event == "done":
+                last = data  # before it is shown: a Ctrl-C just after the line reports what the line said
+            view.show(event, data)
+            if event == "done":
                 view.close()
                 if not as_json:
                     ctx.term.success(done_line(data.get("model") or {}, last))

@@ -14,11 +14,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from manager.engines.base import MemoryPlan
+from manager.engines.base import EngineMissing, MemoryPlan
 from manager.process import EngineProcess, answers_health, kill_group, recorded_engines
 from manager.protocol import ModelEntry, SlotKind
 from manager.runner import EngineRunner
 from manager.slots import Slot
+from prober.engine_choice import LLAMA_CPP
 
 if TYPE_CHECKING:
     from manager.service import ManagerService
@@ -43,8 +44,9 @@ async def adopt_engines(service: "ManagerService") -> list[tuple[Slot, EngineRun
         entry, plan = found
         # A record from before cores were budgeted has no thread count: llama-server then ran one per core.
         threads = int(data.get("threads", os.cpu_count() or 1))  # type: ignore[call-overload]
+        engine = str(data.get("engine", LLAMA_CPP))  # a record from before engines were chosen per model
         slot = service.table.adopt(entry, SlotKind(data["kind"]), int(data["generation"]),  # type: ignore[call-overload]
-                                   pid, int(data["port"]), plan, threads)  # type: ignore[call-overload]
+                                   pid, int(data["port"]), plan, threads, engine)  # type: ignore[call-overload]
         proc = EngineProcess.attach(pid, Path(str(data["log"])), path)
         runner = EngineRunner(slot.key, slot.generation, None, service.runner_config(slot), service.session,
                               slot.stop_event, service.post)
@@ -67,6 +69,11 @@ async def _check(service: "ManagerService", path: Path, data: dict[str, object]
     except Exception as exc:  # an old or damaged record, or a store that cannot be read
         log.warning("engine record %s cannot be adopted: %s", path.name, exc)
         return path, data, None
-    url = f"http://127.0.0.1:{port}{service.adapter.health_path}"
+    try:
+        health_path = service.engines.get(str(data.get("engine", LLAMA_CPP))).health_path
+    except EngineMissing as exc:
+        log.warning("engine record %s cannot be adopted: %s", path.name, exc)
+        return path, data, None
+    url = f"http://127.0.0.1:{port}{health_path}"
     healthy = await answers_health(service.session, url, HEALTH_TIMEOUT_S)
     return path, data, (entry, plan) if healthy and entry is not None else None

@@ -24,6 +24,7 @@ from pathlib import Path
 import msgspec
 
 from manager.keepalive import KeepAliveError, parse_keep_alive
+from prober.engine_choice import ENGINES
 
 DEFAULT_PORT = 11430
 ENGINE_LOG_PREFIX = "engine-"
@@ -139,6 +140,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_pulls: int = 2  # pulls downloading at once; more wait in a queue
     disk_reserve_mb: int = 1024  # a pull must leave this much disk free, or it is refused before it starts
     llama_cpp: LlamaCppSettings = msgspec.field(default_factory=LlamaCppSettings)
+    # The engine that serves a model, by model name, over the choice table (prober/engine_choice.py), e.g.
+    # [engines] "qwen3:8b" = "llama.cpp". `lmforge doctor` and GET /lf/engines show each choice and why.
+    engines: dict[str, str] = {}
 
     @property
     def acquire_wait_s(self) -> float:
@@ -201,6 +205,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError(str(exc)) from None
         for entry in self.image_allow_hosts:
             allowed_host(entry)
+        for model, engine in self.engines.items():
+            if engine not in ENGINES:
+                raise ConfigError(f"engines: {model!r} = {engine!r} is not an engine; use one of {', '.join(ENGINES)}")
         for field in ("trusted_networks", "trusted_proxies"):
             for cidr in getattr(self, field):
                 try:

@@ -132,6 +132,7 @@ class SlotInfo(msgspec.Struct, kw_only=True, frozen=True):
     kind: SlotKind
     state: SlotState
     engine: str
+    engine_reason: str = ""  # why this engine serves it (prober/engine_choice.py)
     generation: int
     port: int | None = None
     pid: int | None = None

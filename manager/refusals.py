@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from manager.failures import FailureBook
 from manager.protocol import PROTOCOL, BudgetInfo, ErrorCode, ModelEntry, SlotKind
 from manager.scheduler import fmt_bytes
+from prober.engine_choice import Choice
 
 
 class Refusal(NamedTuple):
@@ -15,15 +16,18 @@ class Refusal(NamedTuple):
     retry_after_s: float | None = None
 
 
-def refuse_new_slot(model: str, kind: SlotKind, entry: ModelEntry | None, supports: Callable[[ModelEntry], bool],
+def refuse_new_slot(model: str, kind: SlotKind, entry: ModelEntry | None, choice: Choice | None,
                     failures: FailureBook, mono: float) -> Refusal | None:
-    """None when a slot may be created: the model is installed, serves `kind`, and is not backing off."""
+    """None when a slot may be created: the model is installed, serves `kind` on an engine here (`choice`), and is
+    not backing off."""
     if entry is None:
         return Refusal(ErrorCode.MODEL_NOT_FOUND, f"model {model!r} is not installed; `lmforge list` shows what "
                        "is, `lmforge import FILE.gguf --name NAME` adds one")
-    if kind not in entry.kinds or not supports(entry):
+    if kind not in entry.kinds:
         can = ", ".join(entry.kinds) or "nothing"
         return Refusal(ErrorCode.NOT_SUPPORTED, f"model {model!r} cannot serve {kind}; it serves: {can}")
+    if choice is not None and not choice.engine:
+        return Refusal(ErrorCode.NOT_SUPPORTED, f"model {model!r} cannot be served as {kind} here: {choice.reason}")
     if (left := failures.backoff_left((model, kind), mono)) > 0:
         rec = failures.counts[(model, kind)]
         return Refusal(ErrorCode.BACKING_OFF, f"{model} failed {rec.count} times in a row (last: {rec.message}); "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import time
@@ -90,9 +91,20 @@ class RunnerConfig:
     pid_dir: Path
     about: dict[str, object] | None = None  # written into the engine's record, for adoption
     watch: WatchConfig = WatchConfig()  # how its load is watched: stages, progress, stall window
+    engine: str = "llama.cpp"  # the engine's name, in what is said about its failures
+    # The adapter's reading of an engine that died while loading: a workaround to start again with, or None.
+    workaround: Callable[[int, str, tuple[str, ...]], str | None] = lambda code, tail, applied: None
 
 
-Command = Callable[[int, bool], Awaitable[list[str]]]  # (port, no_repack) -> argv
+@dataclass(frozen=True)
+class Launch:
+    """How to start an engine: its argv, and the variables set on top of the manager's environment."""
+
+    argv: list[str]
+    env: dict[str, str]
+
+
+Command = Callable[[int, tuple[str, ...]], Awaitable[Launch]]  # (port, workarounds) -> how to start it
 
 
 class EngineRunner:
@@ -135,14 +147,15 @@ class EngineRunner:
     async def _start(self) -> int | None:
         """Spawn and wait until healthy; None if a stop was asked for meanwhile."""
         assert self.command is not None
-        no_repack = False
+        workarounds: tuple[str, ...] = ()
         for _attempt in range(3):
             port = free_port()
-            argv = await self.command(port, no_repack)
+            launch = await self.command(port, workarounds)
             about = {**(self.config.about or {}), "port": port}
             offset = await asyncio.to_thread(log_size, self.config.log_path)  # the watch reads what follows
+            env = {**os.environ, **launch.env} if launch.env else None
             self.proc = proc = await EngineProcess.spawn(
-                argv, log_path=self.config.log_path, pid_dir=self.config.pid_dir, about=about
+                launch.argv, log_path=self.config.log_path, pid_dir=self.config.pid_dir, env=env, about=about
             )
             self.post(EngineSpawned(self.key, self.generation, proc.pid, port))
             watch = LoadWatch(proc.pid, self.config.log_path, offset, self.config.watch, self._progressed)
@@ -151,13 +164,14 @@ class EngineRunner:
                     return None
                 return port
             except EngineExited as exc:
-                if exc.returncode == -signal.SIGILL and not no_repack:
-                    log.warning("%s died of SIGILL while loading; retrying with --no-repack", self.key)
-                    no_repack = True
+                if (fix := self.config.workaround(exc.returncode, exc.tail, workarounds)) is not None:
+                    log.warning("%s died while loading (%s); starting again with the workaround %s", self.key,
+                                describe_exit(exc.returncode), fix)
+                    workarounds += (fix,)
                     continue
                 if "bind" in exc.tail.lower() and "address" in exc.tail.lower():
                     continue  # another process took the port between our probe and its bind
-                raise load_failure(exc) from None
+                raise load_failure(exc, self.config.engine) from None
             except EngineTimeout as exc:
                 await proc.stop(0)
                 raise LoadFailure(
@@ -234,13 +248,13 @@ class EngineRunner:
         return EngineFailed(self.key, self.generation, message, severity, proc.tail())
 
 
-def load_failure(exc: EngineExited) -> LoadFailure:
+def load_failure(exc: EngineExited, engine: str = "llama.cpp") -> LoadFailure:
     """Name the cause of an engine that died while loading, from its exit and last lines."""
     code, tail = exc.returncode, exc.tail
     if code == -signal.SIGILL:
         return LoadFailure(
-            "llama-server died of SIGILL: the build uses CPU instructions this machine traps "
-            "(a CPU-feature mismatch). Rebuild it: lmforge engine install llama.cpp --rebuild",
+            f"{engine} died of SIGILL: its build uses CPU instructions this machine traps "
+            f"(a CPU-feature mismatch). Rebuild it: lmforge engine install {engine} --rebuild",
             Severity.CPU_FEATURES, tail,
         )
     if code == -signal.SIGKILL:

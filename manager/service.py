@@ -9,7 +9,6 @@ reads, memory readings) runs in tasks and threads that report back to the inbox.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import os
@@ -17,7 +16,6 @@ import signal
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import aiohttp
@@ -29,14 +27,12 @@ from catalog.store import ModelStore, StoreError
 from manager import budget as budgets
 from manager.adoption import adopt_engines
 from manager.config import Paths, Settings
-from manager.engines import llamacpp_build
-from manager.engines.base import EngineMissing
-from manager.engines.llamacpp import LlamaCppAdapter
+from manager.engine_starts import EngineStarts
+from manager.engines.registry import EngineRegistry
 from manager.index import IndexWriter
 from manager.ipc import EventPublisher, endpoints, ensure_runtime_dir, make_socket, remove_endpoints
 from manager.lag import LoopLag
 from manager.live_config import CHECK_S, ConfigWatch, apply_live, read_live
-from manager.load_watch import watch_config
 from manager.memory import MemoryLedger
 from manager.engine_marks import EngineMarks
 from manager.metrics import ManagerMetrics
@@ -44,11 +40,11 @@ from manager.pulls import PullBoard
 from manager.readings import engine_memory, rotate_engine_logs
 from manager.protocol import (
     AbandonNotice, AcquireRequest, ErrorCode, ErrorReply, HardwareNotice, HeartbeatEvent, HelloRequest, ListModelsReply,
-    ListModelsRequest, LoadProgressEvent, LoadRequest, ManagerStatus, ManagerStoppingEvent, PingReply, PingRequest, ReleaseNotice,
-    Reply, Severity, SnapshotReply, SnapshotRequest, UnloadRequest, encoder, to_manager_decoder,
+    ListModelsRequest, LoadRequest, ManagerStatus, ManagerStoppingEvent, PingReply, PingRequest, ReleaseNotice,
+    Reply, SnapshotReply, SnapshotRequest, UnloadRequest, encoder, to_manager_decoder,
 )
 from manager.runner import (
-    EngineFailed, EngineProgress, EngineReady, EngineRunner, EngineSpawned, EngineStopped, LoadFailure, RunnerConfig,
+    EngineFailed, EngineProgress, EngineReady, EngineRunner, EngineSpawned, EngineStopped, RunnerConfig,
 )
 from manager.slots import Slot
 from manager.effects import Learn, Mark, Plan, Publish, Send, Spawn, Stop
@@ -94,11 +90,10 @@ class ManagerService:
         self.settings = settings
         self.paths = paths
         self.store = ModelStore(paths)
-        self.adapter = LlamaCppAdapter(settings, paths)
+        self.engines = EngineRegistry(settings, paths)
         self.epoch = uuid.uuid4().hex[:12]
         self.started_at = time.time()
-        self.table = SlotTable(settings, self.epoch, engine=self.adapter.name, supports=self.adapter.supports,
-                               parallel=self.adapter.parallel)
+        self.table = SlotTable(settings, self.epoch, engines=self.engines)
         self.ledger = MemoryLedger(paths.memory_ledger)
         self.inbox: asyncio.Queue[object] = asyncio.Queue()
         self.lag = LoopLag()
@@ -107,11 +102,11 @@ class ManagerService:
         self._measuring = False
         self._last_measure = self._last_rotate = self._last_config = 0.0
         self.config_watch = ConfigWatch(paths.config)
-        self._binary: asyncio.Future[Path] | None = None
         self._ctx = zmq.asyncio.Context()
         self._router = make_socket(self._ctx, zmq.ROUTER)
         self._pub = make_socket(self._ctx, zmq.PUB)
         self.events = EventPublisher(self._pub)
+        self.starts = EngineStarts(self.engines, paths, self.events.publish)
         self.session: aiohttp.ClientSession | None = None
         t = self.table
         self._handlers: dict[type, Callable[[bytes, object], None]] = {
@@ -395,10 +390,10 @@ class ManagerService:
 
     def _plan(self, slot: Slot) -> None:
         vram = self.table.budget().total_bytes if budgets.is_gpu_host(self.table.hardware) else 0
-        hardware, num_ctx = self.table.hardware, slot.num_ctx  # read on the loop, not in the thread
+        hardware = self.table.hardware  # read on the loop, not in the thread
 
         def read() -> tuple[object, int | None]:
-            plan = self.adapter.plan(slot.entry, slot.kind, hardware, vram, num_ctx)
+            plan = self.starts.plan(slot, hardware, vram)
             return plan, self.ledger.learned(slot.model, slot.kind, plan.ctx_size, basis=plan.total)
 
         def then(result: object) -> None:
@@ -410,55 +405,17 @@ class ManagerService:
         self._offload(read, then)
 
     def runner_config(self, slot: Slot) -> RunnerConfig:
-        s = self.settings
-        plan = slot.plan
-        about = {"model": slot.model, "kind": str(slot.kind), "generation": slot.generation,
-                 "plan": dataclasses.asdict(plan) if plan else None, "threads": slot.threads}
-        return RunnerConfig(
-            load_timeout_s=s.load_timeout_s, stop_grace_s=s.stop_grace_s, health_interval_s=s.health_interval_s,
-            health_failures=s.health_failures, health_path=self.adapter.health_path, pid_dir=self.paths.engine_pids,
-            log_path=self.paths.engine_log(slot.file_slug), about=about,
-            watch=watch_config(s.load_stall_s, s.load_stall_s_per_gb, slot.entry, self.adapter.load_markers),
-        )
+        return self.starts.runner_config(slot, self.settings)
 
     def _spawn(self, slot: Slot) -> None:
         assert self.session is not None
-        command = functools.partial(self._command, slot)
+        command = functools.partial(self.starts.launch, slot, hardware=lambda: self.table.hardware)
         runner = EngineRunner(slot.key, slot.generation, command, self.runner_config(slot), self.session,
                               slot.stop_event, self.post)
         self._run(slot, runner.run())
 
     def _run(self, slot: Slot, coro: object) -> None:
         slot.task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
-
-    async def _command(self, slot: Slot, port: int, no_repack: bool) -> list[str]:
-        assert slot.plan is not None
-        try:
-            binary = self.adapter.find_binary() or await self._install_engine(slot)
-        except EngineMissing as exc:
-            raise LoadFailure(str(exc), Severity.USER_ERROR) from None
-        return await asyncio.to_thread(self.adapter.command, binary, slot.entry, slot.kind, port, slot.plan,
-                                       no_repack=no_repack, threads=slot.threads)
-
-    async def _install_engine(self, slot: Slot) -> Path:
-        """First use: build llama-server once, however many loads wait for it."""
-        if self._binary is None or (self._binary.done() and self._binary.exception()):
-            self._binary = asyncio.ensure_future(self._build(slot))
-        return await asyncio.shield(self._binary)
-
-    async def _build(self, slot: Slot) -> Path:
-        from prober.detect import take_snapshot
-
-        loop = asyncio.get_running_loop()
-        hardware = self.table.hardware or await asyncio.to_thread(take_snapshot)
-
-        def progress(pct: float | None, line: str) -> None:
-            detail = f"{pct:.0f}% {line}" if pct is not None else line
-            event = LoadProgressEvent(model=slot.model, kind=slot.kind, stage="installing_engine", detail=detail)
-            loop.call_soon_threadsafe(self.events.publish, event)
-
-        version = self.settings.llama_cpp.version
-        return await asyncio.to_thread(llamacpp_build.install, self.paths, version, hardware, progress)
 
     # --- shutdown ---
 

@@ -67,6 +67,9 @@ class Slot:
     generation: int
     engine: str
     keep_alive_s: float | None  # the model's default after each request
+    engine_reason: str = ""  # why this engine serves it (prober/engine_choice.py)
+    fallbacks: tuple[str, ...] = ()  # the engines to try, in order, if this one fails to install or load it
+    failed_engines: tuple[str, ...] = ()  # the engines that failed it before this one, in order
     parallel: int = 1  # requests its engine serves at once: the leases it grants before queueing
     pinned: bool = False
     state: SlotState = SlotState.PENDING
@@ -279,6 +282,7 @@ class Slot:
             kind=self.kind,
             state=self.state,
             engine=self.engine,
+            engine_reason=self.engine_reason,
             generation=self.generation,
             port=self.port,
             pid=self.pid,

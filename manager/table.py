@@ -13,9 +13,8 @@ import os
 from typing import Callable
 
 from manager import budget as budgets, cores, queues
-from manager.context import outgrown, reload_reason
+from manager.context import reload_reason
 from manager.effects import Learn, Plan, Spawn, Stop
-from manager.engines.base import MemoryPlan
 from manager.failures import STABLE_AFTER_S
 from manager.keepalive import KeepAliveError, parse_keep_alive
 from manager.leases import Lease
@@ -28,12 +27,13 @@ from manager.protocol import (
 from manager.refusals import Refusal, protocol_mismatch, refuse_new_slot, waited_too_long
 from manager.scheduler import Admit, Evict, Reject, Wait, plan_admission
 from manager.slots import DEFAULT_KEEP as DEFAULT, Slot, SlotKey, Waiter
-from manager.table_state import TableState
+from manager.table_reports import RunnerReports
+from prober.engine_choice import Choice
 
 log = logging.getLogger("lmforge.manager")
 
 
-class SlotTable(TableState):
+class SlotTable(RunnerReports):
     """See the module docstring; the state it decides on and the views of it are TableState's (table_state.py)."""
 
     # --- peers and leases ---
@@ -190,11 +190,12 @@ class SlotTable(TableState):
         if self.stopping:
             return self.out.error(peer, req.req_id, ErrorCode.SHUTTING_DOWN, "LMForge is shutting down")
         if (slot := self.slots.get((req.model, req.kind))) is None:
-            refusal = refuse_new_slot(req.model, req.kind, entry, self.supports, self.failures, self.clock.mono())
+            choice = self.engines.choose(entry, req.kind, self.hardware) if entry is not None else None
+            refusal = refuse_new_slot(req.model, req.kind, entry, choice, self.failures, self.clock.mono())
             if refusal is not None:
                 return self.out.error(peer, req.req_id, *refusal)
             reason = "auto_load" if peer is None else "a request for it"
-            slot = self._new_slot(entry, req.kind, reason)  # type: ignore[arg-type]
+            slot = self._new_slot(entry, req.kind, reason, choice)  # type: ignore[arg-type]
         return keep, self._fit_context(slot, req.num_ctx)
 
     def _fit_context(self, slot: Slot, asked: int) -> Slot:
@@ -213,18 +214,21 @@ class SlotTable(TableState):
         fresh.num_ctx, fresh.grew_from, fresh.load_reason = max(fresh.num_ctx, asked), old_ctx, reason
         return fresh
 
-    def _successor(self, old: Slot, reason: str) -> Slot:
-        """The slot that takes over from one going away: the model's live one, or a fresh one with its settings."""
-        return self.slots.get(old.key) or self._new_slot(old.entry, old.kind, reason, pinned=old.pinned,
-                                                         keep_alive_s=old.keep_alive_s)
+    def _successor(self, old: Slot, reason: str, choice: Choice | None = None) -> Slot:
+        """The slot that takes over from one going away: the model's live one, or a fresh one with its settings, on
+        its engine unless `choice` names another."""
+        same = Choice(old.engine, old.engine_reason, old.fallbacks)
+        return self.slots.get(old.key) or self._new_slot(old.entry, old.kind, reason, choice or same,
+                                                         pinned=old.pinned, keep_alive_s=old.keep_alive_s)
 
-    def _new_slot(self, entry: ModelEntry, kind: SlotKind, reason: str, *, pinned: bool = False,
+    def _new_slot(self, entry: ModelEntry, kind: SlotKind, reason: str, choice: Choice, *, pinned: bool = False,
                   keep_alive_s: float | None | str = DEFAULT) -> Slot:
         self.generations += 1
         keep = self.default_keep if keep_alive_s == DEFAULT else keep_alive_s
-        slot = Slot(entry=entry, kind=kind, generation=self.generations, engine=self.engine, pinned=pinned,
+        slot = Slot(entry=entry, kind=kind, generation=self.generations, engine=choice.engine, pinned=pinned,
+                    engine_reason=choice.reason, fallbacks=choice.fallbacks,
                     keep_alive_s=keep, load_started=self.clock.mono(), load_reason=reason,  # type: ignore[arg-type]
-                    parallel=self.parallel)
+                    parallel=self.engines.parallel(choice.engine))
         self.slots[slot.key] = slot
         self.out.slot(slot, None)
         return slot
@@ -342,84 +346,6 @@ class SlotTable(TableState):
         self.out.add(Spawn(slot))
         self.out.slot(slot, previous)
 
-    # --- reports from runners and off-loop readers ---
-
-    def planned(self, key: SlotKey, generation: int, plan: MemoryPlan | None, learned: int | None,
-                error: str = "") -> None:
-        if (slot := self._find(key, generation)) is None or slot.state != SlotState.PENDING:
-            return
-        slot.planning = False
-        if plan is None:
-            self._fail(slot, f"cannot read the model file: {error}", Severity.USER_ERROR, "")
-        elif outgrown(plan, slot.num_ctx) is None:  # else a larger context was asked meanwhile: read it again
-            slot.plan, slot.learned_bytes = plan, learned
-            slot.on_gpu = budgets.is_gpu_host(self.hardware)
-        self.schedule()
-
-    def spawned(self, key: SlotKey, generation: int, pid: int, port: int) -> None:
-        if (slot := self._find(key, generation)) is not None:
-            slot.pid, slot.port = pid, port
-            self.progressed(key, generation, "spawned", None, f"pid {pid} on port {port}")
-
-    def progressed(self, key: SlotKey, generation: int, stage: str, progress: float | None, detail: str) -> None:
-        if (slot := self._find(key, generation)) is not None and (event := slot.progressed(stage, progress, detail)):
-            self.out.publish(event)
-
-    def ready(self, key: SlotKey, generation: int) -> None:
-        slot = self._find(key, generation)
-        if slot is None or slot.state != SlotState.LOADING:
-            return  # unloaded while it started; the runner is stopping it
-        previous = slot.change_state(SlotState.READY)
-        slot.loaded_at, slot.detail = self.clock.now(), ""
-        self.failures.loaded(slot.label)
-        for w in slot.loaded(self.clock.mono()):  # a load takes no permit
-            self.out.send(w.peer, LoadReply(req_id=w.request.req_id, slot=slot.info(), load_s=w.load_s))
-        slot.refresh_expiry(self.clock.now())
-        self.out.slot(slot, previous)
-        self.schedule()  # serves its queue; a load waiting for this memory now waits on a ready, busy slot
-
-    def failed(self, key: SlotKey, generation: int, message: str, severity: Severity, tail: str) -> None:
-        slot = self._find(key, generation)
-        if slot is None:
-            return
-        if slot.state == SlotState.STOPPING:
-            return self.stopped(key, generation)  # it was going anyway
-        self._fail(slot, message, severity, tail)
-        self.schedule()  # its memory is free again
-
-    def stopped(self, key: SlotKey, generation: int) -> None:
-        slot = self.retiring.pop((key, generation), None)
-        if slot is None:
-            return
-        previous = slot.change_state(SlotState.UNLOADED)
-        self.leases.drop_slot(slot.key, slot.generation)
-        self.out.slot(slot, previous)
-        self.schedule()
-
-    def measured(self, readings: dict[int, tuple[int, int]]) -> None:
-        """(resident, private) bytes per engine pid, in the unit the budget counts."""
-        for slot in self.memory_holders():
-            if slot.pid is None or slot.pid not in readings:
-                continue
-            slot.measured_bytes, slot.private_bytes = readings[slot.pid]
-            if slot.at_ready_bytes is None and slot.state == SlotState.READY:
-                slot.at_ready_bytes = slot.measured_bytes
-        self.schedule()
-
-    def adopt(self, entry: ModelEntry, kind: SlotKind, generation: int, pid: int, port: int,
-              plan: MemoryPlan, threads: int) -> Slot:
-        """An engine an earlier manager started, still healthy: it is ready now, and its leases come with hellos."""
-        slot = Slot(entry=entry, kind=kind, generation=generation, engine=self.engine, keep_alive_s=self.default_keep,
-                    parallel=self.parallel, state=SlotState.READY, plan=plan, pid=pid, port=port, adopted=True,
-                    loaded_at=self.clock.now(), last_used_at=self.clock.now(), on_gpu=budgets.is_gpu_host(self.hardware),
-                    threads=threads,
-                    load_reason="adopted from the previous manager")
-        self.generations = max(self.generations, generation)
-        self.slots[slot.key] = slot
-        slot.refresh_expiry(self.clock.now())
-        self.out.slot(slot, None)
-        return slot
-
     # --- unloading, expiry, failure ---
 
     def unload(self, slot: Slot, reason: str, *, force: bool = False, explicit: bool = False) -> None:
@@ -470,6 +396,8 @@ class SlotTable(TableState):
         self.schedule()
 
     def _fail(self, slot: Slot, message: str, severity: Severity, tail: str) -> None:
+        if self._fall_back(slot, message, severity):
+            return
         error = self.failures.record(slot.key, slot.label, message, severity, tail, self.clock.mono(), self.clock.now())
         detail = f"{slot.label} failed: {message}"
         hint = " (the engine's last output is in /lf/status last_errors)" if tail else ""
@@ -485,6 +413,33 @@ class SlotTable(TableState):
         log.warning("%s (%s)", detail, severity)
         self.out.publish(ErrorEvent(model=slot.model, kind=slot.kind, error=error))
         self.out.slot(slot, previous)
+
+    def _fall_back(self, slot: Slot, message: str, severity: Severity) -> bool:
+        """An engine that could not install or load a model hands it, with its waiters, to the next engine that can
+        serve it (Choice.fallbacks), and says so; False when none is left, or the failure was not the engine's."""
+        if severity == Severity.TRANSIENT or slot.state not in (SlotState.PENDING, SlotState.LOADING):
+            return False
+        if self.stopping or self.slots.get(slot.key) is not slot:
+            return False
+        failed = (*slot.failed_engines, slot.engine)
+        choice = self.engines.choose(slot.entry, slot.kind, self.hardware, failed)
+        if not choice.engine:
+            return False
+        said = f"{slot.engine} could not serve {slot.label} ({message}); trying {choice.engine}"
+        log.warning("%s", said)
+        waiters = slot.take_waiters()
+        slot.detail = message
+        previous = slot.change_state(SlotState.FAILED)
+        del self.slots[slot.key]
+        if slot.pid is not None:
+            self.out.add(Stop(slot))  # whatever is left of it goes
+        self.out.slot(slot, previous)
+        fresh = self._successor(slot, said, choice)
+        fresh.failed_engines, fresh.num_ctx = failed, slot.num_ctx
+        fresh.park(*waiters)
+        self.out.publish(LoadProgressEvent(model=fresh.model, kind=fresh.kind, stage="waiting", detail=said))
+        self.schedule()
+        return True
 
     def shutdown(self) -> None:
         """Answer every waiter and stop every engine."""

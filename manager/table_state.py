@@ -8,27 +8,26 @@ each module readable.
 from __future__ import annotations
 
 import itertools
-from typing import Callable
-
 from manager import budget as budgets, cores, queues
 from manager.config import Settings
+from manager.engines.base import Engines, LlamaCppOnly
 from manager.effects import Clock, Effect, Outbox
 from manager.failures import FailureBook
 from manager.keepalive import parse_keep_alive
 from manager.leases import LeaseTable
 from manager.peers import PeerBook
-from manager.protocol import BudgetInfo, CpuStatus, HardwareSnapshot, ModelEntry, SlotKind
+from manager.protocol import BudgetInfo, CpuStatus, HardwareSnapshot, Severity, SlotKind
 from manager.slots import HOLDS_MEMORY, Slot, SlotKey
 
 
 class TableState:
     """The table's state; changed only by the SlotTable's decisions, on the manager's loop."""
 
-    def __init__(self, settings: Settings, epoch: str, *, engine: str = "llama.cpp",
-                 supports: Callable[[ModelEntry], bool] = lambda e: e.format == "gguf", parallel: int = 1,
+    def __init__(self, settings: Settings, epoch: str, *, engines: Engines | None = None, parallel: int = 1,
                  clock: Clock | None = None) -> None:
-        self.settings, self.epoch, self.engine, self.supports = settings, epoch, engine, supports
-        self.parallel = parallel  # requests one engine serves at once: the leases a slot grants
+        self.settings, self.epoch = settings, epoch
+        # Which engine serves each model (manager/engines/registry.py); alone, llama.cpp serving `parallel` at once.
+        self.engines: Engines = engines or LlamaCppOnly(parallel)
         self.clock = clock or Clock()
         self.slots: dict[SlotKey, Slot] = {}
         self.retiring: dict[tuple[SlotKey, int], Slot] = {}  # draining or stopping, off the table
@@ -92,3 +91,11 @@ class TableState:
         if slot is not None and slot.generation == generation:
             return slot
         return self.retiring.get((key, generation))
+
+    # --- decided by SlotTable (table.py); declared here for the parts of it kept in other modules ---
+
+    def schedule(self) -> None:
+        raise NotImplementedError
+
+    def _fail(self, slot: Slot, message: str, severity: Severity, tail: str) -> None:
+        raise NotImplementedError

@@ -1,12 +1,18 @@
-"""What the manager needs from an engine adapter: its command line, health path and memory plan."""
+"""What the manager needs from an engine adapter (DESIGN.md, "Engines"): its install, command line and environment,
+readiness probe, the kinds it serves, its memory plan, and how to read its failures.
+
+The registry (registry.py) holds one adapter per engine; the choice table (prober/engine_choice.py) says which one
+serves a model. Nothing outside an adapter knows an engine's flags or quirks.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from manager.protocol import HardwareSnapshot, ModelEntry, SlotKind
+from prober.engine_choice import LLAMA_CPP, Choice, choose_for
 
 
 class EngineMissing(Exception):
@@ -34,11 +40,20 @@ class MemoryPlan:
         return self.weights + self.kv_cache + self.compute
 
 
+# An install's progress: (percent or None, the line to show).
+Progress = Callable[[float | None, str], None]
+
+
 class EngineAdapter(Protocol):
     name: str
-    health_path: str
+    formats: frozenset[str]  # the weight formats it reads (ModelEntry.format)
+    kinds: frozenset[SlotKind]  # what it can serve
+    health_path: str  # answers 200 once the engine serves
     load_markers: tuple[tuple[str, str], ...]  # (text of a log line, the load stage it opens): load_watch.py
     parallel: int  # requests one engine serves at once: the leases its slot grants before queueing
+    # How it hands out a model's reasoning: "field" (reasoning_content, parsed by the engine) or "tags" (inline
+    # <think> in the content, split by the gateway: gateway/thinking/tags.py). The gateway reads both.
+    reasoning: str
 
     def supports(self, entry: ModelEntry) -> bool:
         """Whether this engine can run the model's weight format."""
@@ -50,9 +65,45 @@ class EngineAdapter(Protocol):
         """Estimate memory and choose context size (at least `num_ctx`, see manager/context.py) and GPU layers."""
 
     def command(self, binary: Path, entry: ModelEntry, kind: SlotKind, port: int, plan: MemoryPlan, *,
-                threads: int = 0) -> list[str]:
+                threads: int = 0, workarounds: tuple[str, ...] = ()) -> list[str]:
         """The argv that serves `entry` as `kind` on 127.0.0.1:`port`, computing on `threads` CPU threads (0: the
-        engine's own choice)."""
+        engine's own choice), with the `workarounds` earlier failed starts asked for (see `workaround`)."""
+
+    def environment(self, plan: MemoryPlan) -> dict[str, str]:
+        """Variables set for the engine on top of the manager's own (e.g. CUDA_VISIBLE_DEVICES)."""
+
+    def workaround(self, returncode: int, tail: str, applied: tuple[str, ...]) -> str | None:
+        """A workaround to start again with after the engine died this way while loading; None: it failed."""
 
     def find_binary(self) -> Path | None:
-        """The installed engine executable, or None when it still has to be installed."""
+        """The installed engine executable (its Python, for one in its own virtual environment), or None when it
+        still has to be installed."""
+
+    def install(self, hardware: HardwareSnapshot, report: Progress) -> Path:
+        """Install the engine (blocking, minutes at worst) and return what find_binary will; EngineMissing when it
+        cannot be installed here, saying why."""
+
+
+class Engines(Protocol):
+    """What the slot table asks of the engines: which serves a model (registry.py), and how many requests at once."""
+
+    def choose(self, entry: ModelEntry, kind: SlotKind, hardware: HardwareSnapshot | None,
+               exclude: tuple[str, ...] = ()) -> Choice:
+        """The engine for `entry` served as `kind`, not one of `exclude` (those that failed it)."""
+
+    def parallel(self, engine: str) -> int:
+        """Requests one engine of this kind serves at once: the leases its slot grants before queueing."""
+
+
+class LlamaCppOnly:
+    """Engines for a table without a registry (tests that drive the table alone): llama.cpp, `parallel` at once."""
+
+    def __init__(self, parallel: int = 1) -> None:
+        self._parallel = parallel
+
+    def choose(self, entry: ModelEntry, kind: SlotKind, hardware: HardwareSnapshot | None,
+               exclude: tuple[str, ...] = ()) -> Choice:
+        return choose_for(entry.format, kind, hardware, exclude=exclude, available=(LLAMA_CPP,))
+
+    def parallel(self, engine: str) -> int:
+        return self._parallel

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 from pathlib import Path
 
 from catalog.gguf_info import GGUFInfo, cached_gguf_info as gguf_info
 from manager.budget import is_gpu_host
 from manager.config import Paths, Settings
 from manager.context import start_ctx
-from manager.engines.base import EngineMissing, MemoryPlan
+from manager.engines.base import EngineMissing, MemoryPlan, Progress
 from manager.engines import llamacpp_build
 from manager.engines.llamacpp_memory import GPU_FIRST_USE, Footprint, footprint
 from manager.engines.llamacpp_stages import LOAD_MARKERS
 from manager.protocol import HardwareSnapshot, ModelEntry, SlotKind
 
 MiB = 1024**2
+NO_REPACK = "no_repack"  # the workaround for a build whose repacked (AMX) kernels trap: DESIGN.md, "CPU features"
 # llama-server's default micro-batch (--ubatch-size), which chat slots keep.
 LLAMA_UBATCH = 512
 # Largest embedding/rerank input one request may carry: those need the whole
@@ -40,8 +42,11 @@ class LlamaCppAdapter:
     """llama-server, one process per (model, kind)."""
 
     name = "llama.cpp"
+    formats = frozenset({"gguf"})
+    kinds = frozenset(SlotKind)  # chat, embeddings (--embeddings) and rerank (--reranking)
     health_path = "/health"
     load_markers = LOAD_MARKERS  # the log lines that tell a load's stages
+    reasoning = "field"  # --reasoning-format deepseek: reasoning_content, whatever the template
 
     def __init__(self, settings: Settings, paths: Paths) -> None:
         self.settings = settings.llama_cpp
@@ -64,6 +69,18 @@ class LlamaCppAdapter:
                 )
             return path
         return llamacpp_build.installed_binary(self.paths)
+
+    def install(self, hardware: HardwareSnapshot, report: Progress) -> Path:
+        return llamacpp_build.install(self.paths, self.settings.version, hardware, report)
+
+    def environment(self, plan: MemoryPlan) -> dict[str, str]:
+        return {}
+
+    def workaround(self, returncode: int, tail: str, applied: tuple[str, ...]) -> str | None:
+        """SIGILL while loading: a CPU-feature mismatch, which --no-repack avoids once (DESIGN.md, "CPU features")."""
+        if returncode == -signal.SIGILL and NO_REPACK not in applied:
+            return NO_REPACK
+        return None
 
     def plan(
         self, entry: ModelEntry, kind: SlotKind, hardware: HardwareSnapshot | None, vram_budget: int,
@@ -118,7 +135,7 @@ class LlamaCppAdapter:
 
     def command(
         self, binary: Path, entry: ModelEntry, kind: SlotKind, port: int, plan: MemoryPlan,
-        *, no_repack: bool = False, threads: int = 0,
+        *, threads: int = 0, workarounds: tuple[str, ...] = (),
     ) -> list[str]:
         """The argv; `threads` (0: llama-server's own choice, kept by engines on a GPU) from the CPU plan."""
         argv = [
@@ -162,7 +179,7 @@ class LlamaCppAdapter:
                 argv += ["--pooling", "mean"]  # a chat model used for embeddings
         if kind == SlotKind.RERANK:
             argv += ["--reranking"]
-        if no_repack:
+        if NO_REPACK in workarounds:
             # Avoids the repacked (AMX) kernels that trap on some virtual CPUs.
             argv += ["--no-repack"]
         return argv + list(self.settings.extra_args)

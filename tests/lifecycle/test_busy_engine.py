@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from manager.protocol import SlotKind
-from manager.runner import EngineFailed, EngineReady, EngineRunner, RunnerConfig
+from manager.runner import EngineFailed, EngineReady, EngineRunner, Launch, RunnerConfig
 from tests.support import busy_engine
 from tests.support.instance import wait_until_async
 
@@ -23,8 +23,8 @@ def probes(directory: Path) -> int:
 async def test_a_busy_engine_slow_to_answer_health_is_kept_and_a_hung_one_is_killed(tmp_path: Path) -> None:
     reports: list[object] = []
 
-    async def command(port: int, no_repack: bool) -> list[str]:
-        return [sys.executable, busy_engine.__file__, str(tmp_path), "--port", str(port)]
+    async def command(port: int, workarounds: tuple[str, ...]) -> Launch:
+        return Launch([sys.executable, busy_engine.__file__, str(tmp_path), "--port", str(port)], {})
 
     config = RunnerConfig(load_timeout_s=30, stop_grace_s=1, health_interval_s=0.2, health_failures=2,
                           health_path="/health", log_path=tmp_path / "engine.log", pid_dir=tmp_path / "pids")

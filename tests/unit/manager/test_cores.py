@@ -306,7 +306,7 @@ def test_an_engine_adopted_from_an_older_manager_with_too_many_threads_computes_
     ready(d, "b")
     slot(d, "b").threads = 1
     adopted = d.table.adopt(d.entry("a"), CHAT, generation=50, pid=4242, port=30000,
-                            plan=slot(d, "b").plan, threads=8)  # type: ignore[arg-type]
+                            plan=slot(d, "b").plan, threads=8, engine="llama.cpp")  # type: ignore[arg-type]
     d.settle()
     first = d.lease(d.acquire("a"))
     waiting = d.acquire("b")
@@ -320,7 +320,8 @@ def test_no_engine_is_restarted_for_its_threads_before_the_gateway_says_which_le
     d = Driver(cpu_policy="exclusive")
     d.table.peers = type(d.table.peers)()  # a manager that just started: no gateway has said hello yet
     adopted = d.table.adopt(d.entry("a"), CHAT, generation=5, pid=4242, port=30000,
-                            plan=MemoryPlan(weights=100 * MiB, kv_cache=0, compute=0, ctx_size=2048), threads=8)
+                            plan=MemoryPlan(weights=100 * MiB, kv_cache=0, compute=0, ctx_size=2048), threads=8,
+                            engine="llama.cpp")
     d.table.set_hardware(snapshot(2))
     d.advance(cores.RETHREAD_IDLE_S + 5)
     assert not d.stopped and adopted.state == SlotState.READY  # it may be serving a stream

@@ -54,7 +54,7 @@ def test_an_adopted_engine_takes_over_the_leases_the_gateway_declares() -> None:
     d = Driver()
     entry = d.entry("a")
     plan = MemoryPlan(weights=100 * MiB, kv_cache=0, compute=0, ctx_size=2048)
-    slot = d.table.adopt(entry, CHAT, generation=7, pid=4242, port=30000, plan=plan, threads=2)
+    slot = d.table.adopt(entry, CHAT, generation=7, pid=4242, port=30000, plan=plan, threads=2, engine="llama.cpp")
     d.settle()
     assert slot.state == SlotState.READY and slot.adopted
     d.hello(GATEWAY, leases=(HeldLease(lease_id="old:3", model="a", kind=CHAT, generation=7),

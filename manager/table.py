@@ -21,7 +21,7 @@ from manager.leases import Lease
 from manager.protocol import (
     PROTOCOL, AbandonNotice, AcquireReply, AcquireRequest, ErrorCode, ErrorEvent, HardwareEvent,
     HardwareSnapshot, HeldLease, HelloReply, HelloRequest, LeaseOutcome, LoadProgressEvent, LoadReply, LoadRequest,
-    ModelEntry, PeerRole, ReleaseNotice, Severity, SlotKind, SlotState,
+    ModelEntry, PeerRole, ReleaseNotice, Severity, SlotEvent, SlotKind, SlotState,
     UnloadReply, UnloadRequest,
 )
 from manager.refusals import Refusal, protocol_mismatch, refuse_new_slot, waited_too_long
@@ -433,7 +433,8 @@ class SlotTable(RunnerReports):
         del self.slots[slot.key]
         if slot.pid is not None:
             self.out.add(Stop(slot))  # whatever is left of it goes
-        self.out.slot(slot, previous)
+        # Its slot ends, but not the load: those following it see "waiting" for the next engine, never "failed".
+        self.out.publish(SlotEvent(slot=slot.info(), previous=previous))
         fresh = self._successor(slot, said, choice)
         fresh.failed_engines, fresh.num_ctx = failed, slot.num_ctx
         fresh.park(*waiters)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from manager.config import Settings
 from manager.context import start_ctx
 from manager.effects import Clock, Learn, Plan, Publish, Send, Spawn, Stop
-from manager.engines.base import MemoryPlan
+from manager.engines.base import Engines, MemoryPlan
 from manager.protocol import (
     AbandonNotice, AcquireReply, AcquireRequest, ErrorReply, HeldLease, HelloRequest, LeaseOutcome, LoadRequest,
     ModelEntry, PeerRole, QueueEvent, ReleaseNotice, SlotKind, SlotState, UnloadRequest,
@@ -39,15 +39,17 @@ class FakeClock(Clock):
 class Driver:
     """Plays the service: answers Plan effects with a plan, keeps replies by request id, and reports for runners."""
 
-    def __init__(self, budget_mb: int = 1000, parallel: int = 4, **settings: object) -> None:
-        """`parallel`: requests one engine serves at once (llama.cpp's default). Unless the test sets cpu_*
+    def __init__(self, budget_mb: int = 1000, parallel: int = 4, engines: Engines | None = None,
+                 **settings: object) -> None:
+        """`parallel`: requests one engine serves at once (llama.cpp's default); `engines`: which engine serves a
+        model (llama.cpp alone unless given). Unless the test sets cpu_*
         settings, cores are plenty (64 engines at once, a thread each): tests of memory and queues are not
         about cores (tests/unit/manager/test_cores.py is)."""
         self.clock = FakeClock()
         if not any(name.startswith("cpu_") for name in settings):
             settings.update(cpu_policy="shared", cpu_cores=64, cpu_shared_engines=64)
         config = Settings(memory_budget_mb=budget_mb, **settings)  # type: ignore[arg-type]
-        self.table = SlotTable(config, "ep0", parallel=parallel, clock=self.clock)
+        self.table = SlotTable(config, "ep0", engines=engines, parallel=parallel, clock=self.clock)
         self.sizes: dict[str, int] = {}
         self.replies: dict[int, object] = {}
         self.spawned: list[tuple[str, int]] = []

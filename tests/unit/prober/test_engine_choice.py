@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from manager.protocol import GpuInfo, HardwareSnapshot
-from prober.engine_choice import choose_engine, cpu_isa_cmake_flags, llama_cpp_backend
+from manager.protocol import GpuInfo, HardwareSnapshot, SlotKind
+from prober.engine_choice import Choice, choose_engine, choose_for, cpu_isa_cmake_flags, llama_cpp_backend
 from prober.probes.cpu import parse_cpuinfo
 
 DATA = Path(__file__).parent / "data"
@@ -112,3 +112,61 @@ def test_arm_keeps_the_native_build(name):
 
 def test_unknown_flags_keep_the_native_build():
     assert cpu_isa_cmake_flags(()) == []
+
+
+# --- the choice per model: choose_for ---
+
+LINUX_CPU = _snapshot("linux", "x86_64")
+LINUX_NVIDIA = _snapshot("linux", "x86_64", (NVIDIA,))
+APPLE = _snapshot("darwin", "arm64")
+SMALL_GPU = _snapshot("linux", "x86_64", (GpuInfo(index=0, vendor="nvidia", name="T400", vram_total=2 * GiB,
+                                                  vram_free=2 * GiB),))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "kind", "host", "engine", "fallbacks"),
+    [
+        ("gguf", SlotKind.CHAT, LINUX_NVIDIA, "llama.cpp", ()),  # GGUF stays on llama.cpp, even on an SGLang host
+        ("gguf", SlotKind.EMBED, LINUX_NVIDIA, "llama.cpp", ()),
+        ("gguf", SlotKind.RERANK, LINUX_NVIDIA, "llama.cpp", ()),
+        ("gguf", SlotKind.CHAT, APPLE, "llama.cpp", ()),
+        ("mlx", SlotKind.CHAT, APPLE, "mlx", ()),
+        ("mlx", SlotKind.CHAT, LINUX_CPU, "mlx", ()),  # mlx[cpu]
+        ("safetensors", SlotKind.CHAT, LINUX_NVIDIA, "sglang", ("mlx",)),
+        ("safetensors", SlotKind.EMBED, LINUX_NVIDIA, "sglang", ()),
+        ("safetensors", SlotKind.CHAT, SMALL_GPU, "mlx", ()),  # too little VRAM for SGLang
+        ("safetensors", SlotKind.CHAT, APPLE, "mlx", ()),
+        ("mlx", SlotKind.EMBED, APPLE, "", ()),
+        ("safetensors", SlotKind.RERANK, LINUX_NVIDIA, "", ()),
+        ("mlx", SlotKind.CHAT, _snapshot("windows", "x86_64"), "", ()),
+    ],
+)
+def test_each_format_and_kind_gets_its_engine(fmt, kind, host, engine, fallbacks):
+    choice = choose_for(fmt, kind, host)
+    assert (choice.engine, choice.fallbacks) == (engine, fallbacks)
+    assert choice.reason  # every choice, and every refusal, says why
+
+
+def test_reasons_name_what_decided():
+    assert "80 GiB" in choose_for("safetensors", SlotKind.CHAT, LINUX_NVIDIA).reason
+    assert "SGLang needs Linux + NVIDIA" in choose_for("safetensors", SlotKind.CHAT, SMALL_GPU).reason
+    assert choose_for("mlx", SlotKind.EMBED, APPLE).reason == "mlx weights are read by mlx only, which cannot serve embed here"
+
+
+def test_an_override_from_config_wins_when_that_engine_can_serve_the_model():
+    assert choose_for("safetensors", SlotKind.CHAT, LINUX_NVIDIA, override="mlx") == \
+        Choice("mlx", "set in config ([engines] names mlx for this model)")
+    refused = choose_for("gguf", SlotKind.CHAT, LINUX_CPU, override="mlx")
+    assert refused.engine == "" and "cannot serve gguf weights as chat" in refused.reason
+
+
+def test_a_failed_engine_hands_over_to_the_next_and_the_reason_says_so():
+    choice = choose_for("safetensors", SlotKind.CHAT, LINUX_NVIDIA, exclude=("sglang",))
+    assert choice.engine == "mlx" and choice.reason.endswith("(sglang failed)")
+    none_left = choose_for("safetensors", SlotKind.CHAT, LINUX_NVIDIA, exclude=("sglang", "mlx"))
+    assert none_left.engine == "" and none_left.reason.endswith("tried mlx, sglang")
+
+
+def test_engines_without_an_adapter_here_are_not_chosen():
+    choice = choose_for("safetensors", SlotKind.CHAT, LINUX_NVIDIA, available=("llama.cpp", "mlx"))
+    assert choice.engine == "mlx" and "failed" not in choice.reason

@@ -58,24 +58,38 @@ def check_name(name: str) -> str:
 class ModelStore:
     """The index and the files it names. Every process may read; writers lock."""
 
-    def __init__(self, paths: Paths) -> None:
+    def __init__(self, paths: Paths, remote: tuple[ModelEntry, ...] = ()) -> None:
         self.paths = paths
+        # Models served by engines elsewhere (config `[[remote]]`, manager/config_remote.py): listed and found with
+        # the installed ones, a remote name hiding an installed model of the same name; never in the index.
+        self.remote = remote
         # (stat stamp, entries, whether the file is of an older schema)
         self._cache: tuple[tuple[int, int, int], list[ModelEntry], bool] | None = None
 
     # --- reading ---
 
     def list(self) -> list[ModelEntry]:
-        return list(self._read())
+        return self._models()
 
     def get(self, name: str) -> ModelEntry | None:
-        return next((m for m in self._read() if m.name == name), None)
+        return next((m for m in self._models() if m.name == name), None)
+
+    def _not_remote(self, name: str) -> None:
+        if any(m.name == name for m in self.remote):
+            raise StoreError(f"{name!r} is a [[remote]] model in config.toml, served elsewhere: change or remove its "
+                             "entry there")
+
+    def _models(self) -> list[ModelEntry]:
+        if not self.remote:
+            return list(self._read())
+        names = {m.name for m in self.remote}
+        return [*self.remote, *(m for m in self._read() if m.name not in names)]
 
     def find(self, name: str, catalog: Catalog | None = None) -> ModelEntry | None:
         """The installed model a name means, as a user types it: the exact name, then without or with ":latest", then the
         catalog's canonical form (`qwen3:8b` is stored as `qwen3:8b:4bit`) or an entry pulled as that shortcut, or
         for a Hub name its stored normal form (`hf.co/o/r:q4_k_m` is `o/R:Q4_K_M`). None when none is."""
-        models = self._read()
+        models = self._models()
         text = name.strip()
         for candidate in (text, text.removesuffix(":latest"), f"{text}:latest"):
             if found := next((m for m in models if m.name == candidate), None):
@@ -132,6 +146,7 @@ class ModelStore:
 
     def add(self, entry: ModelEntry) -> ModelEntry:
         """Index `entry`, replacing one of its name; the files that one named and no entry names now go."""
+        self._not_remote(entry.name)
         with self._locked() as models:
             former = next((m for m in models if m.name == entry.name), None)
             kept = [m for m in models if m.name != entry.name] + [entry]
@@ -143,6 +158,7 @@ class ModelStore:
     def remove(self, name: str) -> ModelEntry:
         """Drop the entry, then its directory, unless another entry uses it (a pulled quant may be indexed
         under both its catalog shortcut and its repo name). Another quant's directory is another directory."""
+        self._not_remote(name)
         with self._locked() as models:
             entry = next((m for m in models if m.name == name), None)
             if entry is None:
@@ -206,6 +222,8 @@ class ModelStore:
         """`destination` names the same files: hard links of every one in its own directory, so either may be
         deleted."""
         check_name(destination)
+        self._not_remote(source)
+        self._not_remote(destination)
         entry = self.find(source)
         if entry is None:
             raise ModelNotFound(f"model {source!r} is not installed")

@@ -26,6 +26,7 @@ from gateway.middleware.metrics import setup_metrics
 from gateway.middleware.origin import setup_origin
 from manager.client import ManagerClient
 from manager.config import Paths, Settings
+from manager.config_remote import remote_entries
 from manager.protocol import PeerRole
 
 
@@ -35,7 +36,7 @@ def make_app(settings: Settings, paths: Paths) -> web.Application:
     app[LIVE] = LiveSettings(settings)  # what middlewares and handlers read: config.toml's live keys change it
     app[PATHS] = paths
     app[STREAMS] = set()
-    app[STORE] = ModelStore(paths)
+    app[STORE] = ModelStore(paths, remote_entries(settings.remote))  # [[remote]] models are listed too
     # Middlewares, outermost first (SPEC.md, "Gateway policy"):
     #   metrics: every request gets its id and record first, so that every refusal below is counted;
     setup_metrics(app)

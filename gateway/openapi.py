@@ -248,6 +248,7 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/openapi.json": _get("this description"),
     "/lf/status": _get("the manager's snapshot"),
     "/lf/hardware": _get("the prober's hardware reading"),
+    "/lf/engines": _get("the engine chosen for each installed model and why; each engine's install; the host default"),
     "/lf/model/list": _get("the model index"),
     "/lf/model/switch": _post("load a model and wait until it is ready", SWITCH),
     "/lf/model/unload": _post("unload a model (every loaded model when none is named)", UNLOAD),

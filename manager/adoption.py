@@ -49,7 +49,7 @@ async def adopt_engines(service: "ManagerService") -> list[tuple[Slot, EngineRun
                                    pid, int(data["port"]), plan, threads, engine)  # type: ignore[call-overload]
         proc = EngineProcess.attach(pid, Path(str(data["log"])), path)
         runner = EngineRunner(slot.key, slot.generation, None, service.runner_config(slot), service.session,
-                              slot.stop_event, service.post)
+                              slot.stop_event, service.post, slot.turns)
         runner.proc = proc
         adopted.append((slot, runner))
         log.info("adopted %s: pid %d on port %d (generation %d)", slot.label, pid, slot.port, slot.generation)

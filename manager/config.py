@@ -2,8 +2,9 @@
 
 Precedence, lowest first: the defaults below, then `<home>/config.toml` (TOML; a
 key it leaves out keeps its default), then the environment, which overrides the
-file key by key (ENV_OVERRIDES): `LMFORGE_PORT` and `LMFORGE_LLAMA_SERVER`, so
-several instances can run side by side, and `LMFORGE_API_KEY` and
+file key by key (ENV_OVERRIDES): `LMFORGE_PORT`, `LMFORGE_LLAMA_SERVER` and
+`LMFORGE_MLX_PYTHON` (the Python of an environment with mlx-lm), so several
+instances can run side by side, and `LMFORGE_API_KEY` and
 `LMFORGE_MAX_BODY_MB` for `api_key` and `max_body_mb`. `LMFORGE_HOME` (default
 `~/.lmforge`) picks the instance. Changes to the file while LMForge runs:
 manager/config_file.py writes it, manager/config_keys.py says what applies live.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import msgspec
 
+from manager.config_remote import RemoteModel, check_remote
 from manager.keepalive import KeepAliveError, parse_keep_alive
 from prober.engine_choice import ENGINES
 
@@ -44,6 +46,24 @@ class LlamaCppSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     extra_args: list[str] = []
 
 
+class MlxSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    python: str = ""  # the Python of an existing environment with mlx-lm; empty: install ours under the home
+    requirements: list[str] = []  # what pip installs there; empty: mlx[cpu] and mlx-lm (mlx-lm alone on macOS)
+    ctx_size: int = 8192  # what memory is planned for, capped by the model's own (mlx_lm.server sets no limit)
+    parallel: int = 4  # requests decoded at once in one batch
+    cache_mb: int = 256  # its prompt cache (its own default has no byte limit)
+    extra_args: list[str] = []
+
+
+class SglangSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    python: str = ""  # a Python whose `-m sglang.launch_server` runs SGLang; empty: install ours under the home
+    requirements: list[str] = []  # what pip installs there; empty: the SGLang release the adapter was checked against
+    parallel: int = 16  # requests one engine runs at once (--max-running-requests); it batches them continuously
+    context_length: int = 32768  # capped by the model's max_position_embeddings
+    mem_fraction_cap: float = 0.9  # the most of a GPU its static pool (weights and KV cache) may take
+    extra_args: list[str] = []
+
+
 class ApiKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """One `[[api_keys]]` entry: a Bearer key and what it may do."""
 
@@ -56,12 +76,16 @@ SCOPES = ("inference", "admin")
 CPU_POLICIES = ("auto", "exclusive", "shared")
 # llama-server's thread flags: the manager sets them from the cores budget (manager/cores.py).
 THREAD_FLAGS = frozenset({"-t", "--threads", "-tb", "--threads-batch"})
+# SGLang flags the adapter sets from the plan and the [sglang] table (manager/engines/sglang.py).
+SGLANG_OWN_FLAGS = frozenset({"--model-path", "--model", "--host", "--port", "--served-model-name", "--context-length",
+                              "--mem-fraction-static", "--tp-size", "--tensor-parallel-size", "--max-running-requests",
+                              "--max-total-tokens"})
 MIN_KEY_CHARS = 8
 LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
 TIMEOUT_KEYS = ("header_timeout_s", "body_timeout_s", "write_timeout_s", "idle_timeout_s")
 # Each environment variable that overrides a key of the file (manager/config_keys.py spells keys this way).
 ENV_OVERRIDES = {"port": "LMFORGE_PORT", "api_key": "LMFORGE_API_KEY", "max_body_mb": "LMFORGE_MAX_BODY_MB",
-                 "llama_cpp.server": "LMFORGE_LLAMA_SERVER"}
+                 "llama_cpp.server": "LMFORGE_LLAMA_SERVER", "mlx.python": "LMFORGE_MLX_PYTHON"}
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -140,9 +164,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_pulls: int = 2  # pulls downloading at once; more wait in a queue
     disk_reserve_mb: int = 1024  # a pull must leave this much disk free, or it is refused before it starts
     llama_cpp: LlamaCppSettings = msgspec.field(default_factory=LlamaCppSettings)
+    mlx: MlxSettings = msgspec.field(default_factory=MlxSettings)
+    sglang: SglangSettings = msgspec.field(default_factory=SglangSettings)
     # The engine that serves a model, by model name, over the choice table (prober/engine_choice.py), e.g.
     # [engines] "qwen3:8b" = "llama.cpp". `lmforge doctor` and GET /lf/engines show each choice and why.
     engines: dict[str, str] = {}
+    remote: list[RemoteModel] = []  # models served by engines running elsewhere: manager/config_remote.py
 
     @property
     def acquire_wait_s(self) -> float:
@@ -175,6 +202,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             (self.llama_cpp.ctx_size >= 256, "llama_cpp.ctx_size must be >= 256"),
             (1 <= self.llama_cpp.parallel <= 64, "llama_cpp.parallel must be 1-64"),
             (self.llama_cpp.cache_ram_mb >= 0, "llama_cpp.cache_ram_mb must be >= 0 (0: no prompt cache)"),
+            (self.mlx.ctx_size >= 256, "mlx.ctx_size must be >= 256"),
+            (1 <= self.mlx.parallel <= 64, "mlx.parallel must be 1-64"),
+            (self.mlx.cache_mb >= 0, "mlx.cache_mb must be >= 0 (0: no prompt cache)"),
+            (all(r.strip() for r in self.mlx.requirements), "mlx.requirements: each must be a pip requirement"),
+            (1 <= self.sglang.parallel <= 1024, "sglang.parallel must be 1-1024"),
+            (self.sglang.context_length >= 256, "sglang.context_length must be >= 256"),
+            (0.1 <= self.sglang.mem_fraction_cap <= 0.95, "sglang.mem_fraction_cap must be in 0.1-0.95"),
+            (all(r.strip() for r in self.sglang.requirements), "sglang.requirements: each must be a pip requirement"),
             (1 <= self.max_body_mb <= 4096, "max_body_mb must be 1-4096"),
             *((getattr(self, key) > 0, f"{key} must be > 0") for key in TIMEOUT_KEYS),
             (0 <= self.max_queue <= 1024, "max_queue must be 0-1024"),
@@ -196,6 +231,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if owned := SGLANG_OWN_FLAGS.intersection(arg.split("=")[0] for arg in self.sglang.extra_args):
+            raise ConfigError(f"sglang.extra_args: {', '.join(sorted(owned))} is set by LMForge from the memory plan; "
+                              "use sglang.parallel, sglang.context_length or sglang.mem_fraction_cap instead")
         if threads := THREAD_FLAGS.intersection(arg.split("=")[0] for arg in self.llama_cpp.extra_args):
             raise ConfigError(f"llama_cpp.extra_args: {', '.join(sorted(threads))} would run more threads than "
                               "the cores budgeted for the engine: set cpu_cores or cpu_policy instead")
@@ -205,6 +243,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError(str(exc)) from None
         for entry in self.image_allow_hosts:
             allowed_host(entry)
+        if (wrong := check_remote(self.remote)) is not None:
+            raise ConfigError(wrong)
         for model, engine in self.engines.items():
             if engine not in ENGINES:
                 raise ConfigError(f"engines: {model!r} = {engine!r} is not an engine; use one of {', '.join(ENGINES)}")
@@ -412,10 +452,10 @@ def _naming_the_key(message: str) -> str:
 
 
 def _struct_at(where: str) -> type[msgspec.Struct]:
-    """The table type at a path msgspec reports: the top level, [llama_cpp] or one [[api_keys]] entry."""
+    """The table type at a path msgspec reports: the top level, [llama_cpp], [mlx] or one [[api_keys]] entry."""
     if where.startswith("api_keys["):
         return ApiKey
-    return LlamaCppSettings if where == "llama_cpp" else Settings
+    return {"llama_cpp": LlamaCppSettings, "mlx": MlxSettings, "sglang": SglangSettings}.get(where, Settings)
 
 
 def _apply_env(settings: Settings) -> Settings:
@@ -436,4 +476,6 @@ def _apply_env(settings: Settings) -> Settings:
     if server:
         llama = msgspec.structs.replace(settings.llama_cpp, server=server)
         settings = msgspec.structs.replace(settings, llama_cpp=llama)
+    if python := os.environ.get("LMFORGE_MLX_PYTHON"):
+        settings = msgspec.structs.replace(settings, mlx=msgspec.structs.replace(settings.mlx, python=python))
     return settings

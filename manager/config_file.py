@@ -129,7 +129,21 @@ def _keep_secrets(change: dict[str, Any], before: Settings) -> dict[str, Any]:
     entries = change.get("api_keys")
     if isinstance(entries, list):
         change["api_keys"] = [_stored_key(entry, i, before) for i, entry in enumerate(entries)]
+    remotes = change.get("remote")
+    if isinstance(remotes, list):
+        change["remote"] = [_stored_remote_key(entry, i, before) for i, entry in enumerate(remotes)]
     return change
+
+
+def _stored_remote_key(entry: Any, i: int, before: Settings) -> Any:
+    """A `[[remote]]` entry sent back with its api_key as SECRET takes the stored key of the entry of its name."""
+    if not isinstance(entry, dict) or entry.get("api_key") != SECRET:
+        return entry
+    stored = next((r for r in before.remote if r.name == entry.get("name")), None)
+    if stored is None or not stored.api_key:
+        raise ConfigError(f'remote[{i}].api_key is "{SECRET}" (keep the stored key), but no key is stored for it: '
+                          "send the key itself")
+    return {**entry, "api_key": stored.api_key}
 
 
 def _stored_key(entry: Any, i: int, before: Settings) -> Any:
@@ -185,6 +199,8 @@ def redacted(settings: Settings) -> dict[str, Any]:
     data["api_key"] = SECRET if settings.api_key else ""
     for entry in data["api_keys"]:
         entry["key"] = SECRET if entry["key"] else ""
+    for entry in data["remote"]:
+        entry["api_key"] = SECRET if entry["api_key"] else ""
     return data
 
 

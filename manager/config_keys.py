@@ -60,8 +60,12 @@ GUARDED: dict[str, Guard] = {
     **dict.fromkeys(("host", "api_key", "api_keys", "trusted_networks", "trusted_proxies", "allowed_hosts",
                      "allowed_origins", "allow_unauthenticated"), Guard.ADMIN_KEY),
     "image_allow_hosts": Guard.ADMIN_KEY,  # it opens this machine's own network to the image fetcher
+    "remote": Guard.ADMIN_KEY,  # it sends prompts, and a key, to another machine
     # A remote admin may not make the manager run a program of its choosing, nor the gateway read a file.
     **dict.fromkeys(("llama_cpp.server", "llama_cpp.extra_args", "tls_cert", "tls_key"), Guard.LOCAL),
+    # Nor pick the Python an engine runs in, what pip installs into it, or the engine's flags.
+    **dict.fromkeys((f"{engine}.{key}" for engine in ("mlx", "sglang") for key in ("python", "requirements",
+                                                                                 "extra_args")), Guard.LOCAL),
 }
 SECRET = "***"  # a secret as /lf/config shows it; sent back in a change, it means "keep the stored one"
 

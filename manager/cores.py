@@ -102,14 +102,14 @@ def split(settings: Settings, cores: int, residents: int) -> Split:
 
 def residents(slots: Iterable[Slot]) -> int:
     """The models resident: loading or ready (a pending load may yet evict one or be refused)."""
-    return sum(1 for s in slots if s.state in (SlotState.LOADING, SlotState.READY))
+    return sum(1 for s in slots if s.state in (SlotState.LOADING, SlotState.READY) and s.local)
 
 
 def stale(slots: Iterable[Slot], shape: Split, now: float) -> list[Slot]:
     """Ready engines started with another thread count than the policy gives now, idle for RETHREAD_IDLE_S:
     the ones to restart. One with requests in flight or queued keeps running as it is, and so does one whose
     keep_alive ends within RETHREAD_IDLE_S: its successor would keep that end, and be unloaded as it loads."""
-    return [s for s in slots if s.state == SlotState.READY and s.threads != shape.threads
+    return [s for s in slots if s.state == SlotState.READY and s.local and s.threads != shape.threads
             and s.idle and now - max(s.last_used_at, s.loaded_at or 0.0) >= RETHREAD_IDLE_S
             and (s.expires_at is None or s.expires_at - now > RETHREAD_IDLE_S)]
 

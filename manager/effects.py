@@ -33,6 +33,12 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Turn:
+    slot: Slot
+    turn: str  # "park" or "resume": its runner does it between health probes, and reports
+
+
+@dataclass(frozen=True)
 class Plan:
     slot: Slot  # read the header off the loop; answer with SlotTable.planned
 
@@ -52,7 +58,7 @@ class Mark:
     text: str  # "request <id> started (lease <id>)": manager/engine_marks.py writes it, off the loop
 
 
-Effect = Union[Send, Publish, Spawn, Stop, Plan, Learn, Mark]
+Effect = Union[Send, Publish, Spawn, Stop, Turn, Plan, Learn, Mark]
 
 # How a load ended, as the status stream's `load` events tell it after its stages (manager/load_watch.py).
 LOAD_ENDS = {(SlotState.LOADING, SlotState.READY): "ready", (SlotState.LOADING, SlotState.FAILED): "failed",

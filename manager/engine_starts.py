@@ -13,9 +13,12 @@ import logging
 from pathlib import Path
 from typing import Callable
 
+import aiohttp
+
 from manager.config import Paths, Settings
 from manager.engines.base import EngineAdapter, EngineMissing, MemoryPlan
 from manager.engines.registry import EngineRegistry
+from manager.engines.remote import REMOTE, RemoteAdapter, RemoteRunner
 from manager.load_watch import watch_config
 from manager.protocol import HardwareSnapshot, LoadProgressEvent, Severity
 from manager.runner import Launch, LoadFailure, RunnerConfig
@@ -46,7 +49,17 @@ class EngineStarts:
             log_path=self.paths.engine_log(slot.file_slug), about=about,
             watch=watch_config(s.load_stall_s, s.load_stall_s_per_gb, slot.entry, adapter.load_markers),
             engine=adapter.name, workaround=adapter.workaround,
+            turns={"park": adapter.park, "resume": adapter.resume} if getattr(adapter, "parks", False) else None,
+            parked_health_path=getattr(adapter, "parked_health_path", ""),
         )
+
+    def remote_runner(self, slot: Slot, config: RunnerConfig, session: aiohttp.ClientSession,
+                      post: Callable[[object], None]) -> RemoteRunner:
+        """The watch over a `[[remote]]` model's engine, which runs elsewhere."""
+        remote = self.registry.get(REMOTE)
+        assert isinstance(remote, RemoteAdapter)
+        return RemoteRunner(slot.key, slot.generation, slot.base_url, remote.health_path_of(slot.model),
+                            remote.headers(slot.model), config, session, slot.stop_event, post)
 
     async def launch(self, slot: Slot, port: int, workarounds: tuple[str, ...],
                      hardware: Callable[[], HardwareSnapshot | None]) -> Launch:

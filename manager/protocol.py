@@ -38,9 +38,14 @@ class SlotState(enum.StrEnum):
     # pending -> loading -> ready -> stopping -> unloaded
     # pending | loading | ready -> failed
     # loading -> stopping (unloaded before it was ready)
+    # ready -> parking -> parked -> resuming -> ready (an engine that can release its GPU memory and keep its
+    # process: SGLang; manager/table_parking.py); parking | parked | resuming -> stopping | failed
     PENDING = "pending"  # waiting for memory; holds none yet
     LOADING = "loading"  # engine spawned, not yet healthy
     READY = "ready"
+    PARKING = "parking"  # releasing its GPU memory; serves nothing new
+    PARKED = "parked"  # its process runs, its weights in host memory: holds no GPU memory
+    RESUMING = "resuming"  # taking its GPU memory back
     STOPPING = "stopping"
     UNLOADED = "unloaded"  # terminal: stopped on purpose
     FAILED = "failed"  # terminal: refused, crashed, or never became healthy
@@ -144,6 +149,7 @@ class SlotInfo(msgspec.Struct, kw_only=True, frozen=True):
     loaded_at: float | None = None
     estimate_bytes: int = 0  # before the load: the header's figure, or what the last load taught us
     measured_bytes: int | None = None  # what the engine holds now (RSS on CPU, per-process VRAM on GPU)
+    memory_estimate: str = ""  # how measured_bytes was estimated, when NVML gave no per-process figure (containers)
     charged_bytes: int = 0  # what the budget counts: measured plus what it will still grow by
     adopted: bool = False  # started by an earlier manager and taken over after it crashed
     ctx_size: int = 0

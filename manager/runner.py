@@ -71,6 +71,15 @@ class EngineStopped:
     generation: int
 
 
+@dataclass(frozen=True)
+class EngineTurned:
+    """The engine parked (released its GPU memory, process kept) or resumed, as its slot asked (table_parking.py)."""
+
+    key: SlotKey
+    generation: int
+    turn: str  # "park" or "resume"
+
+
 class LoadFailure(Exception):
     def __init__(self, message: str, severity: Severity, tail: str = "") -> None:
         super().__init__(message)
@@ -94,6 +103,10 @@ class RunnerConfig:
     engine: str = "llama.cpp"  # the engine's name, in what is said about its failures
     # The adapter's reading of an engine that died while loading: a workaround to start again with, or None.
     workaround: Callable[[int, str, tuple[str, ...]], str | None] = lambda code, tail, applied: None
+    # An engine that parks (SGLang): the calls that release and take back its GPU memory, and the health path it
+    # answers while parked without generating (its health_path generates, which a parked engine must not).
+    turns: dict[str, Callable[[aiohttp.ClientSession, str], Awaitable[None]]] | None = None
+    parked_health_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,10 +126,13 @@ class EngineRunner:
     def __init__(
         self, key: SlotKey, generation: int, command: Command | None, config: RunnerConfig,
         session: aiohttp.ClientSession, stop_event: asyncio.Event, post: Callable[[object], None],
+        turns: asyncio.Queue[str] | None = None,
     ) -> None:
         self.key, self.generation = key, generation
         self.command, self.config, self.session = command, config, session
         self.stop_event, self.post = stop_event, post
+        self.turns: asyncio.Queue[str] = turns or asyncio.Queue()  # "park" / "resume", asked by the slot
+        self.parked = False
         self.proc: EngineProcess | None = None
 
     async def run(self, adopted_port: int | None = None) -> None:
@@ -218,27 +234,44 @@ class EngineRunner:
         """
         assert self.proc is not None
         proc, failures = self.proc, 0
-        url = f"http://127.0.0.1:{port}{self.config.health_path}"
         cpu, at = await asyncio.to_thread(proc.cpu_seconds), time.monotonic()
         while True:
             exited = asyncio.ensure_future(proc.wait())
             stop = asyncio.ensure_future(self.stop_event.wait())
-            await asyncio.wait([exited, stop], timeout=self.config.health_interval_s,
+            turn = asyncio.ensure_future(self.turns.get())
+            await asyncio.wait([exited, stop, turn], timeout=self.config.health_interval_s,
                                return_when=asyncio.FIRST_COMPLETED)
-            exited.cancel()
-            stop.cancel()
+            for task in (exited, stop, turn):
+                task.cancel()
             if self.stop_event.is_set():
                 await proc.stop(self.config.stop_grace_s)
                 return None
             if proc.exited:
                 return self._failed(f"engine died ({describe_exit(proc.returncode)})", proc)
-            healthy = await self._probe(url)
+            if turn.done() and not turn.cancelled() and (broke := await self._turn(turn.result(), port)):
+                await proc.stop(0)
+                return self._failed(broke, proc)
+            path = self.config.parked_health_path if self.parked else self.config.health_path
+            healthy = await self._probe(f"http://127.0.0.1:{port}{path}")
             (before, since), (cpu, at) = (cpu, at), (await asyncio.to_thread(proc.cpu_seconds), time.monotonic())
             working = before is not None and cpu is not None and cpu - before >= BUSY_CPU_SHARE * (at - since)
             failures = 0 if healthy or working else failures + 1
             if failures >= self.config.health_failures:
                 await proc.stop(0)
                 return self._failed(f"engine stopped answering its health probe ({failures} in a row); killed it", proc)
+
+    async def _turn(self, turn: str, port: int) -> str:
+        """Park or resume the engine, between two health probes (one that generates must never meet a park):
+        "" when done (reported), else why it failed."""
+        assert self.config.turns is not None, "a turn asked of an engine that does not park"
+        self.parked = True  # from the park's start to the resume's end, probes do not generate
+        try:
+            await self.config.turns[turn](self.session, f"http://127.0.0.1:{port}")
+        except Exception as exc:  # its adapter's error, said plainly; the engine is stopped
+            return f"the engine could not {turn}: {exc}"
+        self.parked = turn == "park"
+        self.post(EngineTurned(self.key, self.generation, turn))
+        return ""
 
     async def _probe(self, url: str) -> bool:
         return await answers_health(self.session, url, max(self.config.health_interval_s, 2.0))

@@ -65,7 +65,8 @@ def plan_admission(
 ) -> Decision:
     """Decide how a slot needing `need` bytes gets in beside `residents`.
 
-    `residents` are the other slots that hold memory (loading, ready, stopping).
+    `residents` are the other slots that hold memory (loading, ready, stopping; parking counts as stopping and
+    resuming as loading: manager/table_parking.py).
     Busy slots are never chosen as victims; the caller waits for them to drain
     and turns a Wait into a Reject when its drain timeout runs out.
     """
@@ -74,7 +75,7 @@ def plan_admission(
             f"needs {fmt_bytes(need)} but the whole memory budget is {fmt_bytes(budget)}"
         )
     used = sum(r.reserved for r in residents)
-    stopping = [r for r in residents if r.state == SlotState.STOPPING]
+    stopping = [r for r in residents if r.state in (SlotState.STOPPING, SlotState.PARKING)]
     live = len(residents) - len(stopping)
     deficit = need - (budget - used)
     excess = live + 1 - max_loaded if max_loaded else 0
@@ -96,7 +97,7 @@ def plan_admission(
 
     busy = sorted((r for r in residents if r.state == SlotState.READY and not r.idle),
                   key=lambda r: (r.pinned, r.last_used_at))
-    loading = [r for r in residents if r.state == SlotState.LOADING]
+    loading = [r for r in residents if r.state in (SlotState.LOADING, SlotState.RESUMING)]
     needed: list[Resident] = []
     for r in busy:  # the fewest busy slots that make room, least recently used first
         if freed >= deficit and len(victims) + len(needed) >= excess:

@@ -27,8 +27,10 @@ from catalog.store import ModelStore, StoreError
 from manager import budget as budgets
 from manager.adoption import adopt_engines
 from manager.config import Paths, Settings
+from manager.config_remote import remote_entries
 from manager.engine_starts import EngineStarts
 from manager.engines.registry import EngineRegistry
+from manager.engines.remote import REMOTE
 from manager.index import IndexWriter
 from manager.ipc import EventPublisher, endpoints, ensure_runtime_dir, make_socket, remove_endpoints
 from manager.lag import LoopLag
@@ -44,10 +46,10 @@ from manager.protocol import (
     Reply, SnapshotReply, SnapshotRequest, UnloadRequest, encoder, to_manager_decoder,
 )
 from manager.runner import (
-    EngineFailed, EngineProgress, EngineReady, EngineRunner, EngineSpawned, EngineStopped, RunnerConfig,
+    EngineFailed, EngineProgress, EngineReady, EngineRunner, EngineSpawned, EngineStopped, EngineTurned, RunnerConfig,
 )
 from manager.slots import Slot
-from manager.effects import Learn, Mark, Plan, Publish, Send, Spawn, Stop
+from manager.effects import Learn, Mark, Plan, Publish, Send, Spawn, Stop, Turn
 from manager.table import SlotTable
 
 log = logging.getLogger("lmforge.manager")
@@ -89,7 +91,7 @@ class ManagerService:
     def __init__(self, settings: Settings, paths: Paths) -> None:
         self.settings = settings
         self.paths = paths
-        self.store = ModelStore(paths)
+        self.store = ModelStore(paths, remote_entries(settings.remote))  # [[remote]] models are found too
         self.engines = EngineRegistry(settings, paths)
         self.epoch = uuid.uuid4().hex[:12]
         self.started_at = time.time()
@@ -134,6 +136,7 @@ class ManagerService:
             EngineReady: lambda e: t.ready(e.key, e.generation),  # type: ignore[attr-defined]
             EngineFailed: lambda e: t.failed(e.key, e.generation, e.message, e.severity, e.tail),  # type: ignore[attr-defined]
             EngineStopped: lambda e: t.stopped(e.key, e.generation),  # type: ignore[attr-defined]
+            EngineTurned: lambda e: t.turned(e.key, e.generation, e.turn),  # type: ignore[attr-defined]
             Tick: lambda _: self._on_tick(),
             Done: lambda d: d.then(),  # type: ignore[attr-defined]
         }
@@ -214,6 +217,8 @@ class ManagerService:
                 self._spawn(effect.slot)
             elif isinstance(effect, Stop):
                 effect.slot.stop_event.set()
+            elif isinstance(effect, Turn):
+                effect.slot.turns.put_nowait(effect.turn)  # its runner parks or resumes the engine
             elif isinstance(effect, Plan):
                 self._plan(effect.slot)
             elif isinstance(effect, Mark):
@@ -355,9 +360,10 @@ class ManagerService:
         now = time.monotonic()
         if now - self._last_measure >= MEASURE_S and not self._measuring:
             self._last_measure, self._measuring = now, True
-            pids = [s.pid for s in self.table.memory_holders() if s.pid is not None]
+            holders = [s for s in self.table.memory_holders() if s.pid is not None]
             on_gpu = budgets.is_gpu_host(self.table.hardware)
-            self._offload(functools.partial(engine_memory, pids, on_gpu), self._measured)
+            plans = {s.pid: s.estimate for s in holders}  # how a container's VRAM estimate is shared out
+            self._offload(functools.partial(engine_memory, list(plans), on_gpu, plans), self._measured)
         if now - self._last_config >= CHECK_S:
             self._last_config = now
             if self.config_watch.changed():
@@ -409,9 +415,12 @@ class ManagerService:
 
     def _spawn(self, slot: Slot) -> None:
         assert self.session is not None
+        if slot.engine == REMOTE:  # nothing to start: watch the engine that runs elsewhere
+            self._run(slot, self.starts.remote_runner(slot, self.runner_config(slot), self.session, self.post).run())
+            return
         command = functools.partial(self.starts.launch, slot, hardware=lambda: self.table.hardware)
         runner = EngineRunner(slot.key, slot.generation, command, self.runner_config(slot), self.session,
-                              slot.stop_event, self.post)
+                              slot.stop_event, self.post, slot.turns)
         self._run(slot, runner.run())
 
     def _run(self, slot: Slot, coro: object) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from manager import memory
 from manager.context import outgrown, reload_reason
+from manager.config_remote import REMOTE_FORMAT
 from manager.engines.base import MemoryPlan
 from manager.protocol import (
     AcquireRequest,
@@ -27,7 +28,10 @@ SlotKey = tuple[str, SlotKind]
 _ALLOWED: dict[SlotState, set[SlotState]] = {
     SlotState.PENDING: {SlotState.LOADING, SlotState.FAILED},
     SlotState.LOADING: {SlotState.READY, SlotState.FAILED, SlotState.STOPPING},
-    SlotState.READY: {SlotState.STOPPING, SlotState.FAILED},
+    SlotState.READY: {SlotState.STOPPING, SlotState.FAILED, SlotState.PARKING},
+    SlotState.PARKING: {SlotState.PARKED, SlotState.STOPPING, SlotState.FAILED},
+    SlotState.PARKED: {SlotState.RESUMING, SlotState.STOPPING, SlotState.FAILED},
+    SlotState.RESUMING: {SlotState.READY, SlotState.STOPPING, SlotState.FAILED},
     SlotState.STOPPING: {SlotState.UNLOADED, SlotState.FAILED},
     SlotState.UNLOADED: set(),
     SlotState.FAILED: set(),
@@ -35,7 +39,7 @@ _ALLOWED: dict[SlotState, set[SlotState]] = {
 DEFAULT_KEEP = "default"  # keep_alive not given: the slot's own default applies
 HOT_S = 0.5  # a contended slot idle for less than this is between two requests of steady traffic
 # States in which a slot holds memory (or is about to).
-HOLDS_MEMORY = {SlotState.LOADING, SlotState.READY, SlotState.STOPPING}
+HOLDS_MEMORY = {SlotState.LOADING, SlotState.READY, SlotState.STOPPING, SlotState.PARKING, SlotState.RESUMING}
 
 
 class IllegalTransition(RuntimeError):
@@ -93,6 +97,7 @@ class Slot:
     learned_bytes: int | None = None  # what the last load of this (model, kind, ctx) came to
     measured_bytes: int | None = None
     private_bytes: int | None = None
+    memory_estimate: str = ""  # how measured_bytes was estimated when NVML could not read it per process
     at_ready_bytes: int | None = None  # the first measurement after ready, before any request
     waiters: list[Waiter] = field(default_factory=list)  # loads waiting for it to be ready
     queue: deque[Waiter] = field(default_factory=deque)  # acquires waiting for a lease, oldest first: queues.py
@@ -114,6 +119,7 @@ class Slot:
     load_progress: float | None = None  # of its weights in memory while it loads them
     adopted: bool = False
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    turns: asyncio.Queue[str] = field(default_factory=asyncio.Queue)  # "park" or "resume", for its runner
     task: asyncio.Task[None] | None = None
 
     @property
@@ -133,7 +139,14 @@ class Slot:
         return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{self.entry.name}-{self.kind}")
 
     @property
+    def local(self) -> bool:
+        """Whether its engine runs here (memory and cores); a `[[remote]]` model's runs elsewhere."""
+        return self.entry.format != REMOTE_FORMAT
+
+    @property
     def base_url(self) -> str:
+        if self.entry.format == REMOTE_FORMAT:
+            return self.entry.path  # served elsewhere: manager/engines/remote.py
         return f"http://127.0.0.1:{self.port}"
 
     @property
@@ -294,6 +307,7 @@ class Slot:
             loaded_at=self.loaded_at,
             estimate_bytes=self.estimate,
             measured_bytes=self.measured_bytes,
+            memory_estimate=self.memory_estimate,
             charged_bytes=self.charged,
             adopted=self.adopted,
             ctx_size=plan.ctx_size if plan else 0,

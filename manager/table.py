@@ -27,13 +27,15 @@ from manager.protocol import (
 from manager.refusals import Refusal, protocol_mismatch, refuse_new_slot, waited_too_long
 from manager.scheduler import Admit, Evict, Reject, Wait, plan_admission
 from manager.slots import DEFAULT_KEEP as DEFAULT, Slot, SlotKey, Waiter
-from manager.table_reports import RunnerReports
+from manager.table_parking import Parking
 from prober.engine_choice import Choice
 
 log = logging.getLogger("lmforge.manager")
+# States in which a slot's engine process runs: unloading stops it.
+RUNS = {SlotState.LOADING, SlotState.READY, SlotState.PARKING, SlotState.PARKED, SlotState.RESUMING}
 
 
-class SlotTable(RunnerReports):
+class SlotTable(Parking):
     """See the module docstring; the state it decides on and the views of it are TableState's (table_state.py)."""
 
     # --- peers and leases ---
@@ -228,7 +230,7 @@ class SlotTable(RunnerReports):
         slot = Slot(entry=entry, kind=kind, generation=self.generations, engine=choice.engine, pinned=pinned,
                     engine_reason=choice.reason, fallbacks=choice.fallbacks,
                     keep_alive_s=keep, load_started=self.clock.mono(), load_reason=reason,  # type: ignore[arg-type]
-                    parallel=self.engines.parallel(choice.engine))
+                    parallel=self.engines.parallel(choice.engine, entry.name))
         self.slots[slot.key] = slot
         self.out.slot(slot, None)
         return slot
@@ -253,10 +255,10 @@ class SlotTable(RunnerReports):
         """Give each pending slot, oldest first, what the policy says: load, evict, wait or refuse."""
         wanted: dict[tuple[SlotKey, int], str] = {}  # busy slots that must yield, and to whom
         self._rethread()
-        pending = sorted((s for s in self.slots.values() if s.state == SlotState.PENDING),
+        pending = sorted([*(s for s in self.slots.values() if s.state == SlotState.PENDING), *self.wanted_parked()],
                          key=lambda s: s.load_started)
         for slot in pending:
-            if self.slots.get(slot.key) is not slot or slot.state != SlotState.PENDING:
+            if self.slots.get(slot.key) is not slot or slot.state not in (SlotState.PENDING, SlotState.PARKED):
                 continue  # an earlier decision in this pass refused or replaced it
             try:
                 self._schedule_one(slot, wanted)
@@ -277,16 +279,22 @@ class SlotTable(RunnerReports):
             return
         if any(key == slot.key for key, _ in self.retiring):
             return self._wait(slot, f"waiting for the previous engine of {slot.label} to stop")
+        if not slot.local:
+            return self._start(slot)  # it takes no room here, and makes none
         for _ in range(2):  # after evicting, ask again: a count limit may now allow the load
             residents = [s.resident(self.clock.now()) for s in self.memory_holders()]
             decision = plan_admission(slot.estimate, budget.total_bytes, residents, self.settings.max_loaded_models)
             if isinstance(decision, Admit):
-                return self._start(slot)
+                return self.resume_engine(slot) if slot.state == SlotState.PARKED else self._start(slot)
             if not isinstance(decision, Evict):
                 break
             victims = [v for v in self.memory_holders() if (v.key, v.generation) in decision.victims]
             for victim in victims:
-                self.unload(victim, f"evicted to make room for {slot.label}")
+                reason = f"evicted to make room for {slot.label}"
+                if self.may_park(victim):
+                    self.park_engine(victim, reason)  # its process stays: a request resumes it in seconds
+                elif victim.state != SlotState.PARKING:
+                    self.unload(victim, reason)
             decision = Wait(f"evicting {', '.join(v.label for v in victims)}")
         if isinstance(decision, Reject):
             return self._refuse_pending(slot, f"cannot load {slot.label}: {decision.reason}")
@@ -330,9 +338,12 @@ class SlotTable(RunnerReports):
             self.out.slot(slot, None)
 
     def _refuse_pending(self, slot: Slot, message: str, code: ErrorCode = ErrorCode.NO_CAPACITY) -> None:
-        """No room: the waiters get 503, and nothing is recorded against the model."""
+        """No room: the waiters get 503, and nothing is recorded against the model (a parked engine stays)."""
         self.out.refuse(slot.take_waiters(), code, message, 5.0)
         slot.detail = message
+        if slot.state == SlotState.PARKED:
+            slot.wait_deadline = slot.busy_wait_since = None
+            return
         previous = slot.change_state(SlotState.FAILED)
         del self.slots[slot.key]
         self.out.slot(slot, previous)
@@ -341,7 +352,8 @@ class SlotTable(RunnerReports):
         previous = slot.change_state(SlotState.LOADING)
         # Counted among the residents now. Before the first snapshot (a configured memory budget does not wait for
         # one) the host counts as a CPU host.
-        slot.threads = self.split().threads if self.hardware is None or cores.cpu_host(self.hardware) else 0
+        on_cpu = self.hardware is None or cores.cpu_host(self.hardware)
+        slot.threads = self.split().threads if on_cpu and slot.local else 0
         slot.wait_deadline, slot.busy_wait_since, slot.detail = None, None, "starting engine"
         self.out.add(Spawn(slot))
         self.out.slot(slot, previous)
@@ -360,10 +372,10 @@ class SlotTable(RunnerReports):
             self._retire(slot)
             self.out.slot(slot, None)
             return
-        if slot.state == SlotState.LOADING:
+        if slot.state in (SlotState.LOADING, SlotState.RESUMING):
             self.out.refuse(slot.take_waiters(), ErrorCode.LOAD_FAILED,
                             f"{slot.label} was unloaded before it was ready ({reason})")
-        if slot.state in (SlotState.LOADING, SlotState.READY):
+        if slot.state in RUNS:
             self._stop(slot, reason)
 
     def _retire(self, slot: Slot) -> None:
@@ -377,7 +389,8 @@ class SlotTable(RunnerReports):
             self._requeue(slot, waiters)
 
     def _stop(self, slot: Slot, reason: str) -> None:
-        if slot.plan is not None and slot.measured_bytes is not None:
+        if slot.plan is not None and slot.measured_bytes is not None and not slot.memory_estimate:
+            # An estimate shares out what other processes use too: never learned as the model's own cost.
             self.out.add(Learn(slot.model, slot.kind, slot.plan.ctx_size, slot.charged, slot.plan.total))
         previous = slot.change_state(SlotState.STOPPING)
         slot.detail = reason
@@ -388,7 +401,7 @@ class SlotTable(RunnerReports):
 
     def tick(self) -> None:
         now = self.clock.now()
-        for slot in [s for s in self.slots.values() if s.state == SlotState.READY]:
+        for slot in [s for s in self.slots.values() if s.state in (SlotState.READY, SlotState.PARKED)]:
             if slot.expired(now):
                 self.unload(slot, "keep_alive expired")
             elif slot.loaded_at and now - slot.loaded_at > STABLE_AFTER_S:
@@ -449,6 +462,6 @@ class SlotTable(RunnerReports):
             self.out.refuse(slot.take_waiters(), ErrorCode.SHUTTING_DOWN, "LMForge is shutting down")
             if slot.state == SlotState.PENDING:
                 self._refuse_pending(slot, "LMForge is shutting down", ErrorCode.SHUTTING_DOWN)
-            elif slot.state in (SlotState.LOADING, SlotState.READY):
+            elif slot.state in RUNS:
                 self._stop(slot, "manager shutting down")
 

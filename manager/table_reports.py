@@ -74,6 +74,8 @@ class RunnerReports(TableState):
             if slot.pid is None or slot.pid not in readings:
                 continue
             slot.measured_bytes, slot.private_bytes = readings[slot.pid]
+            # NVML gave no per-process figure (a container): the reading is an estimate, and says how it was made.
+            slot.memory_estimate = getattr(readings[slot.pid], "basis", "")
             if slot.at_ready_bytes is None and slot.state == SlotState.READY:
                 slot.at_ready_bytes = slot.measured_bytes
         self.schedule()
@@ -83,7 +85,7 @@ class RunnerReports(TableState):
         """An engine an earlier manager started, still healthy: it is ready now, and its leases come with hellos."""
         slot = Slot(entry=entry, kind=kind, generation=generation, engine=engine, keep_alive_s=self.default_keep,
                     engine_reason="adopted from the previous manager",
-                    parallel=self.engines.parallel(engine), state=SlotState.READY, plan=plan, pid=pid, port=port, adopted=True,
+                    parallel=self.engines.parallel(engine, entry.name), state=SlotState.READY, plan=plan, pid=pid, port=port, adopted=True,
                     loaded_at=self.clock.now(), last_used_at=self.clock.now(), on_gpu=budgets.is_gpu_host(self.hardware),
                     threads=threads,
                     load_reason="adopted from the previous manager")

@@ -63,7 +63,8 @@ class TableState:
         return budgets.budget_info(self.settings, self.hardware, held)
 
     def memory_holders(self) -> list[Slot]:
-        return [s for s in [*self.slots.values(), *self.retiring.values()] if s.state in HOLDS_MEMORY]
+        # A remote model's engine holds nothing here: it is neither charged nor evicted for room.
+        return [s for s in [*self.slots.values(), *self.retiring.values()] if s.state in HOLDS_MEMORY and s.local]
 
     # --- cores (cores.py) ---
 

@@ -13,5 +13,6 @@ cd "$(dirname "$0")/.."
 export LMFORGE_TEST_CACHE="${LMFORGE_TEST_CACHE:-$HOME/.cache/lmforge-tests}"
 LMFORGE_LLAMA_SERVER="$(LMFORGE_HOME="$LMFORGE_TEST_CACHE/home" .venv/bin/lmforge engine install --print-path)"
 export LMFORGE_LLAMA_SERVER
+LMFORGE_HOME="$LMFORGE_TEST_CACHE/home" .venv/bin/lmforge -q engine install mlx  # its venv: tests/integration/test_mlx_engine.py
 
 .venv/bin/python -m pytest "$@"

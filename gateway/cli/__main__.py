@@ -12,12 +12,12 @@ import traceback
 from typing import NoReturn
 
 from gateway.cli.client import GatewayError
-from gateway.cli.commands import config, engine, launch, logs, models, pull, run, service
+from gateway.cli.commands import autostart, config, doctor, engine, launch, logs, models, pull, run, service
 from gateway.cli.context import CommandError, Context
 from gateway.cli.terminal import Terminal, one_line
 from manager.config import ConfigError, Paths, Settings, effective, home_dir, load_settings
 
-COMMANDS = (service, models, pull, run, launch, engine, logs, config)
+COMMANDS = (service, autostart, models, pull, run, launch, engine, logs, config, doctor)
 
 
 class Parser(argparse.ArgumentParser):

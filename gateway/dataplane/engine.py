@@ -25,9 +25,10 @@ from aiohttp import web
 from gateway.dataplane.model import Event, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 from gateway.dataplane.queued import QueuedStream
 from gateway.errors import ApiError, from_manager
-from gateway.keys import LIVE, MANAGER, UPSTREAM
+from gateway.keys import LIVE, MANAGER, SETTINGS, UPSTREAM
 from gateway.request_log import record_of, request_id
 from manager.client import Holding, ManagerError, ManagerTimeout, ManagerUnavailable
+from manager.engines.remote import REMOTE
 from manager.protocol import AcquireReply, LeaseOutcome, SlotKind
 
 log = logging.getLogger("lmforge.gateway")
@@ -63,6 +64,9 @@ class Engine:
         self.gone = False  # the engine went away after the answer had started (a second call found it gone)
         self.response: web.StreamResponse | None = None  # the client's, when it started while the request was queued
         self.record = record_of(request)  # the request log's: first token and usage are noted on it
+        # A [[remote]] model's engine runs elsewhere: it gets its key, and the name it serves the model as.
+        self.remote = next((r for r in request.app[SETTINGS].remote if r.name == lease.model), None) \
+            if lease.engine == REMOTE else None
 
     @property
     def model(self) -> str:
@@ -70,10 +74,15 @@ class Engine:
 
     async def post(self, path: str, body: dict[str, Any] | bytes) -> aiohttp.ClientResponse:
         """Send a request; returns once the engine's response headers are in."""
+        headers = {"Content-Type": "application/json", "X-Request-Id": self.trace}
+        if self.remote is not None:
+            body = _decode(body) if isinstance(body, bytes) else body
+            body = {**body, "model": self.remote.served_as}
+            if self.remote.api_key:
+                headers["Authorization"] = f"Bearer {self.remote.api_key}"
         data = body if isinstance(body, bytes) else msgspec.json.encode(body)
         try:
-            return await self.session.post(self.lease.base_url + path, data=data, timeout=TIMEOUT,
-                                           headers={"Content-Type": "application/json", "X-Request-Id": self.trace})
+            return await self.session.post(self.lease.base_url + path, data=data, timeout=TIMEOUT, headers=headers)
         except asyncio.TimeoutError as exc:  # slow is not gone (aiohttp's timeouts are connection errors too)
             raise unreachable(self.model, exc) from None
         except aiohttp.ClientConnectionError as exc:
@@ -93,8 +102,16 @@ class Engine:
             self.failed = True
             raise unreachable(self.model, exc) from None
         if up.status >= 400:
-            raise engine_error(up.status, data)
+            raise self._error(up.status, data)
         return up.content_type, data
+
+    def _error(self, status: int, data: bytes) -> ApiError:
+        """The engine's error as the client's; a remote engine refusing LMForge's own key is LMForge's fault (502),
+        never the client's 401."""
+        if self.remote is not None and status in (401, 403):
+            return ApiError(502, f"the remote engine of {self.model} at {self.lease.base_url} refused LMForge's key "
+                            f"({status}): check api_key in its [[remote]] entry", code="remote_refused")
+        return engine_error(status, data)
 
     async def json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return _decode((await self.read(path, body))[1])
@@ -104,7 +121,7 @@ class Engine:
         up = await self.post(path, body)
         if up.status >= 400:
             async with up:
-                raise engine_error(up.status, await up.read())
+                raise self._error(up.status, await up.read())
         return up
 
     async def chunks(self, up: aiohttp.ClientResponse) -> AsyncIterator[list[dict[str, Any]]]:
@@ -208,8 +225,9 @@ def events_of(chunk: dict[str, Any]) -> list[Event]:
             if choice.get("text"):
                 out.append(TextDelta(choice["text"]))
         else:
-            if delta.get("reasoning_content"):
-                out.append(ReasoningDelta(delta["reasoning_content"]))
+            # llama-server, SGLang and vLLM name it reasoning_content; mlx_lm.server names it reasoning.
+            if reasoning := delta.get("reasoning_content") or delta.get("reasoning"):
+                out.append(ReasoningDelta(reasoning))
             if delta.get("content"):
                 out.append(TextDelta(delta["content"]))
             for call in delta.get("tool_calls") or ():

@@ -34,6 +34,22 @@ class MemoryPlan:
     # budget counts) and in VRAM (what a GPU host's counts). See manager/memory.py.
     growth: int = 0
     growth_gpu: int = 0
+    # Planned for a host with discrete GPUs: gpu_layers is then passed as it is, 0 included, so that the engine's
+    # own fitting never offloads what the budget did not count.
+    gpu_host: bool = False
+    # Placement on NVIDIA GPUs (manager/engines/llamacpp_gpus.py): the GPUs the engine is pinned to, by NVML index
+    # ((): not pinned), and across several of them each one's share of the layers.
+    gpus: tuple[int, ...] = ()
+    split: tuple[float, ...] = ()
+    # The draft model a chat slot decodes speculatively with (its GGUF path; "": none) and its layers on the GPU.
+    # Its weights and caches are counted in weights, kv_cache and compute above.
+    draft: str = ""
+    draft_gpu_layers: int = 0
+
+    def __post_init__(self) -> None:
+        # Engine records keep the plan as JSON (manager/adoption.py), where tuples come back as lists.
+        object.__setattr__(self, "gpus", tuple(self.gpus))
+        object.__setattr__(self, "split", tuple(self.split))
 
     @property
     def total(self) -> int:
@@ -91,8 +107,12 @@ class Engines(Protocol):
                exclude: tuple[str, ...] = ()) -> Choice:
         """The engine for `entry` served as `kind`, not one of `exclude` (those that failed it)."""
 
-    def parallel(self, engine: str) -> int:
-        """Requests one engine of this kind serves at once: the leases its slot grants before queueing."""
+    def parallel(self, engine: str, model: str = "") -> int:
+        """Requests one engine of this kind (serving `model`) serves at once: the leases its slot grants before
+        queueing."""
+
+    def parks(self, engine: str) -> bool:
+        """Whether the engine can release its GPU memory and keep its process (manager/table_parking.py)."""
 
 
 class LlamaCppOnly:
@@ -105,5 +125,8 @@ class LlamaCppOnly:
                exclude: tuple[str, ...] = ()) -> Choice:
         return choose_for(entry.format, kind, hardware, exclude=exclude, available=(LLAMA_CPP,))
 
-    def parallel(self, engine: str) -> int:
+    def parallel(self, engine: str, model: str = "") -> int:
         return self._parallel
+
+    def parks(self, engine: str) -> bool:
+        return False

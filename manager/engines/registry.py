@@ -9,6 +9,10 @@ from __future__ import annotations
 from manager.config import Paths, Settings
 from manager.engines.base import EngineAdapter, EngineMissing
 from manager.engines.llamacpp import LlamaCppAdapter
+from manager.config_remote import REMOTE_FORMAT
+from manager.engines.mlx import MlxAdapter
+from manager.engines.remote import REMOTE, RemoteAdapter
+from manager.engines.sglang import SglangAdapter
 from manager.protocol import HardwareSnapshot, ModelEntry, SlotKind
 from prober.engine_choice import Choice, choose_for
 
@@ -16,7 +20,9 @@ from prober.engine_choice import Choice, choose_for
 class EngineRegistry:
     def __init__(self, settings: Settings, paths: Paths) -> None:
         self.settings = settings
-        adapters: list[EngineAdapter] = [LlamaCppAdapter(settings, paths)]
+        adapters: list[EngineAdapter] = [LlamaCppAdapter(settings, paths), MlxAdapter(settings, paths)]
+        adapters.append(SglangAdapter(settings, paths))
+        adapters.append(RemoteAdapter(settings))
         self.adapters: dict[str, EngineAdapter] = {a.name: a for a in adapters}
 
     def get(self, engine: str) -> EngineAdapter:
@@ -27,10 +33,19 @@ class EngineRegistry:
 
     def choose(self, entry: ModelEntry, kind: SlotKind, hardware: HardwareSnapshot | None,
                exclude: tuple[str, ...] = ()) -> Choice:
+        if entry.format == REMOTE_FORMAT:
+            if exclude:
+                return Choice("", f"the remote engine at {entry.path} failed")
+            return Choice(REMOTE, f"[[remote]] in config: served by {entry.path}")
         override = self.settings.engines.get(entry.name, "")
         return choose_for(entry.format, kind, hardware, override=override, exclude=exclude,
                           available=tuple(self.adapters))
 
-    def parallel(self, engine: str) -> int:
+    def parks(self, engine: str) -> bool:
+        return bool(getattr(self.adapters.get(engine), "parks", False))
+
+    def parallel(self, engine: str, model: str = "") -> int:
+        if engine == REMOTE and (remote := next((r for r in self.settings.remote if r.name == model), None)):
+            return remote.parallel
         adapter = self.adapters.get(engine)
         return adapter.parallel if adapter is not None else 1

@@ -1,5 +1,6 @@
 """NVIDIA GPUs through NVML (pynvml): every device's name, VRAM, driver and compute capability,
-and the VRAM each process holds, read through one long-lived NvmlSession.
+and the VRAM each process holds, read through one long-lived NvmlSession (prober/probes/nvidia_container.py
+works out our engines' share where NVML cannot say it per process).
 
 No driver, no libnvidia-ml, or no pynvml all mean the same thing here: no NVIDIA GPUs.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable
 
@@ -119,6 +121,18 @@ def _refreshed(nvml: ModuleType, gpu: GpuInfo) -> GpuInfo:
     return msgspec.structs.replace(gpu, vram_free=int(memory.free))
 
 
+@dataclass(frozen=True)
+class GpuSample:
+    """One GPU at one reading: its memory, and the compute processes NVML lists on it."""
+
+    index: int
+    total: int
+    used: int  # total less free: what every process holds, ours included, and what the driver keeps
+    # (pid, bytes) as NVML lists them; bytes None where NVML withholds the figure. None: NVML would not list
+    # this GPU's processes at all (not supported, no permission).
+    processes: tuple[tuple[int, int | None], ...] | None
+
+
 class NvmlSession:
     """One NVML session for a long-lived process, and the per-process VRAM reading.
 
@@ -172,6 +186,35 @@ class NvmlSession:
                 return {}
         return sum_by_pid(entries)
 
+    def gpu_samples(self) -> tuple[GpuSample, ...] | None:
+        """Every GPU's memory and process list, read together; None when NVML cannot be read now.
+
+        Unlike gpu_memory_by_pid, a GPU whose process list NVML refuses still counts:
+        its memory figures are what a reading without per-process figures goes by.
+        """
+        with self._lock:
+            if not self._open():
+                return None
+            nvml = self._nvml
+            try:
+                return tuple(self._sample(nvml, index, handle) for index, handle in enumerate(self._handles))
+            except nvml.NVMLError as exc:
+                self._on_error(exc)
+                return None
+
+    @staticmethod
+    def _sample(nvml: Any, index: int, handle: object) -> GpuSample:
+        memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+        total, used = int(memory.total), int(memory.total) - int(memory.free)
+        try:
+            listed = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        except nvml.NVMLError as exc:
+            if getattr(exc, "value", None) in _SESSION_ENDING:
+                raise
+            log.debug("NVML will not list GPU %d's processes: %s", index, exc)
+            return GpuSample(index, total, used, None)
+        return GpuSample(index, total, used, tuple((int(p.pid), _used(p.usedGpuMemory)) for p in listed))
+
     def _open(self) -> bool:
         if self._nvml is not None:
             return True
@@ -218,13 +261,18 @@ _session: NvmlSession | None = None
 _session_lock = threading.Lock()
 
 
-def gpu_memory_by_pid() -> dict[int, int]:
-    """The process-wide session's reading; see NvmlSession.gpu_memory_by_pid."""
+def session() -> NvmlSession:
+    """The process-wide session: one NVML initialisation however many readers there are."""
     global _session
     with _session_lock:
         if _session is None:
             _session = NvmlSession()
-    return _session.gpu_memory_by_pid()
+        return _session
+
+
+def gpu_memory_by_pid() -> dict[int, int]:
+    """The process-wide session's reading; see NvmlSession.gpu_memory_by_pid."""
+    return session().gpu_memory_by_pid()
 
 
 def sum_by_pid(entries: list[tuple[int, int | None]]) -> dict[int, int]:

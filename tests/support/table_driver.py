@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from manager.config import Settings
 from manager.context import start_ctx
-from manager.effects import Clock, Learn, Plan, Publish, Send, Spawn, Stop
+from manager.effects import Clock, Learn, Plan, Publish, Send, Spawn, Stop, Turn
 from manager.engines.base import Engines, MemoryPlan
 from manager.protocol import (
     AbandonNotice, AcquireReply, AcquireRequest, ErrorReply, HeldLease, HelloRequest, LeaseOutcome, LoadRequest,
@@ -54,6 +54,7 @@ class Driver:
         self.replies: dict[int, object] = {}
         self.spawned: list[tuple[str, int]] = []
         self.stopped: list[tuple[str, int]] = []
+        self.turns: list[tuple[str, int, str]] = []  # (model, generation, "park" or "resume")
         self.learned: list[Learn] = []
         self.queue_events: list[QueueEvent] = []
         self.plan_errors: dict[str, Exception] = {}
@@ -90,6 +91,8 @@ class Driver:
                     self.spawned.append((e.slot.model, e.slot.generation))
                 elif isinstance(e, Stop):
                     self.stopped.append((e.slot.model, e.slot.generation))
+                elif isinstance(e, Turn):
+                    self.turns.append((e.slot.model, e.slot.generation, e.turn))
                 elif isinstance(e, Learn):
                     self.learned.append(e)
                 elif isinstance(e, Publish) and isinstance(e.event, QueueEvent):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.api.native import config, handlers, logs, metrics, pulls, requests
+from gateway.api.native import config, engines, handlers, logs, metrics, pulls, requests
 
 
 def setup_native_routes(app: web.Application) -> None:
@@ -13,6 +13,7 @@ def setup_native_routes(app: web.Application) -> None:
     app.router.add_get("/lf/status", handlers.status)
     app.router.add_get("/lf/status/stream", handlers.status_stream)
     app.router.add_get("/lf/hardware", handlers.hardware)
+    app.router.add_get("/lf/engines", engines.engines_status)
     app.router.add_get("/lf/model/list", handlers.model_list)
     app.router.add_post("/lf/model/switch", handlers.model_switch)
     app.router.add_post("/lf/model/unload", handlers.model_unload)

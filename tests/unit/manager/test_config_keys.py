@@ -42,8 +42,11 @@ def test_what_cannot_change_live_is_not_in_the_table() -> None:
 def test_trust_needs_an_admin_key_and_files_and_programs_this_machine() -> None:
     assert {key for key, guard in GUARDED.items() if guard is Guard.ADMIN_KEY} == {
         "host", "api_key", "api_keys", "trusted_networks", "trusted_proxies", "allowed_hosts", "allowed_origins",
-        "allow_unauthenticated", "image_allow_hosts"}  # the last opens this machine's own network to image fetches
+        "allow_unauthenticated", "image_allow_hosts",  # opens this machine's own network to image fetches
+        "remote"}  # sends prompts and a key to another machine
     assert GUARDED["llama_cpp.server"] is GUARDED["llama_cpp.extra_args"] is Guard.LOCAL
+    assert {GUARDED[f"{e}.{k}"] for e in ("mlx", "sglang") for k in ("python", "requirements", "extra_args")} == {
+        Guard.LOCAL}
 
 
 def test_changed_lists_keys_in_field_order() -> None:

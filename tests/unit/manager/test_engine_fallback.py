@@ -28,7 +28,7 @@ class EveryEngine:
                exclude: tuple[str, ...] = ()) -> Choice:
         return choose_for(entry.format, kind, hardware, exclude=exclude)
 
-    def parallel(self, engine: str) -> int:
+    def parallel(self, engine: str, model: str = "") -> int:
         return {"sglang": 16, "mlx": 1}.get(engine, 4)
 
 

@@ -16,6 +16,9 @@ LEGAL = {
     (S.LOADING, S.READY), (S.LOADING, S.FAILED), (S.LOADING, S.STOPPING),
     (S.READY, S.STOPPING), (S.READY, S.FAILED),
     (S.STOPPING, S.UNLOADED), (S.STOPPING, S.FAILED),
+    # an engine that parks (manager/table_parking.py)
+    (S.READY, S.PARKING), (S.PARKING, S.PARKED), (S.PARKED, S.RESUMING), (S.RESUMING, S.READY),
+    *((parked, end) for parked in (S.PARKING, S.PARKED, S.RESUMING) for end in (S.STOPPING, S.FAILED)),
 }
 
 

@@ -6,7 +6,7 @@ from typing import AsyncIterator
 
 from gateway.dataplane.collect import collect
 from gateway.dataplane.engine import EngineBroke, _data_objects, events_of
-from gateway.dataplane.model import Event, Finish, TextDelta, ToolCallDelta, Usage
+from gateway.dataplane.model import Event, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 
 
 def test_every_data_line_of_a_read_is_one_object_and_other_lines_are_skipped() -> None:
@@ -30,6 +30,12 @@ def test_a_chunk_gives_reasoning_text_tool_call_and_finish_events() -> None:
     events = events_of(chunk)
     assert [type(e).__name__ for e in events] == ["ReasoningDelta", "TextDelta", "ToolCallDelta", "Finish"]
     assert events[-1] == Finish("tool_calls")
+
+
+def test_reasoning_is_read_under_either_name_engines_give_it() -> None:
+    """reasoning_content (llama-server, SGLang, vLLM) or reasoning (mlx_lm.server)."""
+    for field in ("reasoning_content", "reasoning"):
+        assert events_of({"choices": [{"index": 0, "delta": {field: "hm"}}]}) == [ReasoningDelta("hm")]
 
 
 async def test_a_whole_answer_is_collected_across_reads() -> None:

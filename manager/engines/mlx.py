@@ -1,0 +1,179 @@
+"""MlxAdapter: how mlx_lm.server (MLX; on Linux mlx[cpu], on the CPU) is installed, started, probed and budgeted.
+
+The server runs under LMForge's launcher (mlx_launch.py), in a virtual environment of its own (venv.py): one
+model per process, serving only once that model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from manager.config import Paths, Settings
+from manager.context import start_ctx
+from manager.engines import mlx_launch
+from manager.engines.base import EngineMissing, MemoryPlan, Progress
+from manager.engines.venv import EngineVenv
+from manager.protocol import HardwareSnapshot, ModelEntry, SlotKind
+from prober.engine_choice import MLX
+
+MiB = 1024**2
+LAUNCHER = Path(mlx_launch.__file__)
+# What pip installs: mlx[cpu] is MLX's CPU backend, the one Linux has; macOS wheels bring Metal. mlx-lm is held to
+# the minor release the launcher was checked against (it reaches into mlx_lm.server: see mlx_launch.py).
+MLX_LM = "mlx-lm>=0.32.2,<0.33"
+LINUX_REQUIREMENTS = ("mlx[cpu]", MLX_LM)
+MACOS_REQUIREMENTS = (MLX_LM,)
+# What the Python process holds before any model: the interpreter, mlx, mlx_lm and the tokenizer libraries
+# (85 MiB measured on Linux with the tiny test model; a real tokenizer adds tens of MiB).
+RUNTIME = 192 * MiB
+# mlx_lm.server runs a prompt through the model this many tokens at a time (its --prefill-step-size default).
+PREFILL_STEP = 2048
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+# Catalog defaults (ModelEntry.options) become the server's own defaults, for requests that do not set them.
+SAMPLING_FLAGS = {"temperature": "--temp", "top_p": "--top-p", "top_k": "--top-k", "min_p": "--min-p"}
+
+
+def model_dir(entry: ModelEntry) -> Path:
+    """The directory the server is given: a pulled MLX or safetensors model is a directory of files."""
+    return Path(entry.dir or entry.path)
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The files mlx_lm loads: model*.safetensors only (a repo's consolidated.safetensors is another copy)."""
+    return sorted(directory.glob("model*.safetensors"))
+
+
+def text_config(directory: Path) -> dict[str, Any]:
+    """config.json, or its text model's part for a vision model; {} when unreadable."""
+    try:
+        config = json.loads((directory / "config.json").read_bytes())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    inner = config.get("text_config")
+    return {**config, **inner} if isinstance(inner, dict) else config
+
+
+def _int(config: dict[str, Any], key: str) -> int:
+    value = config.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def kv_bytes(config: dict[str, Any], ctx: int) -> int:
+    """Keys and values of `ctx` tokens over every layer, in the model's activation type; 0 when config.json does
+    not say enough."""
+    layers, heads, hidden = (_int(config, k) for k in ("num_hidden_layers", "num_attention_heads", "hidden_size"))
+    if not (layers and heads):
+        return 0
+    head_dim = _int(config, "head_dim") or hidden // heads
+    kv_heads = _int(config, "num_key_value_heads") or heads
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "float16")
+    return 2 * layers * kv_heads * head_dim * ctx * DTYPE_BYTES.get(dtype, 2)
+
+
+def activation_bytes(config: dict[str, Any]) -> int:
+    """One prefill step's widest activations, in float32: an upper bound on the graph's working memory."""
+    return PREFILL_STEP * (_int(config, "hidden_size") + _int(config, "intermediate_size")) * 4
+
+
+class MlxAdapter:
+    """mlx_lm.server, one process per chat model."""
+
+    name = MLX
+    formats = frozenset({"mlx", "safetensors"})
+    kinds = frozenset({SlotKind.CHAT})
+    # Its /v1/models scans the Hugging Face cache and fails without one; /health answers 200 once the launcher
+    # has loaded the model and bound the port.
+    health_path = "/health"
+    # mlx_lm logs nothing while it loads; the launcher marks the start. Loading is one step (weights read and
+    # evaluated): no context to build, no warm-up run.
+    load_markers = ((mlx_launch.LOADING, "loading_weights"),)
+    # mlx_lm parses <think> itself for tokenizers that have the tokens, into the delta's `reasoning` field.
+    reasoning = "field"
+
+    def __init__(self, settings: Settings, paths: Paths) -> None:
+        self.settings = settings.mlx
+        self.paths = paths
+
+    @property
+    def parallel(self) -> int:
+        """Requests one server decodes at once in a batch (--decode-concurrency): the leases its slot grants."""
+        return self.settings.parallel
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        if self.settings.requirements:
+            return tuple(self.settings.requirements)
+        return MACOS_REQUIREMENTS if sys.platform == "darwin" else LINUX_REQUIREMENTS
+
+    def venv(self) -> EngineVenv:
+        return EngineVenv(self.paths, self.name, self.requirements)
+
+    def supports(self, entry: ModelEntry) -> bool:
+        return entry.format in self.formats
+
+    def find_binary(self) -> Path | None:
+        if self.settings.python:
+            path = Path(self.settings.python).expanduser()
+            if not path.is_file():
+                raise EngineMissing(f"LMFORGE_MLX_PYTHON / mlx.python points to {path}, which does not exist")
+            return path
+        return self.venv().find()
+
+    def install(self, hardware: HardwareSnapshot, report: Progress) -> Path:
+        if hardware.os == "windows":
+            raise EngineMissing("MLX does not run on Windows: use a GGUF build of the model (llama.cpp)")
+        return self.venv().install(report)
+
+    def environment(self, plan: MemoryPlan) -> dict[str, str]:
+        # The model is on disk: the engine never fetches anything from the Hugging Face Hub.
+        return {"HF_HUB_OFFLINE": "1"}
+
+    def workaround(self, returncode: int, tail: str, applied: tuple[str, ...]) -> str | None:
+        return None
+
+    def plan(
+        self, entry: ModelEntry, kind: SlotKind, hardware: HardwareSnapshot | None, vram_budget: int,
+        num_ctx: int = 0,
+    ) -> MemoryPlan:
+        """Weights as they are on disk (mlx_lm reads them whole), keys and values for the context, the runtime.
+
+        mlx_lm.server has no context limit of its own: the plan's context is what memory is reserved for, and the
+        longest reply a request gets when it sets no max_tokens. The KV cache and the prompt cache fill only as
+        requests come, so both are growth after ready."""
+        directory = model_dir(entry)
+        config = text_config(directory)
+        weights = sum(f.stat().st_size for f in weight_files(directory)) or entry.size_bytes
+        trained = _int(config, "max_position_embeddings") or entry.context_length
+        ctx = start_ctx(self.settings.ctx_size, num_ctx, trained)
+        kv = kv_bytes(config, ctx)
+        cache = self.settings.cache_mb * MiB
+        return MemoryPlan(weights=weights, kv_cache=kv, compute=RUNTIME + activation_bytes(config) + cache,
+                          ctx_size=ctx, ctx_max=trained, growth=kv + cache)
+
+    def command(
+        self, binary: Path, entry: ModelEntry, kind: SlotKind, port: int, plan: MemoryPlan,
+        *, threads: int = 0, workarounds: tuple[str, ...] = (),
+    ) -> list[str]:
+        """The argv. `threads` is not passed on: MLX's CPU backend has no thread setting."""
+        parallel = str(self.parallel)
+        argv = [
+            str(binary), str(LAUNCHER),
+            "--model", str(model_dir(entry)),
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            # Its default is "*": any web page could read its answers. Same-origin needs no CORS.
+            "--allowed-origins", f"http://127.0.0.1:{port}",
+            "--max-tokens", str(plan.ctx_size),  # its default is 512, whatever the context
+            "--decode-concurrency", parallel, "--prompt-concurrency", parallel,
+            "--prompt-cache-bytes", str(self.settings.cache_mb * MiB),  # its default has no byte limit
+        ]
+        for key, value in sorted(entry.options.items()):
+            flag = SAMPLING_FLAGS.get(key)
+            if flag is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+                argv += [flag, str(int(value) if flag == "--top-k" else value)]
+        return argv + list(self.settings.extra_args)

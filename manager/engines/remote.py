@@ -1,0 +1,133 @@
+"""RemoteAdapter and RemoteRunner: a model served by an engine that already runs elsewhere (config `[[remote]]`,
+manager/config_remote.py), such as an SGLang multi-node deployment, vLLM on a Ray cluster or another llama-server.
+
+Nothing is installed or spawned here and no local memory is charged: its slot's plan is empty. Instead of an
+EngineRunner the slot gets a RemoteRunner, which reports the engine ready once its health path answers, then
+health-checks it as a runner supervises a local engine, and reports it failed when it stops answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Callable
+
+import aiohttp
+
+from manager.config import Settings
+from manager.config_remote import REMOTE_FORMAT, RemoteModel
+from manager.engines.base import EngineMissing, MemoryPlan, Progress
+from manager.protocol import HardwareSnapshot, ModelEntry, Severity, SlotKind
+from manager.runner import EngineFailed, EngineProgress, EngineReady, EngineStopped, RunnerConfig
+from manager.slots import SlotKey
+
+log = logging.getLogger("lmforge.runner")
+
+REMOTE = "remote"
+
+
+class RemoteAdapter:
+    """The adapter side of a remote model: what the manager plans and probes; it never builds a command."""
+
+    name = REMOTE
+    formats = frozenset({REMOTE_FORMAT})
+    kinds = frozenset(SlotKind)
+    health_path = "/health"  # each model's own is in its [[remote]] entry: health_url()
+    load_markers: tuple[tuple[str, str], ...] = ()
+    parallel = 16
+    reasoning = "field"  # SGLang and vLLM parse reasoning when started with a reasoning parser; tags are split too
+
+    def __init__(self, settings: Settings) -> None:
+        self.models = {r.name: r for r in settings.remote}
+
+    def model(self, name: str) -> RemoteModel:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise EngineMissing(f"{name} is not in [[remote]] any more") from None
+
+    def supports(self, entry: ModelEntry) -> bool:
+        return entry.format == REMOTE_FORMAT
+
+    def plan(self, entry: ModelEntry, kind: SlotKind, hardware: HardwareSnapshot | None, vram_budget: int,
+             num_ctx: int = 0) -> MemoryPlan:
+        """Nothing held here: its memory is the remote machine's."""
+        ctx = entry.context_length
+        return MemoryPlan(weights=0, kv_cache=0, compute=0, ctx_size=ctx, ctx_max=ctx)
+
+    def health_path_of(self, name: str) -> str:
+        return self.model(name).health_path
+
+    def headers(self, name: str) -> dict[str, str]:
+        key = self.model(name).api_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def command(self, binary: Path, entry: ModelEntry, kind: SlotKind, port: int, plan: MemoryPlan, *,
+                threads: int = 0, workarounds: tuple[str, ...] = ()) -> list[str]:
+        raise EngineMissing("a remote engine is not started here")
+
+    def environment(self, plan: MemoryPlan) -> dict[str, str]:
+        return {}
+
+    def workaround(self, returncode: int, tail: str, applied: tuple[str, ...]) -> str | None:
+        return None
+
+    def find_binary(self) -> Path | None:
+        return None
+
+    def install(self, hardware: HardwareSnapshot, report: Progress) -> Path:
+        raise EngineMissing("a remote engine is installed where it runs, not here")
+
+
+class RemoteRunner:
+    """Watches one remote engine for one slot generation; posts the same reports an EngineRunner does."""
+
+    def __init__(self, key: SlotKey, generation: int, url: str, health_path: str, headers: dict[str, str],
+                 config: RunnerConfig, session: aiohttp.ClientSession, stop_event: asyncio.Event,
+                 post: Callable[[object], None]) -> None:
+        self.key, self.generation, self.url, self.headers = key, generation, url, headers
+        self.health_url = url + health_path
+        self.config, self.session, self.stop_event, self.post = config, session, stop_event, post
+
+    async def run(self) -> None:
+        self.post(EngineProgress(self.key, self.generation, "spawned", None, f"checking {self.url}"))
+        if not await self._until_healthy():
+            return
+        self.post(EngineReady(self.key, self.generation))
+        failures = 0
+        while not await self._stopped_within(self.config.health_interval_s):
+            failures = 0 if await self._healthy() else failures + 1
+            if failures >= self.config.health_failures:
+                self.post(EngineFailed(self.key, self.generation, f"the remote engine at {self.url} stopped answering "
+                                       f"its health checks ({failures} in a row)", Severity.TRANSIENT))
+                return
+        self.post(EngineStopped(self.key, self.generation))
+
+    async def _until_healthy(self) -> bool:
+        """Whether it answered before load_timeout_s; posts the failure or the stop when not."""
+        deadline = asyncio.get_running_loop().time() + self.config.load_timeout_s
+        while not await self._healthy():
+            if asyncio.get_running_loop().time() >= deadline:
+                self.post(EngineFailed(self.key, self.generation, f"the remote engine at {self.url} did not answer "
+                                       f"within {self.config.load_timeout_s:g}s", Severity.TRANSIENT))
+                return False
+            if await self._stopped_within(min(1.0, self.config.health_interval_s)):
+                self.post(EngineStopped(self.key, self.generation))
+                return False
+        return True
+
+    async def _healthy(self) -> bool:
+        timeout = aiohttp.ClientTimeout(total=max(self.config.health_interval_s, 2.0))
+        try:
+            async with self.session.get(self.health_url, headers=self.headers, timeout=timeout) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self.stop_event.wait(), seconds)
+        except asyncio.TimeoutError:
+            return False
+        return True

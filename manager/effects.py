@@ -62,7 +62,10 @@ Effect = Union[Send, Publish, Spawn, Stop, Turn, Plan, Learn, Mark]
 
 # How a load ended, as the status stream's `load` events tell it after its stages (manager/load_watch.py).
 LOAD_ENDS = {(SlotState.LOADING, SlotState.READY): "ready", (SlotState.LOADING, SlotState.FAILED): "failed",
-             (SlotState.PENDING, SlotState.FAILED): "failed", (SlotState.LOADING, SlotState.STOPPING): "stopped"}
+             (SlotState.PENDING, SlotState.FAILED): "failed", (SlotState.LOADING, SlotState.STOPPING): "stopped",
+             # a parked engine taking its GPU memory back is loaded again (manager/table_parking.py)
+             (SlotState.RESUMING, SlotState.READY): "ready", (SlotState.RESUMING, SlotState.FAILED): "failed",
+             (SlotState.RESUMING, SlotState.STOPPING): "stopped"}
 
 
 class Clock:

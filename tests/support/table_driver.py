@@ -13,8 +13,8 @@ from manager.context import start_ctx
 from manager.effects import Clock, Learn, Plan, Publish, Send, Spawn, Stop, Turn
 from manager.engines.base import Engines, MemoryPlan
 from manager.protocol import (
-    AbandonNotice, AcquireReply, AcquireRequest, ErrorReply, HeldLease, HelloRequest, LeaseOutcome, LoadRequest,
-    ModelEntry, PeerRole, QueueEvent, ReleaseNotice, SlotKind, SlotState, UnloadRequest,
+    AbandonNotice, AcquireReply, AcquireRequest, ErrorReply, HeldLease, HelloRequest, LeaseOutcome, LoadProgressEvent,
+    LoadRequest, ModelEntry, PeerRole, QueueEvent, ReleaseNotice, SlotKind, SlotState, UnloadRequest,
 )
 from manager.slots import Slot
 from manager.table import SlotTable
@@ -57,6 +57,7 @@ class Driver:
         self.turns: list[tuple[str, int, str]] = []  # (model, generation, "park" or "resume")
         self.learned: list[Learn] = []
         self.queue_events: list[QueueEvent] = []
+        self.load_events: list[LoadProgressEvent] = []
         self.plan_errors: dict[str, Exception] = {}
         self.trained: dict[str, int] = {}  # a model's trained context; unknown (0) unless set
         self._ids = iter(range(1, 10_000))
@@ -97,6 +98,8 @@ class Driver:
                     self.learned.append(e)
                 elif isinstance(e, Publish) and isinstance(e.event, QueueEvent):
                     self.queue_events.append(e.event)
+                elif isinstance(e, Publish) and isinstance(e.event, LoadProgressEvent):
+                    self.load_events.append(e.event)
         raise AssertionError("effects never settled")
 
     # --- messages in ---

@@ -24,7 +24,8 @@ STREAM_TIMEOUT_S = 60.0
 SUBSCRIBE_S = 10.0  # how long the stream's snapshot may take before the load goes on without progress
 SETTLE_S = 2.0  # after the switch answers a load, how long the load's last events may take to arrive
 PLAIN_STEP = 0.1  # a plain progress line each time the weights' share grew by this much
-TEXT = {"waiting": "waiting", "installing_engine": "installing llama-server", "spawned": "engine started",
+TEXT = {"waiting": "waiting", "installing_engine": "installing the engine", "resuming": "resuming from parked",
+        "spawned": "engine started",
         "loading_weights": "loading weights", "building_context": "building the context", "warming_up": "warming up",
         "ready": "ready", "failed": "failed", "stopped": "stopped"}
 ENDS = ("ready", "failed", "stopped")

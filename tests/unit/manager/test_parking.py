@@ -93,6 +93,8 @@ def test_a_parked_engine_is_resumed_for_its_next_request_without_a_new_engine():
     turned(d, "a", "resume")
     assert a.state == SlotState.READY and d.lease(rid_a).generation == a.generation
     assert d.spawned == spawned  # no engine was started again
+    # Those following its load see it resume, then ready, in every dialect's load progress.
+    assert [e.stage for e in d.load_events if e.model == "a"][-2:] == ["resuming", "ready"]
 
 
 def test_engines_that_cannot_park_are_unloaded_as_before():

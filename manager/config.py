@@ -44,6 +44,9 @@ class LlamaCppSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     gpu_layers: int | None = None  # None: chosen from the memory budget
     cache_ram_mb: int = 256  # llama-server's host prompt cache (its own default is 8 GiB)
     extra_args: list[str] = []
+    # Speculative decoding: a model's name to its draft's, both installed models, e.g. "qwen3:8b" = "qwen3:0.6b"
+    # (manager/engines/llamacpp_draft.py). A model not listed takes the draft its catalog entry names, if installed.
+    drafts: dict[str, str] = {}
 
 
 class MlxSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -248,6 +251,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for model, engine in self.engines.items():
             if engine not in ENGINES:
                 raise ConfigError(f"engines: {model!r} = {engine!r} is not an engine; use one of {', '.join(ENGINES)}")
+        for model, draft in self.llama_cpp.drafts.items():
+            if not model.strip() or not draft.strip():
+                raise ConfigError(f"llama_cpp.drafts: {model!r} = {draft!r}: both must name a model")
+            if model.strip().removesuffix(":latest") == draft.strip().removesuffix(":latest"):
+                raise ConfigError(f"llama_cpp.drafts: {model!r} cannot be its own draft; name a smaller model "
+                                  "with the same tokenizer")
         for field in ("trusted_networks", "trusted_proxies"):
             for cidr in getattr(self, field):
                 try:

@@ -29,6 +29,7 @@ from manager.adoption import adopt_engines
 from manager.config import Paths, Settings
 from manager.config_remote import remote_entries
 from manager.engine_starts import EngineStarts
+from manager.engines.base import PlanRefused
 from manager.engines.registry import EngineRegistry
 from manager.engines.remote import REMOTE
 from manager.index import IndexWriter
@@ -404,7 +405,9 @@ class ManagerService:
 
         def then(result: object) -> None:
             if isinstance(result, Exception):  # any exception: that slot fails, every other goes on
-                self.table.planned(slot.key, slot.generation, None, None, str(result) or type(result).__name__)
+                why = str(result) or type(result).__name__
+                why = why if isinstance(result, PlanRefused) else f"cannot read the model file: {why}"
+                self.table.planned(slot.key, slot.generation, None, None, why)
             else:
                 plan, learned = result  # type: ignore[misc]
                 self.table.planned(slot.key, slot.generation, plan, learned)

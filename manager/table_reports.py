@@ -22,7 +22,7 @@ class RunnerReports(TableState):
             return
         slot.planning = False
         if plan is None:
-            self._fail(slot, f"cannot read the model file: {error}", Severity.USER_ERROR, "")
+            self._fail(slot, error, Severity.USER_ERROR, "")
         elif outgrown(plan, slot.num_ctx) is None:  # else a larger context was asked meanwhile: read it again
             slot.plan, slot.learned_bytes = plan, learned
             slot.on_gpu = budgets.is_gpu_host(self.hardware)

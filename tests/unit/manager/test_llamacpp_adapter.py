@@ -7,12 +7,16 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from catalog.gguf_info import GGUFInfo
+from catalog.gguf_info import GGUFInfo, read_gguf_info
 from catalog.store import ModelStore
-from manager.config import LlamaCppSettings, Paths, Settings
-from manager.engines.llamacpp import LlamaCppAdapter, builtin_template, has_chat_template
+from manager.config import ConfigError, LlamaCppSettings, Paths, Settings, decode_settings
+from manager.engines import llamacpp_build
+from manager.engines.llamacpp import LlamaCppAdapter, builtin_template, embedding_pooling, has_chat_template
+from manager.engines.llamacpp_draft import DraftError, unusable
+from manager.engines.llamacpp_gpus import CUDA_CONTEXT
 from manager.engines.base import EngineMissing
 from manager.protocol import GpuInfo, HardwareSnapshot, ModelEntry, SlotKind
+from tests.support.gguf_patches import write_small
 
 GiB = 1024**3
 
@@ -86,7 +90,8 @@ def test_command_line_per_kind(tmp_path: Path, entries: dict) -> None:
     assert chat[chat.index("--alias") + 1] == "chat" and "--kv-unified" in chat and chat[-2:] == ["--threads", "3"]
     embed = argv("chat", SlotKind.EMBED)
     assert "--embeddings" in embed and embed[embed.index("--pooling") + 1] == "mean"
-    assert "--pooling" not in argv("embed", SlotKind.EMBED)  # the model's own pooling applies
+    declared = argv("embed", SlotKind.EMBED)  # the model's own pooling (mean), passed explicitly
+    assert declared[declared.index("--pooling") + 1] == "mean"
     assert "--reranking" in argv("rerank", SlotKind.RERANK)
 
 
@@ -160,3 +165,166 @@ def test_the_cores_budget_sets_both_thread_counts_and_zero_leaves_the_engines_ow
         assert argv[argv.index("--threads") + 1] == argv[argv.index("--threads-batch") + 1] == "3"
         plain = a.command(Path("/bin/llama-server"), entries[name], kind, 1, plan)
         assert "--threads" not in plain and "--threads-batch" not in plain  # an engine on a GPU keeps its own
+
+
+# --- pooling ---
+
+def test_embedding_slots_pool_as_the_model_declares_and_by_mean_when_it_declares_nothing_usable() -> None:
+    def header(pooling: int | None) -> GGUFInfo:
+        extra = {} if pooling is None else {"llama.pooling_type": pooling}
+        return GGUFInfo(Path("m.gguf"), 0, 3, {"general.architecture": "llama", **extra})
+
+    # llama.cpp's enum: 0 none, 1 mean, 2 cls, 3 last, 4 rank; --pooling takes none, mean, cls, last and rank.
+    assert [embedding_pooling(header(p)) for p in (1, 2, 3)] == ["mean", "cls", "last"]
+    # No pooling (a chat model), none (token embeddings, which /v1/embeddings cannot answer), rank, unknown: mean.
+    assert [embedding_pooling(header(p)) for p in (None, 0, 4, 9)] == ["mean"] * 4
+
+
+# --- speculative decoding ---
+
+@pytest.fixture
+def draft_store(tmp_path: Path, models_dir: Path, entries: dict) -> ModelStore:
+    store = ModelStore(Paths(tmp_path))
+    store.import_gguf(models_dir / "cycle.gguf", "tiny:draft")  # the same tokenizer as the chat model
+    return store
+
+
+def test_a_configured_draft_is_passed_and_its_memory_counted(tmp_path: Path, entries: dict,
+                                                             draft_store: ModelStore) -> None:
+    plain = adapter(tmp_path).plan(entries["chat"], SlotKind.CHAT, cpu_host(), 0)
+    a = adapter(tmp_path, drafts={"chat": "tiny:draft"})
+    plan = a.plan(entries["chat"], SlotKind.CHAT, cpu_host(), 0)
+    draft = draft_store.get("tiny:draft")
+    assert draft is not None and plan.draft == draft.path
+    # Its weights, a KV cache of the target's shape (same layers, heads and context here) and its own graph.
+    assert plan.weights == plain.weights + draft.size_bytes and plan.kv_cache == 2 * plain.kv_cache
+    assert plan.compute > plain.compute and plan.growth > plain.growth
+    argv = a.command(Path("/bin/llama-server"), entries["chat"], SlotKind.CHAT, 1, plan)
+    assert argv[argv.index("--model-draft") + 1] == draft.path
+    assert argv[argv.index("--spec-type") + 1] == "draft-simple"  # without it llama-server drafts nothing
+    assert "--gpu-layers-draft" not in argv  # a CPU host
+
+
+def test_a_draft_is_found_by_a_name_the_store_resolves_and_serves_chat_only(tmp_path: Path, entries: dict,
+                                                                          draft_store: ModelStore) -> None:
+    a = adapter(tmp_path, drafts={"chat:latest": "tiny:draft"})
+    assert a.plan(entries["chat"], SlotKind.CHAT, cpu_host(), 0).draft.endswith(".gguf")
+    embed = a.plan(entries["chat"], SlotKind.EMBED, cpu_host(), 0)
+    assert embed.draft == "" and "--model-draft" not in a.command(Path("/x"), entries["chat"], SlotKind.EMBED, 1, embed)
+    unrelated = adapter(tmp_path, drafts={"other": "tiny:draft"})
+    assert unrelated.plan(entries["chat"], SlotKind.CHAT, cpu_host(), 0).draft == ""
+
+
+def test_a_configured_draft_that_is_not_installed_fails_the_plan_saying_how_to_fix_it(tmp_path: Path,
+                                                                                     entries: dict) -> None:
+    with pytest.raises(DraftError, match=r"'qwen3:0\.6b'.*not installed: `lmforge pull qwen3:0\.6b`"):
+        adapter(tmp_path, drafts={"chat": "qwen3:0.6b"}).plan(entries["chat"], SlotKind.CHAT, cpu_host(), 0)
+
+
+def test_the_catalog_draft_is_used_when_installed_and_skipped_when_not(tmp_path: Path, entries: dict,
+                                                                      models_dir: Path) -> None:
+    # The catalog names qwen3:0.6b as qwen3:8b's draft; the store resolves the shortcut to the canonical name.
+    target = msgspec.structs.replace(entries["chat"], catalog="qwen3:8b:4bit")
+    assert adapter(tmp_path).plan(target, SlotKind.CHAT, cpu_host(), 0).draft == ""
+    draft = ModelStore(Paths(tmp_path)).import_gguf(models_dir / "cycle.gguf", "qwen3:0.6b:4bit")
+    assert adapter(tmp_path).plan(target, SlotKind.CHAT, cpu_host(), 0).draft == draft.path
+
+
+def test_a_draft_llama_server_would_refuse_is_named_with_the_reason(tmp_path: Path, models_dir: Path) -> None:
+    target = read_gguf_info(models_dir / "chat.gguf")  # gpt2 tokenizer, 269 tokens, BOS added
+
+    def draft(name: str, extra) -> ModelEntry:  # type: ignore[no-untyped-def]
+        write_small(tmp_path / f"{name}.gguf", extra)
+        return ModelEntry(name=name, path=str(tmp_path / f"{name}.gguf"))
+
+    def gpt2(tokens: int, bos: int = 266):  # type: ignore[no-untyped-def]
+        def add(w) -> None:  # type: ignore[no-untyped-def]
+            w.add_tokenizer_model("gpt2")
+            w.add_token_list([f"t{i}" for i in range(tokens)])
+            w.add_bos_token_id(bos)
+            w.add_add_bos_token(True)
+        return add
+
+    assert unusable(draft("same", gpt2(269 + 128)), target) == ""
+    assert "tokenizer is 'llama'" in unusable(draft("spm", lambda w: w.add_tokenizer_model("llama")), target)
+    assert "398 tokens, the model's 269" in unusable(draft("far", gpt2(269 + 129)), target)  # llama.cpp's limit: 128
+    assert "bos token" in unusable(draft("bos", gpt2(269, bos=1)), target)
+    assert "mlx model" in unusable(ModelEntry(name="m", path=str(tmp_path), format="mlx"), target)
+    assert "cannot be read" in unusable(ModelEntry(name="gone", path=str(tmp_path / "gone.gguf")), target)
+
+
+def test_drafts_in_config_must_name_two_different_models() -> None:
+    ok = decode_settings('[llama_cpp]\ndrafts = { "qwen3:8b" = "qwen3:0.6b" }\n')
+    ok.validate()
+    assert ok.llama_cpp.drafts == {"qwen3:8b": "qwen3:0.6b"}
+    for drafts, message in (({"qwen3:8b": ""}, "both must name a model"), ({" ": "x"}, "both must name a model"),
+                            ({"m": "m"}, "'m' cannot be its own draft"), ({"m:latest": "m"}, "its own draft")):
+        with pytest.raises(ConfigError, match=message):
+            Settings(llama_cpp=LlamaCppSettings(drafts=drafts)).validate()
+
+
+# --- GPU hosts ---
+
+def gpu_host_with(*free: int) -> HardwareSnapshot:
+    gpus = tuple(GpuInfo(index=i, vendor="nvidia", name="H100", vram_total=80 * GiB, vram_free=f)
+                 for i, f in enumerate(free))
+    return msgspec.structs.replace(gpu_host(), gpus=gpus)
+
+
+def test_a_gpu_host_offloads_the_draft_whole_when_it_fits_and_says_so_when_it_does_not(
+        tmp_path: Path, entries: dict, draft_store: ModelStore) -> None:
+    a = adapter(tmp_path, drafts={"chat": "tiny:draft"})
+    binary = Path("/bin/llama-server")
+    plan = a.plan(entries["chat"], SlotKind.CHAT, gpu_host(), 10 * GiB)
+    assert (plan.gpu_layers, plan.draft_gpu_layers) == (3, 3)  # 2 blocks + the output layer, each
+    draft = draft_store.get("tiny:draft")
+    assert draft is not None and plan.weights == entries["chat"].size_bytes + draft.size_bytes
+    argv = a.command(binary, entries["chat"], SlotKind.CHAT, 1, plan)
+    assert argv[argv.index("--gpu-layers-draft") + 1] == "3"
+    # A budget too small for even the draft: nothing offloaded, and the engine is told so rather than fitting
+    # layers of its own choosing into VRAM the budget did not count.
+    small = a.plan(entries["chat"], SlotKind.CHAT, gpu_host(), int(plan.kv_cache // 4))
+    assert (small.gpu_layers, small.draft_gpu_layers, small.weights) == (0, 0, 0)
+    argv = a.command(binary, entries["chat"], SlotKind.CHAT, 1, small)
+    assert argv[argv.index("--n-gpu-layers") + 1] == "0" and argv[argv.index("--gpu-layers-draft") + 1] == "0"
+
+
+def test_several_gpus_get_a_split_and_a_pin_through_the_environment(tmp_path: Path, entries: dict,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    a = adapter(tmp_path)
+    need = a.plan(entries["chat"], SlotKind.CHAT, gpu_host(), 10 * GiB).total
+
+    def free_for(room: float) -> int:  # the free VRAM whose usable part is `room` of the load
+        return int((need * room + CUDA_CONTEXT) / Settings().memory_fraction) + 1
+
+    # Neither GPU holds the load alone: spread, more on the GPU with more free.
+    split = a.plan(entries["chat"], SlotKind.CHAT, gpu_host_with(free_for(0.4), free_for(0.8)), 10 * GiB)
+    assert split.gpus == (0, 1) and split.split[1] > split.split[0]
+    argv = a.command(Path("/bin/llama-server"), entries["chat"], SlotKind.CHAT, 1, split)
+    assert argv[argv.index("--tensor-split") + 1] == f"{split.split[0]:g},{split.split[1]:g}"
+    assert argv[argv.index("--main-gpu") + 1] == "1"
+    assert a.environment(split) == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0,1"}
+    # It fits on the second: pinned there, nothing to split.
+    pinned = a.plan(entries["chat"], SlotKind.CHAT, gpu_host_with(free_for(0.4), free_for(1.2)), 10 * GiB)
+    assert pinned.gpus == (1,) and a.environment(pinned)["CUDA_VISIBLE_DEVICES"] == "1"
+    assert "--tensor-split" not in a.command(Path("/bin/llama-server"), entries["chat"], SlotKind.CHAT, 1, pinned)
+    # One GPU: no pin, no split.
+    alone = a.plan(entries["chat"], SlotKind.CHAT, gpu_host(), 10 * GiB)
+    assert alone.gpus == () and a.environment(alone) == {}
+
+
+# --- the engine's build ---
+
+def test_a_gpu_build_is_followed_by_the_cpu_build_to_fall_back_on() -> None:
+    nvidia = GpuInfo(index=0, vendor="nvidia", name="H100", vram_total=80 * GiB, vram_free=80 * GiB)
+    attempts = llamacpp_build.build_attempts(gpu_host_with(80 * GiB), nvcc=True)
+    assert [backend for backend, _ in attempts] == ["cuda", "cpu"]
+    [cuda_flag] = llamacpp_build.BACKEND_FLAGS["cuda"]
+    assert cuda_flag in attempts[0][1] and cuda_flag not in attempts[1][1]
+    assert attempts[0][1] == llamacpp_build.cmake_flags(gpu_host_with(80 * GiB), nvcc=True)[1]
+    # The fallback is the very build a host without the GPU gets, so its wheel and binary are shared.
+    assert attempts[1] == llamacpp_build.build_attempts(cpu_host(), nvcc=True)[0]
+    assert [b for b, _ in llamacpp_build.build_attempts(cpu_host(), nvcc=True)] == ["cpu"]
+    no_nvcc = msgspec.structs.replace(cpu_host(), gpus=(nvidia,))
+    assert [b for b, _ in llamacpp_build.build_attempts(no_nvcc, nvcc=False)] == ["cpu"]

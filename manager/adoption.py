@@ -69,6 +69,9 @@ async def _check(service: "ManagerService", path: Path, data: dict[str, object]
     except Exception as exc:  # an old or damaged record, or a store that cannot be read
         log.warning("engine record %s cannot be adopted: %s", path.name, exc)
         return path, data, None
+    if data.get("parked"):
+        log.warning("engine record %s is of a parked engine: not adopted (its health probe would generate)", path.name)
+        return path, data, None
     try:
         health_path = service.engines.get(str(data.get("engine", LLAMA_CPP))).health_path
     except EngineMissing as exc:

@@ -50,6 +50,8 @@ def check_remote(models: list[RemoteModel]) -> str | None:
             return f"{where}.name: {r.name!r} is listed twice"
         seen.add(r.name)
         url = urlsplit(r.url)
+        if url.username is not None or url.password is not None:
+            return f"{where}.url: put no credentials in the URL (it is shown in /lf/status): set api_key instead"
         if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
             return f"{where}.url: {r.url!r} must be an http(s) base URL such as http://10.0.0.5:30000"
         bad = [k for k in r.kinds if k not in KINDS]

@@ -59,6 +59,7 @@ class EngineProcess:
         self.pid = pid
         self.log_path = log_path
         self._exit = exit
+        self.record = record
         self._exit.add_done_callback(lambda _: record.unlink(missing_ok=True))
         self._stopping: asyncio.Task[None] | None = None
 
@@ -212,6 +213,15 @@ def read_tail(path: Path, lines: int = TAIL_LINES, max_bytes: int = TAIL_BYTES) 
     if "\n==== " in data:
         data = data.rsplit("\n==== ", 1)[-1].partition("\n")[2]
     return "\n".join(data.splitlines()[-lines:])
+
+
+def note_in_record(path: Path, **fields: object) -> None:
+    """Add `fields` to an engine's record (blocking: off the loop): what a later manager must know to adopt it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # the engine is gone, or its record with it
+    _write_record(path, json.dumps({**data, **fields}))
 
 
 def _write_record(path: Path, text: str) -> None:

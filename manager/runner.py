@@ -20,7 +20,7 @@ from typing import Awaitable, Callable
 import aiohttp
 
 from manager.load_watch import LoadWatch, WatchConfig, log_size, stall_message
-from manager.process import EngineExited, EngineProcess, EngineTimeout, answers_health, describe_exit
+from manager.process import EngineExited, EngineProcess, EngineTimeout, answers_health, describe_exit, note_in_record
 from manager.protocol import Severity
 from manager.slots import SlotKey, label
 
@@ -263,13 +263,21 @@ class EngineRunner:
     async def _turn(self, turn: str, port: int) -> str:
         """Park or resume the engine, between two health probes (one that generates must never meet a park):
         "" when done (reported), else why it failed."""
-        assert self.config.turns is not None, "a turn asked of an engine that does not park"
+        assert self.config.turns is not None and self.proc is not None, "a turn asked of an engine that does not park"
         self.parked = True  # from the park's start to the resume's end, probes do not generate
-        try:
-            await self.config.turns[turn](self.session, f"http://127.0.0.1:{port}")
-        except Exception as exc:  # its adapter's error, said plainly; the engine is stopped
+        # A record that says "parked" is never adopted by a later manager: its health path would generate.
+        await asyncio.to_thread(note_in_record, self.proc.record, parked=True)
+        call = asyncio.ensure_future(self.config.turns[turn](self.session, f"http://127.0.0.1:{port}"))
+        stop = asyncio.ensure_future(self.stop_event.wait())
+        await asyncio.wait([call, stop], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not call.done():  # an unload or a shutdown does not wait for a park: the engine stops anyway
+            call.cancel()
+            return ""
+        if (exc := call.exception()) is not None:  # its adapter's error, said plainly; the engine is stopped
             return f"the engine could not {turn}: {exc}"
         self.parked = turn == "park"
+        await asyncio.to_thread(note_in_record, self.proc.record, parked=self.parked)
         self.post(EngineTurned(self.key, self.generation, turn))
         return ""
 

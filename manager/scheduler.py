@@ -84,7 +84,9 @@ def plan_admission(
 
     freed = sum(r.reserved for r in stopping)
     if freed >= deficit and excess <= 0:
-        return Wait(f"waiting for {len(stopping)} model(s) to stop")
+        parking = sum(1 for r in stopping if r.state == SlotState.PARKING)
+        what = "to stop" if not parking else "to park" if parking == len(stopping) else "to stop or park"
+        return Wait(f"waiting for {len(stopping)} model(s) {what}")
 
     victims: list[Resident] = []
     for r in eviction_order(residents):

@@ -235,7 +235,7 @@ class Slot:
 
     def waited_its_share(self, busy: tuple[object, ...], mono: float, fair_share_s: float) -> bool:
         """Whether this pending slot has waited `fair_share_s` for busy slots' memory, so they must yield to it."""
-        if not busy or self.state != SlotState.PENDING:  # refused by now: nobody to yield to
+        if not busy or self.state not in (SlotState.PENDING, SlotState.PARKED):  # refused by now: nobody to yield to
             self.busy_wait_since = None
         elif self.busy_wait_since is None:
             self.busy_wait_since = mono

@@ -86,7 +86,10 @@ class SlotTable(Parking):
             self.schedule()  # it may have been first in line for the cores, or the last a draining slot waited for
 
     def _went_idle(self, slot: Slot) -> None:
-        """Once ready with nothing in flight or queued, a draining slot stops and any other starts its keep_alive."""
+        """Once ready with nothing in flight or queued, a draining slot stops and any other starts its keep_alive;
+        a parked one nobody waits for any more (its requests left) starts its keep_alive again."""
+        if slot.state == SlotState.PARKED and slot.idle:
+            slot.refresh_expiry(self.clock.now())
         if slot.state != SlotState.READY or not slot.idle:
             return
         if slot.draining:
@@ -208,7 +211,7 @@ class SlotTable(Parking):
         old_ctx = slot.plan.ctx_size  # type: ignore[union-attr]
         reason = reload_reason(old_ctx, needed)
         log.info("reloading %s: %s", slot.label, reason)
-        if slot.state == SlotState.LOADING:
+        if slot.state in (SlotState.LOADING, SlotState.RESUMING):
             self._stop(slot, reason)  # its waiters move to the fresh slot
         else:
             self.unload(slot, reason, explicit=True)
@@ -270,17 +273,17 @@ class SlotTable(Parking):
 
     def _schedule_one(self, slot: Slot, wanted: dict[tuple[SlotKey, int], str]) -> None:
         budget = self.budget()
-        if budget.source == "unknown":
+        if budget.source == "unknown" and slot.local:  # a remote engine takes no room here: it needs no budget
             return self._wait(slot, "waiting for the hardware prober's first snapshot")
         if slot.plan is None:
             if not slot.planning:
                 slot.planning = True
                 self.out.add(Plan(slot))
             return
+        if not slot.local:
+            return self._start(slot)  # and makes none
         if any(key == slot.key for key, _ in self.retiring):
             return self._wait(slot, f"waiting for the previous engine of {slot.label} to stop")
-        if not slot.local:
-            return self._start(slot)  # it takes no room here, and makes none
         for _ in range(2):  # after evicting, ask again: a count limit may now allow the load
             residents = [s.resident(self.clock.now()) for s in self.memory_holders()]
             decision = plan_admission(slot.estimate, budget.total_bytes, residents, self.settings.max_loaded_models)
@@ -324,7 +327,7 @@ class SlotTable(Parking):
 
     def _settle_yields(self, wanted: dict[tuple[SlotKey, int], str]) -> None:
         """Mark the busy slots a starved load waits for; unmark the ones no load waits for any more."""
-        loads_wait = any(s.state == SlotState.PENDING for s in self.slots.values())
+        loads_wait = any(s.state == SlotState.PENDING for s in self.slots.values()) or bool(self.wanted_parked())
         for slot in [s for s in self.slots.values() if s.state == SlotState.READY]:
             if slot.yield_to(wanted.get((slot.key, slot.generation)), loads_wait):
                 self.out.slot(slot, None)
@@ -341,8 +344,9 @@ class SlotTable(Parking):
         """No room: the waiters get 503, and nothing is recorded against the model (a parked engine stays)."""
         self.out.refuse(slot.take_waiters(), code, message, 5.0)
         slot.detail = message
-        if slot.state == SlotState.PARKED:
+        if slot.state == SlotState.PARKED:  # it stays parked, and its keep_alive runs again
             slot.wait_deadline = slot.busy_wait_since = None
+            slot.refresh_expiry(self.clock.now())
             return
         previous = slot.change_state(SlotState.FAILED)
         del self.slots[slot.key]

@@ -32,7 +32,11 @@ class Parking(RunnerReports):
             return False
         if hardware is None or not budgets.is_gpu_host(hardware) or not self.engines.parks(slot.engine):
             return False
-        return hardware.ram_available > slot.plan.weights  # its weights wait in host memory
+        # Its weights wait in host memory: what is free, less what engines parked or parking keep there (counted
+        # even when the snapshot came after their park: a park may refuse when it could go, never the reverse).
+        kept = sum(s.plan.weights for s in self.slots.values()
+                   if s.state in (SlotState.PARKING, SlotState.PARKED) and s.plan is not None)
+        return hardware.ram_available - kept > slot.plan.weights
 
     def park_engine(self, slot: Slot, reason: str) -> None:
         previous = slot.change_state(SlotState.PARKING)
@@ -66,6 +70,16 @@ class Parking(RunnerReports):
             slot.refresh_expiry(self.clock.now())
             self.out.slot(slot, previous)
         self.schedule()  # the room it freed goes to the load that waited for it; a resumed one serves its queue
+
+    def park_failed(self, slot: Slot, message: str) -> None:
+        """A park that failed (its runner stopped the engine): the slot is unloaded, as eviction would have done
+        without parking, and nothing is booked against the model: the engine was idle and healthy."""
+        log.warning("%s could not park (%s); unloaded instead", slot.label, message)
+        previous = slot.change_state(SlotState.STOPPING)
+        slot.detail = f"could not park ({message}); unloaded instead"
+        self._retire(slot)
+        self.out.slot(slot, previous)
+        self.stopped(slot.key, slot.generation)
 
     def wanted_parked(self) -> list[Slot]:
         """Parked slots that requests wait for: each takes its memory back through admission."""

@@ -56,6 +56,8 @@ class RunnerReports(TableState):
             return
         if slot.state == SlotState.STOPPING:
             return self.stopped(key, generation)  # it was going anyway
+        if slot.state == SlotState.PARKING:
+            return self.park_failed(slot, message)
         self._fail(slot, message, severity, tail)
         self.schedule()  # its memory is free again
 

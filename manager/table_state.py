@@ -100,3 +100,9 @@ class TableState:
 
     def _fail(self, slot: Slot, message: str, severity: Severity, tail: str) -> None:
         raise NotImplementedError
+
+    def _retire(self, slot: Slot) -> None:
+        raise NotImplementedError
+
+    def park_failed(self, slot: Slot, message: str) -> None:  # table_parking.py
+        raise NotImplementedError

@@ -109,8 +109,8 @@ class Engine:
         """The engine's error as the client's; a remote engine refusing LMForge's own key is LMForge's fault (502),
         never the client's 401."""
         if self.remote is not None and status in (401, 403):
-            return ApiError(502, f"the remote engine of {self.model} at {self.lease.base_url} refused LMForge's key "
-                            f"({status}): check api_key in its [[remote]] entry", code="remote_refused")
+            return ApiError(502, f"the remote engine of {self.model} refused LMForge's key ({status}): check api_key in "
+                            "its [[remote]] entry", code="remote_refused")
         return engine_error(status, data)
 
     async def json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:

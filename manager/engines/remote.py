@@ -25,6 +25,7 @@ from manager.slots import SlotKey
 log = logging.getLogger("lmforge.runner")
 
 REMOTE = "remote"
+READY_S = 30.0  # how long a remote engine may take to answer its first health check
 
 
 class RemoteAdapter:
@@ -91,6 +92,15 @@ class RemoteRunner:
         self.config, self.session, self.stop_event, self.post = config, session, stop_event, post
 
     async def run(self) -> None:
+        try:
+            await self._watch()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in us: report it instead of leaving the slot loading or ready for ever
+            log.exception("remote runner for %s failed", self.key)
+            self.post(EngineFailed(self.key, self.generation, f"internal error: {exc}", Severity.ENGINE_BUG))
+
+    async def _watch(self) -> None:
         self.post(EngineProgress(self.key, self.generation, "spawned", None, f"checking {self.url}"))
         if not await self._until_healthy():
             return
@@ -99,18 +109,21 @@ class RemoteRunner:
         while not await self._stopped_within(self.config.health_interval_s):
             failures = 0 if await self._healthy() else failures + 1
             if failures >= self.config.health_failures:
-                self.post(EngineFailed(self.key, self.generation, f"the remote engine at {self.url} stopped answering "
-                                       f"its health checks ({failures} in a row)", Severity.TRANSIENT))
+                self.post(EngineFailed(self.key, self.generation, "its remote engine stopped answering its health "
+                                       f"checks ({failures} in a row)", Severity.TRANSIENT))
                 return
         self.post(EngineStopped(self.key, self.generation))
 
     async def _until_healthy(self) -> bool:
-        """Whether it answered before load_timeout_s; posts the failure or the stop when not."""
-        deadline = asyncio.get_running_loop().time() + self.config.load_timeout_s
+        """Whether it answered within READY_S (or load_timeout_s, if shorter): an engine that already runs answers
+        at once, and one that is down must not hold requests for a cold load's time. Posts the failure or the
+        stop when not."""
+        wait_s = min(READY_S, self.config.load_timeout_s)
+        deadline = asyncio.get_running_loop().time() + wait_s
         while not await self._healthy():
             if asyncio.get_running_loop().time() >= deadline:
-                self.post(EngineFailed(self.key, self.generation, f"the remote engine at {self.url} did not answer "
-                                       f"within {self.config.load_timeout_s:g}s", Severity.TRANSIENT))
+                self.post(EngineFailed(self.key, self.generation, f"its remote engine did not answer within {wait_s:g}s",
+                                       Severity.TRANSIENT))
                 return False
             if await self._stopped_within(min(1.0, self.config.health_interval_s)):
                 self.post(EngineStopped(self.key, self.generation))

@@ -24,6 +24,7 @@ def settings(*remote: dict) -> Settings:
 @pytest.mark.parametrize(("entry", "error"), [
     ({"name": "far", "url": "ftp://host"}, "remote[0].url: 'ftp://host' must be an http(s) base URL"),
     ({"name": "far", "url": "http://host/?x=1"}, "must be an http(s) base URL"),
+    ({"name": "far", "url": "http://me:secret@host"}, "remote[0].url: put no credentials in the URL"),
     ({"name": "../far", "url": "http://host"}, "remote[0].name: '../far' is not a model name"),
     ({"name": "far", "url": "http://host", "kinds": ["vision"]}, "remote[0].kinds: ['vision']"),
     ({"name": "far", "url": "http://host", "kinds": []}, "remote[0].kinds: nothing"),

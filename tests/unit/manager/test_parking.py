@@ -63,9 +63,11 @@ def turned(d: Driver, model: str, turn: str) -> None:
     d.settle()
 
 
-def loaded_then_idle(d: Driver, model: str, **fields: object) -> None:
-    """`model` loaded, served one request, idle now."""
+def loaded_then_idle(d: Driver, model: str, parks: str = "", **fields: object) -> None:
+    """`model` loaded (once `parks` has parked to make room for it), served one request, idle now."""
     rid = d.acquire(model, **fields)  # type: ignore[arg-type]
+    if parks:
+        turned(d, parks, "park")
     d.ready(model)
     d.release(d.lease(rid).lease_id)
 
@@ -122,14 +124,18 @@ def test_a_parked_engine_still_expires_and_unloading_it_stops_its_process():
     assert ("a", generation) in d.stopped and d.state("a") is None
 
 
-def test_a_park_that_fails_fails_the_slot_and_the_waiting_load_goes_on():
+def test_a_park_that_fails_unloads_the_engine_without_booking_a_failure_and_the_load_goes_on():
+    """The runner stopped the engine whose park failed: the slot goes as an unload would, the model is not
+    backed off (it was idle and healthy), and the load that wanted the room gets it."""
     d = driver()
     loaded_then_idle(d, "a")
     rid_b = d.acquire("b")
     a = slot(d, "a")
     d.table.failed(a.key, a.generation, "the engine could not park: 400 busy", Severity.TRANSIENT, "")
     d.settle()
-    assert d.state("a") is None and ("a", a.generation) in d.stopped
+    assert d.state("a") is None and a.state == SlotState.UNLOADED
+    assert a.detail == "could not park (the engine could not park: 400 busy); unloaded instead"
+    assert d.table.failures.last_errors == {}
     assert slot(d, "b").state == SlotState.LOADING
     d.ready("b")
     assert d.lease(rid_b).model == "b"
@@ -145,3 +151,58 @@ def test_requests_for_a_parked_engine_are_refused_with_no_capacity_when_nothing_
     d.advance(d.table.settings.drain_timeout_s + 1)
     assert d.error(rid_a).code == ErrorCode.NO_CAPACITY
     assert slot(d, "a").state == SlotState.PARKED  # the parked engine stays, for later
+
+
+def test_a_parked_engine_whose_requests_were_refused_or_left_keeps_its_keep_alive():
+    for leave in ("refused", "abandoned"):
+        d = driver()
+        loaded_then_idle(d, "a", keep_alive="1m")
+        rid_b = d.acquire("b")
+        turned(d, "a", "park")
+        d.ready("b")  # b keeps its lease: a cannot come back
+        rid_a = d.acquire("a")
+        assert slot(d, "a").expires_at is None  # wanted: it does not expire while a request waits for it
+        if leave == "refused":
+            d.advance(d.table.settings.drain_timeout_s + 1)
+            assert d.error(rid_a).code == ErrorCode.NO_CAPACITY
+        else:
+            d.abandon(rid_a)
+        generation = slot(d, "a").generation
+        d.advance(61)
+        assert ("a", generation) in d.stopped, leave  # its keep_alive ran again, and ended
+        del rid_b
+
+
+def test_a_larger_context_asked_while_resuming_moves_the_waiting_requests_to_the_reload():
+    d = driver()
+    loaded_then_idle(d, "a")
+    loaded_then_idle(d, "b", parks="a")
+    rid_a = d.acquire("a")  # b parks for a, then a resumes
+    turned(d, "b", "park")
+    assert slot(d, "a").state == SlotState.RESUMING
+    bigger = d.acquire("a", num_ctx=4096)
+    assert rid_a not in d.replies and bigger not in d.replies  # both wait for the larger engine, none refused
+    assert slot(d, "a").state in (SlotState.PENDING, SlotState.LOADING) and slot(d, "a").num_ctx == 4096
+
+
+def test_a_request_for_a_parked_engine_gets_its_fair_share_of_a_busy_ones_memory():
+    d = driver()
+    loaded_then_idle(d, "a")
+    d.acquire("b")
+    turned(d, "a", "park")
+    d.ready("b")  # b busy: its lease is held
+    d.acquire("a")
+    d.advance(d.table.settings.fair_share_s + 0.1)
+    assert slot(d, "b").yielding_to == "a"  # b finishes what it serves and takes no more, so that a can resume
+
+
+def test_host_memory_kept_by_parked_engines_counts_against_the_next_park():
+    """1 GiB of host memory free: room for one parked model's 600 MB of weights, not two."""
+    d = driver(host(ram_free_gib=1))
+    d.table.settings = msgspec.structs.replace(d.table.settings, memory_budget_mb=1300)  # two models at once
+    loaded_then_idle(d, "a")
+    loaded_then_idle(d, "b")
+    loaded_then_idle(d, "c", parks="a")  # the least recently used one parks for c
+    b = slot(d, "b")
+    d.acquire("d")  # b must go for d: host memory holds a's weights already, so b unloads
+    assert ("b", b.generation) in d.stopped and slot(d, "a").state == SlotState.PARKED

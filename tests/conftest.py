@@ -15,6 +15,19 @@ from tests.support.instance import Instance, clean_up, prepare_instance
 TEST_CACHE = Path(os.environ.get("LMFORGE_TEST_CACHE", Path.home() / ".cache" / "lmforge-tests"))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run only where NVML sees an NVIDIA GPU."""
+    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    if not gpu_tests:
+        return
+    from prober.probes.nvidia import nvidia_gpus
+
+    if not nvidia_gpus():
+        skip = pytest.mark.skip(reason="needs an NVIDIA GPU: none on this machine")
+        for item in gpu_tests:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def llama_server() -> str:
     """A real llama-server: LMFORGE_LLAMA_SERVER, or ours, built once and cached."""

@@ -45,8 +45,9 @@ async def adopt_engines(service: "ManagerService") -> list[tuple[Slot, EngineRun
         # A record from before cores were budgeted has no thread count: llama-server then ran one per core.
         threads = int(data.get("threads", os.cpu_count() or 1))  # type: ignore[call-overload]
         engine = str(data.get("engine", LLAMA_CPP))  # a record from before engines were chosen per model
-        slot = service.table.adopt(entry, SlotKind(data["kind"]), int(data["generation"]),  # type: ignore[call-overload]
-                                   pid, int(data["port"]), plan, threads, engine)  # type: ignore[call-overload]
+        kind, generation = SlotKind(data["kind"]), int(data["generation"])  # type: ignore[call-overload]
+        slot = service.table.adopt(entry, kind, generation, pid, int(data["port"]),  # type: ignore[call-overload]
+                                   plan, threads, engine)
         proc = EngineProcess.attach(pid, Path(str(data["log"])), path)
         runner = EngineRunner(slot.key, slot.generation, None, service.runner_config(slot), service.session,
                               slot.stop_event, service.post, slot.turns)

@@ -75,10 +75,11 @@ def _has_nvidia(snapshot: HardwareSnapshot) -> bool:
 
 
 def choose_engine(snapshot: HardwareSnapshot) -> str:
-    """"mlx" on Apple Silicon, "sglang" on Linux with an NVIDIA GPU, else "llama.cpp"."""
+    """The host's default: "mlx" on Apple Silicon, "sglang" on Linux with an NVIDIA GPU of SGLANG_MIN_VRAM or more
+    (the host where choose_for ranks SGLang first for safetensors), else "llama.cpp"."""
     if _apple_silicon(snapshot):
         return MLX
-    if snapshot.os == "linux" and _has_nvidia(snapshot):
+    if _sglang_host(snapshot):
         return SGLANG
     return LLAMA_CPP
 

@@ -15,9 +15,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-# Carried into the unit so that the service serves the home (and port, and engine binary) it was installed from:
-# a service manager starts it with its own environment, not the shell's. LMFORGE_HOME is always set (absolute).
-CARRIED_ENV = ("LMFORGE_PORT", "LMFORGE_LLAMA_SERVER")
+from manager.config import ENV_OVERRIDES
+
+# Never written into a unit: a unit file is readable by every user (0644), and a key belongs in config.toml (0600).
+# Each variable with the key of config.toml that takes its value there.
+SECRET_ENV = {ENV_OVERRIDES["api_key"]: "api_key"}
+# Carried into the unit so that the service serves the home it was installed from, with the same overrides (port,
+# engine programs, body limit): a service manager starts it with its own environment, not the shell's. Every
+# variable manager/config.py reads over config.toml, less the secrets. LMFORGE_HOME is always set (absolute).
+CARRIED_ENV = tuple(name for name in ENV_OVERRIDES.values() if name not in SECRET_ENV)
 MANAGER_TIMEOUT_S = 30.0
 
 
@@ -92,6 +98,12 @@ def unit_for(home: Path, logs: Path) -> Unit:
     env.update({name: os.environ[name] for name in CARRIED_ENV if os.environ.get(name)})
     return Unit(argv=(sys.executable, "-m", "gateway.cli", "start", "--foreground"), environment=env,
                 user=getpass.getuser(), logs=logs)
+
+
+def left_out() -> dict[str, str]:
+    """The secrets set in this environment, which the unit does not carry (the service runs without them), each
+    with its key in config.toml."""
+    return {name: key for name, key in SECRET_ENV.items() if os.environ.get(name)}
 
 
 def write_unit(path: Path, content: bytes) -> str:

@@ -57,8 +57,8 @@ def test_each_model_and_kind_gets_its_engine_and_reason(inst: Instance) -> None:
     assert models["tiny:chat"]["kinds"] == {"chat": llama, "embed": llama} and models["tiny:chat"]["override"] is None
     assert models["tiny:embed"]["kinds"] == {"embed": llama}
     assert models["tiny:mlx"]["override"] == "mlx" and models["tiny:mlx"]["format"] == "gguf"
-    refused = {kind: {"engine": None, "reason": MLX_REASON.format(kind), "fallbacks": [], "installed": None,
-                      "without_adapter": []} for kind in ("chat", "embed")}
+    refused = {kind: {"engine": None, "reason": MLX_REASON.format(kind), "fallbacks": [], "installed": None}
+               for kind in ("chat", "embed")}
     assert models["tiny:mlx"]["kinds"] == refused
 
 
@@ -74,18 +74,16 @@ def test_the_manager_loads_by_the_same_choice(inst: Instance) -> None:
 def test_engines_say_what_is_installed_where_and_how_to_install_the_rest(inst: Instance, llama_server: str) -> None:
     report = engines(inst)
     rows = {row["name"]: row for row in report["engines"]}
-    assert set(rows) >= {"llama.cpp", "mlx", "sglang"}
+    assert list(rows) == ["llama.cpp", "mlx", "sglang", "remote"]
     llama = rows["llama.cpp"]
-    assert (llama["installed"], llama["path"], llama["status"], llama["source"]) == (
-        True, llama_server, "installed", "LMFORGE_LLAMA_SERVER")
+    assert (llama["installed"], llama["path"], llama["status"], llama["source"], llama["configured"]) == (
+        True, llama_server, "installed", "LMFORGE_LLAMA_SERVER", True)
     assert llama["formats"] == ["gguf"] and llama["kinds"] == ["chat", "embed", "rerank"]
     for name in ("mlx", "sglang"):
         row = rows[name]
         assert row["installed"] is False and row["path"] is None and row["versions"] == {}
-        if row["adapter"]:
-            assert row["install"] == f"lmforge engine install {name}" and row["status"] == "not installed"
-        else:
-            assert row["status"] == "unavailable" and f"no adapter for {name}" in row["detail"]
+        assert row["install"] == f"lmforge engine install {name}" and row["status"] == "not installed"
+    assert (rows["remote"]["status"], rows["remote"]["install"]) == ("remote", None)
     host = report["host"]
     assert host["hardware"] is True and host["engine"] == "llama.cpp"  # no GPU, not a Mac: this test machine
     assert host["llama_cpp_backend"] == "cpu" and "llama.cpp" in host["reason"]

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from deploy.services import CARRIED_ENV
+from manager.config import ENV_OVERRIDES
 from tests.support.instance import Instance, free_port
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="systemd user units are Linux's")
@@ -75,8 +77,8 @@ def test_install_writes_the_unit_and_says_what_to_run_once_a_user_session_exists
     assert f"ExecStart={sys.executable} -m gateway.cli start --foreground" in lines
     home = env["LMFORGE_HOME"].replace("%", "%%")
     expected = [f'Environment="LMFORGE_HOME={home}"', f'Environment="LMFORGE_PORT={env["LMFORGE_PORT"]}"']
-    if env.get("LMFORGE_LLAMA_SERVER"):
-        expected.append(f'Environment="LMFORGE_LLAMA_SERVER={env["LMFORGE_LLAMA_SERVER"]}"')
+    expected += [f'Environment="{name}={env[name]}"' for name in CARRIED_ENV
+                 if name != "LMFORGE_PORT" and env.get(name)]
     assert [line for line in lines if line.startswith("Environment=")] == expected
     assert wants_link(env).is_symlink() is not SYSTEMD_IS_INIT
     assert ("enabled for the next login" in done.stdout) is not SYSTEMD_IS_INIT
@@ -164,3 +166,44 @@ def test_without_systemctl_the_unit_is_written_and_install_says_nothing_will_sta
     assert code == 0 and found["reason"].startswith("systemctl not found") and found["notes"] == []
     removed = lmforge(bare, "service", "uninstall")
     assert removed.returncode == 0 and removed.stderr == "" and not unit_file(env).exists()
+
+
+# systemctl as a user manager that answers but refuses to enable the unit (a masked unit, say).
+REFUSING_SYSTEMCTL = """#!/bin/sh
+case "$2" in
+  daemon-reload) exit 0 ;;
+  enable) echo "Failed to enable unit: Unit file lmforge.service is masked." >&2; exit 1 ;;
+  *) echo "Failed to connect to bus: No such file or directory" >&2; exit 1 ;;
+esac
+"""
+
+
+def test_a_refused_enable_is_one_error_naming_the_unit_and_exit_status_1(env: dict[str, str],
+                                                                         tmp_path: Path) -> None:
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "systemctl").write_text(REFUSING_SYSTEMCTL)
+    (tools / "systemctl").chmod(0o755)
+    done = lmforge(dict(env, PATH=str(tools)), "service", "install")
+    assert done.returncode == 1 and done.stdout == ""  # no word of success
+    assert done.stderr.splitlines() == [
+        "error: `systemctl --user enable --now lmforge.service` failed: Failed to enable unit: Unit file "
+        f"lmforge.service is masked.; the unit {unit_file(env)} is written but will not start at login: fix that, "
+        "then run `lmforge service install` again"]
+    assert unit_file(env).is_file()
+
+
+def test_the_unit_carries_every_override_but_the_key_which_it_warns_belongs_in_config(env: dict[str, str]) -> None:
+    key = "service-key-0123456789"
+    env = dict(env, **{ENV_OVERRIDES["api_key"]: key, ENV_OVERRIDES["max_body_mb"]: "64",
+                       ENV_OVERRIDES["mlx.python"]: sys.executable})
+    done = lmforge(env, "service", "install")
+    assert done.returncode == 0, done.stderr
+    text = unit_file(env).read_text()
+    assert key not in text and ENV_OVERRIDES["api_key"] not in text
+    assert {'Environment="LMFORGE_MAX_BODY_MB=64"', f'Environment="LMFORGE_MLX_PYTHON={sys.executable}"'} <= \
+        set(text.splitlines())
+    assert (f"warning: {ENV_OVERRIDES['api_key']} is set, but the service will not have it: a unit file is readable "
+            "by every user of this machine. It belongs in config.toml (mode 0600): lmforge config set api_key "
+            f'"${ENV_OVERRIDES["api_key"]}"') in done.stderr.splitlines()
+    assert key not in done.stdout + done.stderr

@@ -1,7 +1,8 @@
 """`lmforge service install|uninstall|status`: LMForge as a per-user service that starts at login.
 
 deploy/services renders and installs the platform's unit (a systemd user unit, a launchd agent, a scheduled task);
-here is what the user is told. Each unit runs `lmforge start --foreground` for the home it was installed from.
+here is what the user is told. Each unit runs `lmforge start --foreground` (gateway/cli/commands/service.py, which
+also holds `lmforge stop` and `lmforge status`) for the home it was installed from.
 """
 
 from __future__ import annotations
@@ -35,10 +36,17 @@ def install(args: argparse.Namespace, ctx: Context) -> int:
     backend = _backend()
     unit = services.unit_for(ctx.paths.home, ctx.paths.logs)
     outside = _running_outside(ctx, backend)
+    for name, key in services.left_out().items():
+        ctx.term.warning(f"warning: {name} is set, but the service will not have it: a unit file is readable by "
+                         f"every user of this machine. It belongs in config.toml (mode 0600): "
+                         f"lmforge config set {key} \"${name}\"")
     try:
         outcome = backend.install(unit)
     except UnitError as exc:
         raise CommandError(str(exc)) from None
+    if outcome.error:  # the service manager refused: nothing runs at login, whatever the file says
+        raise CommandError(f"{outcome.error}; the unit {outcome.path} is written but will not start at login: "
+                           "fix that, then run `lmforge service install` again")
     ctx.term.success(f"LMForge service {ACTIONS[outcome.action]} ({backend.MANAGER}): {outcome.path}")
     port = f", port {unit.environment['LMFORGE_PORT']}" if "LMFORGE_PORT" in unit.environment else ""
     ctx.term.info(f"  runs {shlex.join(unit.argv)} for home {ctx.paths.home}{port}")
@@ -50,8 +58,6 @@ def install(args: argparse.Namespace, ctx: Context) -> int:
                          "(or at the next login)")
     for warning in outcome.warnings:
         ctx.term.warning(f"warning: {warning}")
-    if outcome.error:
-        raise CommandError(f"{outcome.error} (the unit is written: {outcome.path})")
     return 0
 
 

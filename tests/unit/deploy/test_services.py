@@ -16,6 +16,7 @@ import pytest
 
 from deploy import services
 from deploy.services import Unit, UnitError, launchd, systemd, windows
+from manager.config import ENV_OVERRIDES
 
 ARGS = ("-m", "gateway.cli", "start", "--foreground")
 # A home that every format must escape: a space, a percent sign (a systemd specifier, a Task Scheduler variable),
@@ -227,13 +228,26 @@ def test_an_unknown_platform_is_refused_with_what_to_do_instead() -> None:
 
 
 def test_the_unit_carries_home_and_port_only_when_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("LMFORGE_PORT", raising=False)
-    monkeypatch.delenv("LMFORGE_LLAMA_SERVER", raising=False)
+    for name in ENV_OVERRIDES.values():
+        monkeypatch.delenv(name, raising=False)
     assert services.unit_for(tmp_path, tmp_path / "logs").environment == {"LMFORGE_HOME": str(tmp_path)}
+    assert services.left_out() == {}
     monkeypatch.setenv("LMFORGE_PORT", "11555")
     made = services.unit_for(tmp_path, tmp_path / "logs")
     assert made.environment["LMFORGE_PORT"] == "11555"
     assert made.argv == (sys.executable, *ARGS)
+
+
+def test_the_unit_carries_every_override_lmforge_reads_but_the_key(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    values = {name: f"/value/of/{name}" for name in ENV_OVERRIDES.values()}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    key = ENV_OVERRIDES["api_key"]
+    carried = services.unit_for(tmp_path, tmp_path / "logs").environment
+    assert carried == {"LMFORGE_HOME": str(tmp_path), **{n: v for n, v in values.items() if n != key}}
+    assert {"LMFORGE_MLX_PYTHON", "LMFORGE_MAX_BODY_MB"} <= set(carried)  # not only the port and llama-server
+    assert services.left_out() == {key: "api_key"}  # said to the user instead, with the key to set
 
 
 def test_writing_a_unit_says_created_unchanged_or_updated(tmp_path: Path) -> None:

@@ -15,6 +15,10 @@ GiB = 1 << 30
 NVIDIA = GpuInfo(
     index=0, vendor="nvidia", name="NVIDIA H100", vram_total=80 * GiB, vram_free=79 * GiB
 )
+# Under SGLANG_MIN_VRAM: no model picks SGLang on it, so neither does the host's default.
+SMALL_NVIDIA = GpuInfo(
+    index=0, vendor="nvidia", name="NVIDIA GeForce GTX 1650", vram_total=4 * GiB, vram_free=4 * GiB
+)
 
 
 def _snapshot(os: str, arch: str, gpus: tuple[GpuInfo, ...] = ()) -> HardwareSnapshot:
@@ -36,6 +40,7 @@ def _flags(name: str) -> tuple[str, ...]:
         ("darwin", "x86_64", (), "llama.cpp"),
         ("linux", "x86_64", (NVIDIA,), "sglang"),
         ("linux", "aarch64", (NVIDIA,), "sglang"),
+        ("linux", "x86_64", (SMALL_NVIDIA,), "llama.cpp"),
         ("linux", "x86_64", (), "llama.cpp"),
         ("linux", "aarch64", (), "llama.cpp"),
         ("windows", "x86_64", (NVIDIA,), "llama.cpp"),
@@ -145,6 +150,12 @@ def test_each_format_and_kind_gets_its_engine(fmt, kind, host, engine, fallbacks
     choice = choose_for(fmt, kind, host)
     assert (choice.engine, choice.fallbacks) == (engine, fallbacks)
     assert choice.reason  # every choice, and every refusal, says why
+
+
+@pytest.mark.parametrize("host", [LINUX_CPU, LINUX_NVIDIA, APPLE, SMALL_GPU,
+                                  _snapshot("windows", "x86_64", (NVIDIA,))])
+def test_the_host_default_is_sglang_exactly_where_a_safetensors_chat_model_gets_it(host):
+    assert (choose_engine(host) == "sglang") is (choose_for("safetensors", SlotKind.CHAT, host).engine == "sglang")
 
 
 def test_reasons_name_what_decided():

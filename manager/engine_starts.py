@@ -11,12 +11,12 @@ import asyncio
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, cast
 
 import aiohttp
 
 from manager.config import Paths, Settings
-from manager.engines.base import EngineAdapter, EngineMissing, MemoryPlan
+from manager.engines.base import EngineAdapter, EngineMissing, MemoryPlan, ParkingAdapter
 from manager.engines.registry import EngineRegistry
 from manager.engines.remote import REMOTE, RemoteAdapter, RemoteRunner
 from manager.load_watch import watch_config
@@ -49,8 +49,7 @@ class EngineStarts:
             log_path=self.paths.engine_log(slot.file_slug), about=about,
             watch=watch_config(s.load_stall_s, s.load_stall_s_per_gb, slot.entry, adapter.load_markers),
             engine=adapter.name, workaround=adapter.workaround,
-            turns={"park": adapter.park, "resume": adapter.resume} if getattr(adapter, "parks", False) else None,
-            parked_health_path=getattr(adapter, "parked_health_path", ""),
+            **_turns(adapter),
         )
 
     def remote_runner(self, slot: Slot, config: RunnerConfig, session: aiohttp.ClientSession,
@@ -97,6 +96,15 @@ class EngineStarts:
 
         log.info("installing %s for %s", adapter.name, slot.label)
         return await asyncio.to_thread(adapter.install, snapshot, progress)
+
+
+def _turns(adapter: EngineAdapter) -> dict[str, object]:
+    """What the runner needs of an engine that parks (ParkingAdapter); nothing for one that does not."""
+    if not adapter.parks:
+        return {}
+    parking = cast(ParkingAdapter, adapter)
+    return {"turns": {"park": parking.park, "resume": parking.resume},
+            "parked_health_path": parking.parked_health_path}
 
 
 def _as_dict(plan: MemoryPlan | None) -> dict[str, object] | None:

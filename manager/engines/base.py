@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
+import aiohttp
+
 from manager.protocol import HardwareSnapshot, ModelEntry, SlotKind
 from prober.engine_choice import LLAMA_CPP, Choice, choose_for
 
@@ -42,10 +44,12 @@ class MemoryPlan:
     # Planned for a host with discrete GPUs: gpu_layers is then passed as it is, 0 included, so that the engine's
     # own fitting never offloads what the budget did not count.
     gpu_host: bool = False
-    # Placement on NVIDIA GPUs (manager/engines/llamacpp_gpus.py): the GPUs the engine is pinned to, by NVML index
-    # ((): not pinned), and across several of them each one's share of the layers.
+    # Placement on NVIDIA GPUs (manager/engines/llamacpp_gpus.py, sglang.py): the GPUs the engine is pinned to, by
+    # NVML index ((): not pinned), and for llama.cpp across several of them each one's share of the layers.
     gpus: tuple[int, ...] = ()
     split: tuple[float, ...] = ()
+    # SGLang's --mem-fraction-static on those GPUs (0: not an SGLang plan, or one recorded before it was kept here).
+    mem_fraction: float = 0.0
     # The draft model a chat slot decodes speculatively with (its GGUF path; "": none) and its layers on the GPU.
     # Its weights and caches are counted in weights, kv_cache and compute above.
     draft: str = ""
@@ -72,6 +76,9 @@ class EngineAdapter(Protocol):
     health_path: str  # answers 200 once the engine serves
     load_markers: tuple[tuple[str, str], ...]  # (text of a log line, the load stage it opens): load_watch.py
     parallel: int  # requests one engine serves at once: the leases its slot grants before queueing
+    # Whether it can release its GPU memory and keep its process (SGLang): such an adapter is a ParkingAdapter too,
+    # and eviction parks it rather than unloading it (manager/table_parking.py).
+    parks: bool
     # How it hands out a model's reasoning: "field" (reasoning_content, parsed by the engine) or "tags" (inline
     # <think> in the content, split by the gateway: gateway/thinking/tags.py). The gateway reads both.
     reasoning: str
@@ -103,6 +110,18 @@ class EngineAdapter(Protocol):
     def install(self, hardware: HardwareSnapshot, report: Progress) -> Path:
         """Install the engine (blocking, minutes at worst) and return what find_binary will; EngineMissing when it
         cannot be installed here, saying why."""
+
+
+class ParkingAdapter(EngineAdapter, Protocol):
+    """An engine that parks: the runner calls these between two health probes (manager/runner.py)."""
+
+    parked_health_path: str  # answers while parked without generating (its health_path may generate)
+
+    async def park(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        """Release its GPU memory, keeping the process; raises, saying why, when it cannot."""
+
+    async def resume(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        """Take its GPU memory back; it serves again after."""
 
 
 class Engines(Protocol):

@@ -14,7 +14,8 @@ from manager.context import start_ctx
 from manager.engines.base import EngineMissing, MemoryPlan, Progress
 from manager.engines import llamacpp_build
 from manager.engines.llamacpp_draft import DraftCost, draft_cost, find_draft
-from manager.engines.llamacpp_gpus import gpu_environment, place, split_args
+from manager.engines.gpus import gpu_environment
+from manager.engines.llamacpp_gpus import place, split_args
 from manager.engines.llamacpp_memory import GPU_FIRST_USE, Footprint, footprint
 from manager.engines.llamacpp_stages import LOAD_MARKERS
 from manager.protocol import HardwareSnapshot, ModelEntry, SlotKind
@@ -55,6 +56,7 @@ class LlamaCppAdapter:
     health_path = "/health"
     load_markers = LOAD_MARKERS  # the log lines that tell a load's stages
     reasoning = "field"  # --reasoning-format deepseek: reasoning_content, whatever the template
+    parks = False
 
     def __init__(self, settings: Settings, paths: Paths) -> None:
         self.settings = settings.llama_cpp
@@ -85,6 +87,12 @@ class LlamaCppAdapter:
 
     def install(self, hardware: HardwareSnapshot, report: Progress) -> Path:
         return llamacpp_build.install(self.paths, self.settings.version, hardware, report)
+
+    def runs_on_cpu_only(self) -> bool:
+        """Whether the llama-server we run was built for the CPU alone: the build that install() falls back to when
+        a GPU build fails, which can offload nothing. A configured llama_cpp.server's build is not known: it is
+        planned as the host's hardware calls for."""
+        return not self.settings.server and llamacpp_build.installed_backend(self.paths) == "cpu"
 
     def environment(self, plan: MemoryPlan) -> dict[str, str]:
         return gpu_environment(plan)
@@ -135,9 +143,10 @@ class LlamaCppAdapter:
 
     def _place_layers(self, plan: MemoryPlan, layers: int, draft: DraftCost | None,
                       hardware: HardwareSnapshot | None, vram_budget: int) -> MemoryPlan:
-        """All layers on the GPU when they fit, as many as fit otherwise, none on a CPU host; the draft whole on
-        the GPU first when it fits (it runs at every step), else on the CPU. On NVIDIA GPUs, which ones."""
-        if not is_gpu_host(hardware):
+        """All layers on the GPU when they fit, as many as fit otherwise, none on a CPU host (or with a CPU-only
+        build); the draft whole on the GPU first when it fits (it runs at every step), else on the CPU. On NVIDIA
+        GPUs, which ones."""
+        if not is_gpu_host(hardware) or self.runs_on_cpu_only():
             return plan if draft is None else _with_draft(plan, draft, growth=draft.growth)
         assert hardware is not None
         draft_ngl = 0

@@ -78,6 +78,17 @@ def installed_binary(paths: Paths) -> Path | None:
     return binary if binary.is_file() else None
 
 
+def installed_backend(paths: Paths) -> str | None:
+    """The backend ("cuda", "metal", "cpu") the installed llama-server was built for, as install() recorded it;
+    None when none is installed."""
+    pointer = paths.engines / "llama.cpp" / "current.json"
+    try:
+        backend = json.loads(pointer.read_text())["backend"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(backend) if installed_binary(paths) is not None else None
+
+
 def install(
     paths: Paths, version: str, hardware: HardwareSnapshot, progress: Progress | None = None
 ) -> Path:

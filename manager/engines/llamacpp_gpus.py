@@ -1,9 +1,8 @@
-"""Where llama-server's offloaded layers go on a host with NVIDIA GPUs, and the flags and variables that say so.
+"""Where llama-server's offloaded layers go on a host with NVIDIA GPUs, and the flags that say so.
 
 Pure functions of the prober's GPU readings and the memory plan. A load that fits on one GPU is pinned to the
 GPU with the most free VRAM; a larger one is spread over every GPU that can hold a layer, in proportion to what
-each has free. A GPU here is its NVML index, which is PCI bus order: engines get CUDA_DEVICE_ORDER=PCI_BUS_ID so
-that CUDA numbers the GPUs the same way.
+each has free. Which GPUs may be used, and the variables that pin the engine, are gpus.py's (SGLang's too).
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from manager.engines.base import MemoryPlan
+from manager.engines.gpus import visible_gpus
 from manager.protocol import GpuInfo
 
 MiB = 1024**2
@@ -24,27 +24,6 @@ CUDA_CONTEXT = 512 * MiB
 class Placement:
     gpus: tuple[int, ...] = ()  # NVML indices, ascending; (): the engine sees what the manager sees
     split: tuple[float, ...] = ()  # each pinned GPU's share of the layers, when there are several
-
-
-def visible_gpus(gpus: Sequence[GpuInfo], cuda_visible: str | None) -> tuple[GpuInfo, ...] | None:
-    """The NVIDIA GPUs engines may use: every one, or those the manager's own CUDA_VISIBLE_DEVICES lists by index
-    (read as NVML indices). None when that variable names GPUs another way (UUIDs, MIG instances): those are left
-    to CUDA as they are, unpinned and unsplit."""
-    nvidia = tuple(g for g in gpus if g.vendor == "nvidia")
-    if cuda_visible is None:
-        return nvidia
-    listed = [part.strip() for part in cuda_visible.split(",")]
-    if not all(part.isdigit() for part in listed):
-        return None
-    # CUDA stops reading the list at the first index it does not know: so do we.
-    by_index = {g.index: g for g in nvidia}
-    shown: list[GpuInfo] = []
-    for part in listed:
-        if (gpu := by_index.get(int(part))) is None:
-            break
-        if gpu not in shown:
-            shown.append(gpu)
-    return tuple(shown)
 
 
 def usable(gpu: GpuInfo, fraction: float) -> int:
@@ -82,10 +61,3 @@ def split_args(plan: MemoryPlan) -> list[str]:
     if len(plan.split) < 2:
         return []
     return ["--tensor-split", ",".join(f"{share:g}" for share in plan.split), "--main-gpu", str(main_gpu(plan.split))]
-
-
-def gpu_environment(plan: MemoryPlan) -> dict[str, str]:
-    """The variables that pin an engine to the plan's GPUs, numbered as NVML numbers them."""
-    if not plan.gpus:
-        return {}
-    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in plan.gpus)}

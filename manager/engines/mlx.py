@@ -6,7 +6,6 @@ model per process, serving only once that model is loaded.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,9 @@ from typing import Any
 from manager.config import Paths, Settings
 from manager.context import start_ctx
 from manager.engines import mlx_launch
-from manager.engines.base import EngineMissing, MemoryPlan, Progress
-from manager.engines.venv import EngineVenv
+from manager.engines.base import MemoryPlan, Progress
+from manager.engines.hf_config import kv_bytes_per_token, model_dir, positive_int, read_config, text_config
+from manager.engines.venv import PipEngine
 from manager.protocol import HardwareSnapshot, ModelEntry, SlotKind
 from prober.engine_choice import MLX
 
@@ -36,48 +36,27 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 SAMPLING_FLAGS = {"temperature": "--temp", "top_p": "--top-p", "top_k": "--top-k", "min_p": "--min-p"}
 
 
-def model_dir(entry: ModelEntry) -> Path:
-    """The directory the server is given: a pulled MLX or safetensors model is a directory of files."""
-    return Path(entry.dir or entry.path)
-
-
 def weight_files(directory: Path) -> list[Path]:
     """The files mlx_lm loads: model*.safetensors only (a repo's consolidated.safetensors is another copy)."""
     return sorted(directory.glob("model*.safetensors"))
 
 
-def text_config(directory: Path) -> dict[str, Any]:
-    """config.json, or its text model's part for a vision model; {} when unreadable."""
+def dtype_bytes(config: dict[str, Any]) -> int:
+    """Bytes per value of the model's activation type, which its KV cache takes; 2 unless config.json says more."""
+    return DTYPE_BYTES.get(str(config.get("torch_dtype") or config.get("dtype") or "float16"), 2)
+
+
+def read_text_config(directory: Path) -> dict[str, Any]:
+    """config.json's text model part; {} when there is none to read: the plan then counts the weights alone."""
     try:
-        config = json.loads((directory / "config.json").read_bytes())
-    except (OSError, ValueError):
+        return text_config(read_config(directory))
+    except ValueError:
         return {}
-    if not isinstance(config, dict):
-        return {}
-    inner = config.get("text_config")
-    return {**config, **inner} if isinstance(inner, dict) else config
-
-
-def _int(config: dict[str, Any], key: str) -> int:
-    value = config.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def kv_bytes(config: dict[str, Any], ctx: int) -> int:
-    """Keys and values of `ctx` tokens over every layer, in the model's activation type; 0 when config.json does
-    not say enough."""
-    layers, heads, hidden = (_int(config, k) for k in ("num_hidden_layers", "num_attention_heads", "hidden_size"))
-    if not (layers and heads):
-        return 0
-    head_dim = _int(config, "head_dim") or hidden // heads
-    kv_heads = _int(config, "num_key_value_heads") or heads
-    dtype = str(config.get("torch_dtype") or config.get("dtype") or "float16")
-    return 2 * layers * kv_heads * head_dim * ctx * DTYPE_BYTES.get(dtype, 2)
 
 
 def activation_bytes(config: dict[str, Any]) -> int:
     """One prefill step's widest activations, in float32: an upper bound on the graph's working memory."""
-    return PREFILL_STEP * (_int(config, "hidden_size") + _int(config, "intermediate_size")) * 4
+    return PREFILL_STEP * (positive_int(config, "hidden_size") + positive_int(config, "intermediate_size")) * 4
 
 
 class MlxAdapter:
@@ -94,40 +73,29 @@ class MlxAdapter:
     load_markers = ((mlx_launch.LOADING, "loading_weights"),)
     # mlx_lm parses <think> itself for tokenizers that have the tokens, into the delta's `reasoning` field.
     reasoning = "field"
+    parks = False
 
     def __init__(self, settings: Settings, paths: Paths) -> None:
         self.settings = settings.mlx
         self.paths = paths
+        self.pip = PipEngine(paths, self.name, python=self.settings.python, requirements=self.settings.requirements,
+                             defaults=MACOS_REQUIREMENTS if sys.platform == "darwin" else LINUX_REQUIREMENTS,
+                             python_setting="LMFORGE_MLX_PYTHON / mlx.python")
 
     @property
     def parallel(self) -> int:
         """Requests one server decodes at once in a batch (--decode-concurrency): the leases its slot grants."""
         return self.settings.parallel
 
-    @property
-    def requirements(self) -> tuple[str, ...]:
-        if self.settings.requirements:
-            return tuple(self.settings.requirements)
-        return MACOS_REQUIREMENTS if sys.platform == "darwin" else LINUX_REQUIREMENTS
-
-    def venv(self) -> EngineVenv:
-        return EngineVenv(self.paths, self.name, self.requirements)
-
     def supports(self, entry: ModelEntry) -> bool:
         return entry.format in self.formats
 
     def find_binary(self) -> Path | None:
-        if self.settings.python:
-            path = Path(self.settings.python).expanduser()
-            if not path.is_file():
-                raise EngineMissing(f"LMFORGE_MLX_PYTHON / mlx.python points to {path}, which does not exist")
-            return path
-        return self.venv().find()
+        return self.pip.find_binary()
 
     def install(self, hardware: HardwareSnapshot, report: Progress) -> Path:
-        if hardware.os == "windows":
-            raise EngineMissing("MLX does not run on Windows: use a GGUF build of the model (llama.cpp)")
-        return self.venv().install(report)
+        windows = "MLX does not run on Windows: use a GGUF build of the model (llama.cpp)"
+        return self.pip.install(windows if hardware.os == "windows" else None, report)
 
     def environment(self, plan: MemoryPlan) -> dict[str, str]:
         # The model is on disk: the engine never fetches anything from the Hugging Face Hub.
@@ -142,15 +110,18 @@ class MlxAdapter:
     ) -> MemoryPlan:
         """Weights as they are on disk (mlx_lm reads them whole), keys and values for the context, the runtime.
 
-        mlx_lm.server has no context limit of its own: the plan's context is what memory is reserved for, and the
-        longest reply a request gets when it sets no max_tokens. The KV cache and the prompt cache fill only as
-        requests come, so both are growth after ready."""
+        mlx_lm.server has no context limit of its own: the plan's context is what memory is reserved for, per
+        request, and the longest reply a request gets when it sets no max_tokens. The KV cache and the prompt cache
+        fill only as requests come, so both are growth after ready."""
         directory = model_dir(entry)
-        config = text_config(directory)
+        config = read_text_config(directory)
         weights = sum(f.stat().st_size for f in weight_files(directory)) or entry.size_bytes
-        trained = _int(config, "max_position_embeddings") or entry.context_length
+        trained = positive_int(config, "max_position_embeddings") or entry.context_length
         ctx = start_ctx(self.settings.ctx_size, num_ctx, trained)
-        kv = kv_bytes(config, ctx)
+        # mlx_lm.server decodes up to `parallel` requests in one batch (--decode-concurrency), each with a KV cache
+        # of its own: the plan counts `parallel` whole contexts. Bounding --max-tokens instead could not hold the
+        # total: a request's own max_tokens overrides it, and the server bounds no prompt.
+        kv = kv_bytes_per_token(config, dtype_bytes(config)) * ctx * self.parallel
         cache = self.settings.cache_mb * MiB
         return MemoryPlan(weights=weights, kv_cache=kv, compute=RUNTIME + activation_bytes(config) + cache,
                           ctx_size=ctx, ctx_max=trained, growth=kv + cache)

@@ -42,7 +42,8 @@ class EngineRegistry:
                           available=tuple(self.adapters))
 
     def parks(self, engine: str) -> bool:
-        return bool(getattr(self.adapters.get(engine), "parks", False))
+        adapter = self.adapters.get(engine)
+        return adapter is not None and adapter.parks
 
     def parallel(self, engine: str, model: str = "") -> int:
         if engine == REMOTE and (remote := next((r for r in self.settings.remote if r.name == model), None)):

@@ -37,6 +37,7 @@ class RemoteAdapter:
     health_path = "/health"  # each model's own is in its [[remote]] entry: health_url()
     load_markers: tuple[tuple[str, str], ...] = ()
     parallel = 16
+    parks = False
     reasoning = "field"  # SGLang and vLLM parse reasoning when started with a reasoning parser; tags are split too
 
     def __init__(self, settings: Settings) -> None:
@@ -122,8 +123,8 @@ class RemoteRunner:
         deadline = asyncio.get_running_loop().time() + wait_s
         while not await self._healthy():
             if asyncio.get_running_loop().time() >= deadline:
-                self.post(EngineFailed(self.key, self.generation, f"its remote engine did not answer within {wait_s:g}s",
-                                       Severity.TRANSIENT))
+                why = f"its remote engine did not answer within {wait_s:g}s"
+                self.post(EngineFailed(self.key, self.generation, why, Severity.TRANSIENT))
                 return False
             if await self._stopped_within(min(1.0, self.config.health_interval_s)):
                 self.post(EngineStopped(self.key, self.generation))

@@ -11,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections import OrderedDict
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 from manager.config import Paths, Settings
 from manager.context import start_ctx
-from manager.engines.base import EngineMissing, MemoryPlan, Progress
-from manager.engines.venv import EngineVenv
+from manager.engines.base import EngineMissing, MemoryPlan, PlanRefused, Progress
+from manager.engines.gpus import gpu_environment, visible_gpus
+from manager.engines.hf_config import kv_bytes_per_token, model_dir, positive_int, read_config, text_config
+from manager.engines.venv import PipEngine
 from manager.protocol import GpuInfo, HardwareSnapshot, ModelEntry, SlotKind
 from prober.engine_choice import SGLANG
 
@@ -61,7 +62,6 @@ LOAD_MARKERS: tuple[tuple[str, str], ...] = (
 RELEASE = "/release_memory_occupation"
 RESUME = "/resume_memory_occupation"
 PARK_TIMEOUT_S = 300.0  # release copies the weights to host memory (and resume back): seconds per 10 GB or so
-PLACEMENTS_KEPT = 64
 INDEX = "model.safetensors.index.json"
 
 
@@ -77,27 +77,6 @@ class Placement:
     fraction: float
 
 
-def model_dir(entry: ModelEntry) -> Path:
-    """The directory SGLang is given (--model-path): the one holding config.json, tokenizer and weights."""
-    if entry.dir:
-        return Path(entry.dir)
-    path = Path(entry.path)
-    return path if path.is_dir() else path.parent
-
-
-def text_config(directory: Path) -> dict[str, Any]:
-    """config.json, with its text model's part (text_config) over it for a vision model; ValueError when there is
-    none to read, since the KV cache cannot be planned without it."""
-    try:
-        config = json.loads((directory / "config.json").read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"SGLang needs the model's config.json in {directory}: {exc}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{directory / 'config.json'} is not a JSON object")
-    inner = config.get("text_config")
-    return {**config, **inner} if isinstance(inner, dict) else config
-
-
 def weight_files(directory: Path) -> list[Path]:
     """The safetensors files SGLang loads: those the index (model.safetensors.index.json) maps weights to when
     there is one (a repo's consolidated.safetensors is another copy of them), else every one."""
@@ -107,24 +86,6 @@ def weight_files(directory: Path) -> list[Path]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         listed = None
     return sorted(f for f in directory.glob("*.safetensors") if listed is None or f.name in listed)
-
-
-def _int(config: dict[str, Any], key: str) -> int:
-    value = config.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def kv_bytes_per_token(config: dict[str, Any]) -> int:
-    """Bytes of KV cache one token takes over every layer, in bf16; MLA models (DeepSeek V2/V3) keep one
-    compressed latent and a rope key per layer instead of keys and values per head."""
-    layers, heads = _int(config, "num_hidden_layers"), _int(config, "num_attention_heads")
-    if not (layers and heads):
-        raise ValueError("config.json lacks num_hidden_layers or num_attention_heads: the KV cache cannot be planned")
-    if latent := _int(config, "kv_lora_rank"):
-        return layers * (latent + _int(config, "qk_rope_head_dim")) * KV_BYTES
-    head_dim = _int(config, "head_dim") or _int(config, "hidden_size") // heads
-    kv_heads = _int(config, "num_key_value_heads") or heads
-    return 2 * layers * kv_heads * head_dim * KV_BYTES
 
 
 def place(static: int, gpus: tuple[GpuInfo, ...], cap: float, heads: int) -> Placement:
@@ -180,7 +141,7 @@ class SglangAdapter:
     # with requests, which show it alive). Each probe of a ready engine takes about a second.
     health_path = "/health_generate"
     # While parked no probe may generate: its memory is released (see park). /health does not generate when the
-    # engine runs with SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION=0 (environment()); the lead wires it into the runner.
+    # engine runs with SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION=0 (environment()).
     parked_health_path = "/health"
     load_markers = LOAD_MARKERS
     # Without a --reasoning-parser SGLang leaves <think> inline ("tags"); reasoning_for(entry) says per model.
@@ -190,21 +151,14 @@ class SglangAdapter:
     def __init__(self, settings: Settings, paths: Paths) -> None:
         self.settings = settings.sglang
         self.paths = paths
-        # What plan() chose for each plan, for command() and environment(), which get only the plan.
-        self._placements: OrderedDict[MemoryPlan, Placement] = OrderedDict()
+        self.pip = PipEngine(paths, self.name, python=self.settings.python, requirements=self.settings.requirements,
+                             defaults=REQUIREMENTS, python_setting="sglang.python")
 
     @property
     def parallel(self) -> int:
         """Requests one engine runs at once (--max-running-requests): the leases its slot grants before queueing.
         SGLang batches continuously, so more cost KV cache only, which the plan sizes by context, not by request."""
         return self.settings.parallel
-
-    @property
-    def requirements(self) -> tuple[str, ...]:
-        return tuple(self.settings.requirements) or REQUIREMENTS
-
-    def venv(self) -> EngineVenv:
-        return EngineVenv(self.paths, self.name, self.requirements)
 
     def supports(self, entry: ModelEntry) -> bool:
         return entry.format in self.formats
@@ -215,32 +169,22 @@ class SglangAdapter:
 
     def find_binary(self) -> Path | None:
         """The Python that runs `-m sglang.launch_server`: sglang.python, or our environment's once installed."""
-        if self.settings.python:
-            path = Path(self.settings.python).expanduser()
-            if not path.is_file():
-                raise EngineMissing(f"sglang.python points to {path}, which does not exist")
-            return path
-        return self.venv().find()
+        return self.pip.find_binary()
 
     def install(self, hardware: HardwareSnapshot, report: Progress) -> Path:
         """pip-install SGLang (torch and the CUDA libraries: several GB) into its own environment; refused up front
         on a host it cannot run on."""
-        if problem := host_problem(hardware, check_driver=not self.settings.requirements):
-            raise EngineMissing(problem)
-        return self.venv().install(report)
+        return self.pip.install(host_problem(hardware, check_driver=not self.settings.requirements), report)
 
     def environment(self, plan: MemoryPlan) -> dict[str, str]:
-        env = {
+        return {
             # Only the GPUs the plan chose, numbered as NVML (and the prober) number them.
-            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+            **gpu_environment(plan),
             # /health then answers without generating: the probe a parked engine can take (parked_health_path).
             "SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION": "0",
             # The model is on disk: the engine never fetches anything from the Hugging Face Hub.
             "HF_HUB_OFFLINE": "1",
         }
-        if gpus := self.placement(plan).gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)
-        return env
 
     def workaround(self, returncode: int, tail: str, applied: tuple[str, ...]) -> str | None:
         return None
@@ -255,43 +199,46 @@ class SglangAdapter:
             raise EngineMissing(problem)
         assert hardware is not None
         directory = model_dir(entry)
-        config = text_config(directory)
+        config = text_config(read_config(directory))
         weights = sum(f.stat().st_size for f in weight_files(directory))
         if not weights:
             raise ValueError(f"no .safetensors weights in {directory}")
-        ctx_max = _int(config, "max_position_embeddings") or entry.context_length
+        per_token = kv_bytes_per_token(config, KV_BYTES)
+        if not per_token:
+            raise ValueError("config.json lacks num_hidden_layers or num_attention_heads: the KV cache cannot be "
+                             "planned")
+        ctx_max = positive_int(config, "max_position_embeddings") or entry.context_length
         ctx = start_ctx(self.settings.context_length, num_ctx, ctx_max)
-        kv = kv_bytes_per_token(config) * ctx
-        gpus = tuple(g for g in hardware.gpus if g.vendor == "nvidia")
-        placement = place(weights + kv, gpus, self.settings.mem_fraction_cap, _int(config, "num_attention_heads"))
-        plan = MemoryPlan(
+        kv = per_token * ctx
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = visible_gpus(hardware.gpus, visible)
+        if gpus is None:
+            raise PlanRefused(f"SGLang is placed on GPUs by their index, and the manager's CUDA_VISIBLE_DEVICES "
+                              f"({visible}) names them otherwise (UUIDs or MIG instances): list GPU indexes there, "
+                              f"or unset it")
+        if not gpus:
+            raise PlanRefused(f"the manager's CUDA_VISIBLE_DEVICES ({visible}) shows SGLang none of this host's "
+                              f"NVIDIA GPUs: list their indexes there, or unset it")
+        heads = positive_int(config, "num_attention_heads")
+        placement = place(weights + kv, gpus, self.settings.mem_fraction_cap, heads)
+        # The plan carries the placement whole: command() and environment() read nothing else, so a plan read
+        # back from an engine record starts the engine as it was planned.
+        return MemoryPlan(
             weights=weights, kv_cache=kv, compute=(CUDA_CONTEXT + RUNTIME_PER_GPU) * len(placement.gpus), ctx_size=ctx,
             ctx_max=ctx_max,
-            gpu_layers=_int(config, "num_hidden_layers") + 1,  # every layer and the output on the GPU: all in VRAM
+            gpu_layers=positive_int(config, "num_hidden_layers") + 1,  # every layer and the output: all in VRAM
+            gpus=placement.gpus, mem_fraction=placement.fraction,
         )
-        self._remember(plan, placement)
-        return plan
-
-    def placement(self, plan: MemoryPlan) -> Placement:
-        """The GPUs and fraction plan() chose for `plan`. Only a plan made here can be started: guessing the GPUs
-        and the fraction could take memory the budget gave to others."""
-        try:
-            return self._placements[plan]
-        except KeyError:
-            raise RuntimeError("SGLang has no GPU placement for this memory plan: plan() did not make it") from None
-
-    def _remember(self, plan: MemoryPlan, placement: Placement) -> None:
-        self._placements[plan] = placement
-        self._placements.move_to_end(plan)
-        while len(self._placements) > PLACEMENTS_KEPT:
-            self._placements.popitem(last=False)
 
     def command(
         self, binary: Path, entry: ModelEntry, kind: SlotKind, port: int, plan: MemoryPlan,
         *, threads: int = 0, workarounds: tuple[str, ...] = (),
     ) -> list[str]:
-        """The argv (`threads` is for CPU engines: SGLang computes on its GPUs)."""
-        placement = self.placement(plan)
+        """The argv (`threads` is for CPU engines: SGLang computes on its GPUs), from the plan alone. Only a plan
+        made by plan() can be started: guessing the GPUs and the fraction could take memory the budget gave to
+        others."""
+        if not (plan.gpus and plan.mem_fraction > 0):
+            raise RuntimeError("this memory plan has no GPUs or memory fraction for SGLang: plan() did not make it")
         argv = [
             str(binary), "-m", "sglang.launch_server",
             "--model-path", str(model_dir(entry)),
@@ -299,11 +246,11 @@ class SglangAdapter:
             "--port", str(port),
             "--served-model-name", entry.name,
             "--context-length", str(plan.ctx_size),
-            "--mem-fraction-static", f"{placement.fraction:.3f}",
+            "--mem-fraction-static", f"{plan.mem_fraction:.3f}",
             # The KV pool holds the planned context, one pool shared by the engine's requests, however much the
             # fraction leaves room for.
             "--max-total-tokens", str(plan.ctx_size),
-            "--tp-size", str(max(1, len(placement.gpus))),
+            "--tp-size", str(len(plan.gpus)),
             "--max-running-requests", str(self.parallel),
             # Parking (park/resume) frees memory only under the memory saver, and without the CPU backup the
             # weights would come back as whatever the re-mapped memory holds.

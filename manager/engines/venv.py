@@ -3,6 +3,7 @@
 MLX and SGLang are Python servers with heavy dependencies (torch, for SGLang); each gets its own environment at
 `<home>/engines/<name>/venv`, so none of them ever enters LMForge's. A marker file beside it records what was
 installed: an environment whose marker does not match the requirements asked for is installed again.
+PipEngine is the part of such an engine's adapter that finds, or installs, the Python it runs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from manager.config import Paths
 from manager.engines.base import EngineMissing, Progress
@@ -94,6 +96,33 @@ class EngineVenv:
             return dict(json.loads(done.stdout))
         except ValueError:
             return {}
+
+
+class PipEngine:
+    """The Python an engine runs: the one its settings name (`python_setting`, e.g. "sglang.python"), else our
+    environment's, installed with the requirements its settings name, else its adapter's `defaults`."""
+
+    def __init__(self, paths: Paths, name: str, *, python: str, requirements: Sequence[str],
+                 defaults: tuple[str, ...], python_setting: str) -> None:
+        self.requirements = tuple(requirements) or defaults
+        self.venv = EngineVenv(paths, name, self.requirements)
+        self.python, self.python_setting = python, python_setting
+
+    def find_binary(self) -> Path | None:
+        """The configured Python (EngineMissing when it is not there), or our environment's once installed."""
+        if self.python:
+            path = Path(self.python).expanduser()
+            if not path.is_file():
+                raise EngineMissing(f"{self.python_setting} points to {path}, which does not exist")
+            return path
+        return self.venv.find()
+
+    def install(self, problem: str | None, report: Progress) -> Path:
+        """pip-install the engine into its own environment; refused, before anything is downloaded, with the
+        `problem` the adapter found with this host (None: none)."""
+        if problem:
+            raise EngineMissing(problem)
+        return self.venv.install(report)
 
 
 def _package(requirement: str) -> str:

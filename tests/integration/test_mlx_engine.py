@@ -3,8 +3,10 @@ a real mlx_lm.server (mlx[cpu] off Apple Silicon) under LMForge's launcher. Chat
 streamed; unload; a crash and the reload after it; a model MLX cannot load; what /lf/status and the CLI say.
 
 The engine's environment is installed once into the shared test cache home (scripts/test.sh does it, or the first
-test here), and every instance is pointed at it with LMFORGE_MLX_PYTHON. The tiny model never ends and writes one
-visible character a token (tests/support/tiny_mlx.py), so counts are exact without asserting on any text.
+test here), and every instance is pointed at it with LMFORGE_MLX_PYTHON. Where MLX cannot be installed (no wheel
+for this platform), every test here skips saying why, unless LMFORGE_REQUIRE_MLX=1 (CI) makes that a failure.
+The tiny model never ends and writes one visible character a token (tests/support/tiny_mlx.py), so counts are
+exact, under greedy decoding (temperature 0), without asserting on any text.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 
 from manager.config import MlxSettings, Paths, Settings
 from manager.engines import mlx_launch
+from manager.engines.base import EngineMissing
 from manager.engines.mlx import MlxAdapter
 from manager.protocol import ModelEntry, SlotKind
 from tests.support import tiny_mlx
@@ -51,7 +54,14 @@ def mlx_python() -> Path:
     from prober.detect import take_snapshot
 
     adapter = MlxAdapter(Settings(), Paths(TEST_CACHE / "home"))
-    return adapter.find_binary() or adapter.install(take_snapshot(), lambda pct, line: None)
+    try:
+        return adapter.find_binary() or adapter.install(take_snapshot(), lambda pct, line: None)
+    except EngineMissing as exc:
+        if os.environ.get("LMFORGE_REQUIRE_MLX") == "1":
+            raise
+        lines = str(exc).splitlines()  # what failed, then pip's last lines: its own reason last
+        pytest.skip(f"MLX could not be installed here: {lines[-1]} ({lines[0]}); LMFORGE_REQUIRE_MLX=1 makes this "
+                    "a failure")
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +222,7 @@ def test_a_request_names_no_other_model_and_no_image_url_is_fetched(mlx_python: 
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _answers(url + "/health"), timeout=LOAD_S, what="the engine to serve")
         elsewhere = {"model": str(tmp_path / "nothing"), "adapters": str(tmp_path / "nothing"),
-                     "draft_model": "nobody/draft", "messages": MESSAGES, "max_tokens": TOKENS}
+                     "draft_model": "nobody/draft", "messages": MESSAGES, "max_tokens": TOKENS, "temperature": 0}
         code, answer = _post(url + "/v1/chat/completions", elsewhere)
         assert code == 200 and len(answer["choices"][0]["message"]["content"]) == TOKENS, answer
         image = {"type": "image_url", "image_url": {"url": f"http://127.0.0.1:{canary.port}/cat.png"}}

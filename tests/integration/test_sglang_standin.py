@@ -4,7 +4,9 @@ A real SGLang needs torch with CUDA and an NVIDIA GPU, which these machines lack
 sglang.python names the Python that runs `-m sglang.launch_server`; here it is this interpreter, with a directory
 on PYTHONPATH whose package `sglang.launch_server` runs tests/support/sglang_standin.py. The stand-in parses the
 flags as SGLang does (an unknown one fails the start), answers 503 on /health_generate until loaded, writes
-SGLang's load log lines, and moves between loaded and memory released on SGLang's park endpoints.
+SGLang's load log lines, and moves between loaded and memory released on SGLang's park endpoints. What real SGLang
+would not survive (a chat while released, a resume while not released...) the stand-in answers with an injected
+fault that it lists in `faults`: tests of normal flows assert that list empty.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import aiohttp
+import psutil
 import pytest
 
 from manager.config import Paths, Settings, SglangSettings
@@ -37,6 +40,12 @@ GPU_HOST = HardwareSnapshot(
     os="linux", arch="x86_64", cpu_model="cpu", cpu_cores=2, cpu_threads=2, ram_total=16 * GiB,
     ram_available=8 * GiB, gpus=tuple(GpuInfo(index=i, vendor="nvidia", name="L4", vram_total=24 * GiB,
                                               vram_free=(24 - i) * GiB, driver="580.65.06") for i in range(2)))
+
+
+@pytest.fixture(autouse=True)
+def every_gpu_visible(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan reads the manager's CUDA_VISIBLE_DEVICES: these tests place on GPU_HOST's GPUs, all of them."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
 
 def tiny_model(directory: Path, thinking: bool = True) -> ModelEntry:
@@ -151,6 +160,7 @@ async def test_the_adapters_command_line_starts_sglang_ready_on_health_generate(
         deltas = [e["choices"][0]["delta"] for e in events]  # type: ignore[index]
         assert "".join(d.get("content", "") for d in deltas) == REPLY
         assert "".join(d.get("reasoning_content", "") for d in deltas) == REASONING
+        assert (await engine.info())["faults"] == []
     assert engine.seen(EngineStopped)
 
 
@@ -161,26 +171,41 @@ async def test_park_releases_the_gpu_memory_and_resume_takes_it_back(tmp_path: P
         adapter = engine.adapter
         await adapter.park(engine.session, engine.base_url)
         assert (await engine.info())["memory_released"]
-        status, refused = await engine.chat()
-        assert status == 503 and "released" in refused["error"]["message"]  # type: ignore[index]
         # A parked engine can still be probed on parked_health_path: with the adapter's environment it does not
         # generate (a generating probe would run on released memory).
         async with engine.session.get(engine.base_url + adapter.parked_health_path) as resp:
             assert resp.status == 200
-        assert (await engine.info())["faults"] == []
-        with pytest.raises(EngineParkError, match="release_memory_occupation answered 400: .*already released"):
-            await adapter.park(engine.session, engine.base_url)
         await adapter.resume(engine.session, engine.base_url)
         info = await engine.info()
         assert not info["memory_released"] and info["weights_valid"]  # kept in host memory while parked
         status, whole = await engine.chat()
         assert status == 200 and whole["choices"][0]["message"]["content"] == REPLY  # type: ignore[index]
-        with pytest.raises(EngineParkError, match="resume_memory_occupation answered 400: .*not released"):
-            await adapter.resume(engine.session, engine.base_url)
+        assert (await engine.info())["faults"] == []
         base_url = engine.base_url
     with pytest.raises(EngineParkError, match="did not release its GPU memory"):
         async with aiohttp.ClientSession() as session:  # the engine is gone: a clear error, not a hang
             await adapter.park(session, base_url)
+
+
+async def test_a_refused_park_or_resume_raises_with_the_engines_message(tmp_path: Path) -> None:
+    """The stand-in's injected faults (real SGLang's scheduler would assert and end the engine): what the adapter
+    makes of an engine that refuses, whatever refused."""
+    entry = tiny_model(tmp_path / "model")
+    async with running(tmp_path, entry, SlotKind.CHAT) as engine:
+        await engine.ready()
+        adapter = engine.adapter
+        await adapter.park(engine.session, engine.base_url)
+        with pytest.raises(EngineParkError, match="release_memory_occupation answered 400: .*already released"):
+            await adapter.park(engine.session, engine.base_url)
+        status, refused = await engine.chat()
+        assert status == 503 and "released" in refused["error"]["message"]  # type: ignore[index]
+        await adapter.resume(engine.session, engine.base_url)
+        with pytest.raises(EngineParkError, match="resume_memory_occupation answered 400: .*not released"):
+            await adapter.resume(engine.session, engine.base_url)
+        assert (await engine.info())["faults"] == [
+            "POST /release_memory_occupation: the memory is already released",
+            "POST /v1/chat/completions while the memory was released",
+            "POST /resume_memory_occupation: the memory is not released"]
 
 
 async def test_the_runner_parks_and_resumes_between_probes_and_probes_a_parked_engine_without_generating(
@@ -204,18 +229,24 @@ async def test_the_runner_parks_and_resumes_between_probes_and_probes_a_parked_e
                                timeout=30, what="the resume to be reported")
         status, whole = await engine.chat()
         assert status == 200 and whole["choices"][0]["message"]["content"] == REPLY  # type: ignore[index]
-        assert not (await engine.info())["memory_released"]
+        info = await engine.info()
+        assert not info["memory_released"] and info["faults"] == []
 
 
 async def test_a_turn_that_fails_stops_the_engine_and_says_why(tmp_path: Path) -> None:
     entry = tiny_model(tmp_path / "model")
     async with running(tmp_path, entry, SlotKind.CHAT) as engine:
         await engine.ready()
-        engine.turns.put_nowait("resume")  # never parked: SGLang answers 400
+        # Never parked: the stand-in's refusal (400) stands in for the assertion in SGLang's scheduler that would
+        # end the engine. The runner's reaction under test is the same either way: the turn fails and the engine
+        # is stopped.
+        engine.turns.put_nowait("resume")
         await wait_until_async(lambda: engine.seen(EngineFailed), timeout=30, what="the failed turn to be reported")
         (failed,) = [r for r in engine.reports if isinstance(r, EngineFailed)]
         assert failed.message.startswith("the engine could not resume: SGLang at http://127.0.0.1:")
         assert "not released" in failed.message
+        pid = next(r.pid for r in engine.reports if isinstance(r, EngineSpawned))
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # stopped first
 
 
 async def test_embedding_slots_start_as_embedding_servers(tmp_path: Path) -> None:
@@ -224,6 +255,7 @@ async def test_embedding_slots_start_as_embedding_servers(tmp_path: Path) -> Non
         await engine.ready()
         args = engine.started_with()["args"]
         assert args["is_embedding"] and args["reasoning_parser"] is None
+        assert (await engine.info())["faults"] == []
 
 
 async def test_a_flag_sglang_does_not_take_fails_the_start_with_its_message(tmp_path: Path) -> None:

@@ -7,16 +7,23 @@ HTTP surface LMForge uses, as sglang/srt/entrypoints/http_server.py does:
 
 - GET /health_generate (and /health): 503 until "loaded", SGLANG_STANDIN_LOAD_S seconds after the start, then 200.
   It writes SGLang's load log lines on the way (Load weight begin/end, KV Cache is allocated, Memory pool end,
-  CUDA graph begin, fired up). A generating probe while the memory is released is a fault (a real one would run
-  on unmapped memory): it answers 500 and is counted in `faults`.
+  CUDA graph begin, fired up).
 - POST /v1/chat/completions: a fixed reply, whole or streamed (SSE); with --reasoning-parser the reasoning comes as
-  reasoning_content, without it inline in <think> tags. Refused (503) while the memory is released.
+  reasoning_content, without it inline in <think> tags.
 - POST /release_memory_occupation and /resume_memory_occupation with a JSON object body ({"tags": [...]}
-  optional): 200 with `null`, or 400 {"error": {"message"}} when refused (released twice, resumed while not
-  released, released with a request running). As in SGLang, without --enable-memory-saver they answer 200 and
-  release nothing; without --enable-weights-cpu-backup the weights do not survive (chats then answer 500).
+  optional): 200 with `null`. As in SGLang, without --enable-memory-saver they answer 200 and release nothing;
+  without --enable-weights-cpu-backup the weights do not survive a release (weights_valid turns false).
 - GET /get_server_info: the parsed arguments, and the state: loaded, memory_released, weights_valid, health
   probes refused while loading, faults.
+
+Injected faults, not SGLang's behaviour: SGLang has no answer for what LMForge must never ask of it, so where it
+would fail on its own terms the stand-in answers as below, and lists the request in `faults` (tests of normal
+flows assert that list empty; tests of a fault assert what the runner or adapter does with it):
+- a generating health probe or a chat while the memory is released: 500 and 503 ({"error": {"message"}}) here;
+  SGLang would run the model on GPU memory it has given up;
+- a chat after the weights did not survive: 500 here; SGLang would answer from whatever the memory now holds;
+- a release with a request running, a second release, a resume while not released: 400 {"error": {"message"}}
+  here; SGLang asserts on them (or acts on state it does not have) in its scheduler, which ends the engine.
 
 SGLANG_STANDIN_RECORD names a file where it writes, at start, its argv, parsed arguments, pid and the CUDA and
 SGLang variables of its environment. `write_standin_package` makes the directory to put on PYTHONPATH so that
@@ -137,7 +144,7 @@ class Handler(BaseHTTPRequestHandler):
                 "SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION", "1").lower() not in ("0", "false", "no", "n")
             if s.released:
                 s.probes_released[self.path] = s.probes_released.get(self.path, 0) + 1
-            if generates and s.released:
+            if generates and s.released:  # an injected fault: see the module's docstring
                 s.faults.append(f"GET {self.path} generated while the memory was released")
                 self._send(500, b"")
                 return
@@ -154,7 +161,9 @@ class Handler(BaseHTTPRequestHandler):
                 error = "the memory is not released"
             else:
                 error = ""
-            if not error and s.args.enable_memory_saver:  # without the saver SGLang frees nothing, and says 200
+            if error:  # an injected fault: see the module's docstring
+                s.faults.append(f"POST {self.path}: {error}")
+            elif s.args.enable_memory_saver:  # without the saver SGLang frees nothing, and says 200
                 s.released = release
                 if release and not s.args.enable_weights_cpu_backup:
                     s.weights_valid = False  # torch_memory_saver throws the content away without a CPU backup
@@ -166,6 +175,9 @@ class Handler(BaseHTTPRequestHandler):
     def _chat(self, body: dict[str, Any]) -> None:
         s = self.state
         with s.lock:
+            if s.loaded and (s.released or not s.weights_valid):  # an injected fault: see the module's docstring
+                s.faults.append("POST /v1/chat/completions while the memory was released" if s.released else
+                                "POST /v1/chat/completions on weights lost in a release")
             if not s.loaded or s.released or not s.weights_valid:
                 refusal = (503, "the server is loading") if not s.loaded else \
                     (503, "the GPU memory is released: resume it first") if s.released else \

@@ -5,7 +5,9 @@ mlx lives in the MLX engine's own virtual environment, never in LMForge's: `writ
 file as a script under that environment's Python. Nothing above `main` imports anything outside the standard
 library, so LMForge's side can import it too. The weights come from a fixed seed, so the same call writes the same
 bytes; the output head is built so that the model never ends and writes printable ASCII only, one character a
-token (see `_printable_only`): a reply always runs to max_tokens and has exactly that many characters.
+token (see `_printable_only`): a reply always runs to max_tokens and has exactly that many characters. That holds
+under greedy decoding only (temperature 0, as the tests ask): the silenced tokens keep logit 0, so sampling can
+still draw them, the end token among them.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import msgspec
@@ -126,7 +127,8 @@ def test_pooling_slots_run_without_a_host_prompt_cache(tmp_path: Path, entries: 
     a = adapter(tmp_path)
 
     def argv(name: str, kind: SlotKind) -> list[str]:
-        return a.command(Path("/opt/llama-server"), entries[name], kind, 4321, a.plan(entries[name], kind, cpu_host(), 0))
+        plan = a.plan(entries[name], kind, cpu_host(), 0)
+        return a.command(Path("/opt/llama-server"), entries[name], kind, 4321, plan)
 
     for name, kind in (("chat", SlotKind.EMBED), ("embed", SlotKind.EMBED), ("rerank", SlotKind.RERANK)):
         args = argv(name, kind)
@@ -328,3 +330,33 @@ def test_a_gpu_build_is_followed_by_the_cpu_build_to_fall_back_on() -> None:
     assert [b for b, _ in llamacpp_build.build_attempts(cpu_host(), nvcc=True)] == ["cpu"]
     no_nvcc = msgspec.structs.replace(cpu_host(), gpus=(nvidia,))
     assert [b for b, _ in llamacpp_build.build_attempts(no_nvcc, nvcc=False)] == ["cpu"]
+
+
+def installed_build(home: Path, backend: str) -> None:
+    """What install() leaves in the home: the build's binary (a placeholder: nothing runs it) and current.json."""
+    binary = home / "engines" / "llama.cpp" / f"b1-{backend}" / "llama-server"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("")
+    (home / "engines" / "llama.cpp" / "current.json").write_text(json.dumps(
+        {"binary": str(binary), "version": "b1", "backend": backend, "cmake_args": []}))
+
+
+def test_the_cpu_build_fallen_back_to_on_a_gpu_host_is_planned_as_on_a_cpu_host(tmp_path: Path,
+                                                                               entries: dict) -> None:
+    installed_build(tmp_path, "cpu")  # the CUDA build failed; install() fell back to the CPU build
+    a = adapter(tmp_path)
+    plan = a.plan(entries["chat"], SlotKind.CHAT, gpu_host_with(80 * GiB, 80 * GiB), 10 * GiB)
+    assert (plan.gpu_layers, plan.gpu_host, plan.gpus, plan.split) == (0, False, (), ())
+    assert plan.weights == entries["chat"].size_bytes  # all of it in RAM
+    argv = a.command(Path("/bin/llama-server"), entries["chat"], SlotKind.CHAT, 5000, plan)
+    assert "--n-gpu-layers" not in argv and "--tensor-split" not in argv and a.environment(plan) == {}
+
+
+def test_a_gpu_build_or_a_configured_server_is_planned_on_the_gpu(tmp_path: Path, entries: dict) -> None:
+    installed_build(tmp_path, "cuda")
+    assert adapter(tmp_path).plan(entries["chat"], SlotKind.CHAT, gpu_host(), 10 * GiB).gpu_layers == 3
+    cpu_home = tmp_path / "cpu"
+    installed_build(cpu_home, "cpu")
+    # A configured llama_cpp.server's build is not known: planned as the host calls for, as before.
+    configured = adapter(cpu_home, server="/opt/llama/llama-server")
+    assert configured.plan(entries["chat"], SlotKind.CHAT, gpu_host(), 10 * GiB).gpu_layers == 3

@@ -10,9 +10,8 @@ import dataclasses
 import json
 
 from manager.engines.base import MemoryPlan
-from manager.engines.llamacpp_gpus import (
-    CUDA_CONTEXT, Placement, gpu_environment, main_gpu, place, split_args, usable, visible_gpus,
-)
+from manager.engines.gpus import gpu_environment, visible_gpus
+from manager.engines.llamacpp_gpus import CUDA_CONTEXT, Placement, main_gpu, place, split_args, usable
 from manager.protocol import GpuInfo
 
 MiB = 1024**2

@@ -56,11 +56,32 @@ def flag(argv: list[str], name: str) -> str:
 
 def test_weights_are_the_shards_mlx_loads_and_kv_follows_the_config(tmp_path: Path) -> None:
     entry = model(tmp_path / "m")
-    plan = adapter(tmp_path, ctx_size=4096, cache_mb=0).plan(entry, SlotKind.CHAT, host(), 0)
+    plan = adapter(tmp_path, ctx_size=4096, cache_mb=0, parallel=1).plan(entry, SlotKind.CHAT, host(), 0)
     assert plan.weights == 8000  # the two model-*.safetensors shards, not consolidated.safetensors
     assert plan.kv_cache == KV_PER_TOKEN * 4096 and plan.ctx_size == 4096 and plan.ctx_max == 32768
     assert plan.gpu_layers == 0 and plan.compute >= RUNTIME
     assert plan.growth == plan.kv_cache, "the KV cache fills only as requests come"
+
+
+def test_every_request_the_server_batches_has_a_kv_cache_of_its_own_in_the_plan(tmp_path: Path) -> None:
+    # mlx_lm.server decodes `parallel` requests at once, each with a whole context's cache: the plan counts them
+    # all, in the plan's total and in what grows after ready.
+    entry = model(tmp_path / "m")
+    one = adapter(tmp_path, ctx_size=4096, cache_mb=0, parallel=1).plan(entry, SlotKind.CHAT, host(), 0)
+    three = adapter(tmp_path, ctx_size=4096, cache_mb=0, parallel=3).plan(entry, SlotKind.CHAT, host(), 0)
+    assert three.kv_cache == 3 * one.kv_cache == 3 * KV_PER_TOKEN * 4096
+    assert three.total - one.total == 2 * KV_PER_TOKEN * 4096 and three.growth == three.kv_cache
+    assert three.ctx_size == one.ctx_size == 4096  # each request's context, not shared among them
+
+
+def test_mla_models_keep_one_latent_per_layer(tmp_path: Path) -> None:
+    # DeepSeek V3's shape: mlx_lm caches the compressed latent and the rope key, one per layer, not per head.
+    config = {"model_type": "deepseek_v3", "num_hidden_layers": 61, "num_attention_heads": 128,
+              "num_key_value_heads": 128, "kv_lora_rank": 512, "qk_rope_head_dim": 64, "hidden_size": 7168,
+              "max_position_embeddings": 163840, "torch_dtype": "bfloat16"}
+    plan = adapter(tmp_path, ctx_size=4096, parallel=1).plan(model(tmp_path / "m", config=config), SlotKind.CHAT,
+                                                             host(), 0)
+    assert plan.kv_cache == 61 * (512 + 64) * 2 * 4096
 
 
 def test_the_prompt_cache_is_planned_and_grows_after_ready(tmp_path: Path) -> None:
@@ -79,7 +100,8 @@ def test_context_is_capped_by_the_trained_one_and_grows_for_an_ask(tmp_path: Pat
 
 def test_a_vision_models_text_config_is_the_one_read(tmp_path: Path) -> None:
     nested = {"model_type": "gemma3", "vision_config": {"hidden_size": 1152}, "text_config": CONFIG}
-    plan = adapter(tmp_path, ctx_size=1024).plan(model(tmp_path / "m", config=nested), SlotKind.CHAT, host(), 0)
+    plan = adapter(tmp_path, ctx_size=1024, parallel=1).plan(model(tmp_path / "m", config=nested), SlotKind.CHAT,
+                                                             host(), 0)
     assert plan.kv_cache == KV_PER_TOKEN * 1024 and plan.ctx_max == 32768
 
 
@@ -126,18 +148,18 @@ def test_the_launcher_marks_the_load_stage_the_adapter_watches_for(tmp_path: Pat
 
 def test_requirements_follow_the_platform_unless_set(tmp_path: Path) -> None:
     expected = MACOS_REQUIREMENTS if sys.platform == "darwin" else LINUX_REQUIREMENTS
-    assert adapter(tmp_path).requirements == expected
+    assert adapter(tmp_path).pip.requirements == expected
     assert "mlx[cpu]" in LINUX_REQUIREMENTS and "mlx[cpu]" not in MACOS_REQUIREMENTS
-    assert adapter(tmp_path, requirements=["mlx-lm==0.32.2"]).requirements == ("mlx-lm==0.32.2",)
+    assert adapter(tmp_path, requirements=["mlx-lm==0.32.2"]).pip.requirements == ("mlx-lm==0.32.2",)
 
 
 def test_the_venv_is_found_only_with_a_marker_for_the_same_requirements(tmp_path: Path) -> None:
     mlx = adapter(tmp_path)
     assert mlx.find_binary() is None
-    venv = mlx.venv()
+    venv = mlx.pip.venv
     venv.python.parent.mkdir(parents=True)
     venv.python.write_text("")
-    (venv.root / MARKER).write_text(json.dumps({"requirements": list(mlx.requirements), "versions": {}}))
+    (venv.root / MARKER).write_text(json.dumps({"requirements": list(mlx.pip.requirements), "versions": {}}))
     assert mlx.find_binary() == venv.python
     assert adapter(tmp_path, requirements=["mlx-lm"]).find_binary() is None, "other requirements: install again"
 

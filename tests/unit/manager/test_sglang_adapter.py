@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -12,7 +13,7 @@ import msgspec
 import pytest
 
 from manager.config import ConfigError, Paths, Settings, SglangSettings, decode_settings
-from manager.engines.base import EngineMissing, MemoryPlan
+from manager.engines.base import EngineMissing, MemoryPlan, PlanRefused
 from manager.engines.registry import EngineRegistry
 from manager.engines.sglang import CUDA_CONTEXT, RUNTIME_PER_GPU, SglangAdapter
 from manager.protocol import GpuInfo, HardwareSnapshot, ModelEntry, SlotKind
@@ -44,6 +45,12 @@ def model(tmp_path: Path, config: dict, weights: int, name: str = "qwen3:8b", th
             f.truncate(size)
     return ModelEntry(name=name, path=str(directory), format="safetensors", dir=str(directory), kinds=kinds,
                       architecture=str(config.get("model_type", "")), thinking=thinking, size_bytes=weights)
+
+
+@pytest.fixture(autouse=True)
+def every_gpu_visible(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan reads the manager's CUDA_VISIBLE_DEVICES; tests that do not set it see every GPU of their host."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
 
 def adapter(tmp_path: Path, **sglang: object) -> SglangAdapter:
@@ -186,10 +193,57 @@ def test_environment_names_the_gpus_as_nvml_does_and_lets_a_parked_engine_be_pro
     assert env["SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION"] == "0" and env["HF_HUB_OFFLINE"] == "1"
 
 
-def test_a_plan_not_made_by_the_adapter_cannot_be_started(tmp_path: Path) -> None:
+def test_a_plan_without_sglangs_placement_cannot_be_started(tmp_path: Path) -> None:
+    # Another engine's plan, or one recorded before the placement was kept in the plan: guessing its GPUs and
+    # fraction could take memory the budget gave to others.
     entry = model(tmp_path, QWEN3_8B, GiB)
-    with pytest.raises(RuntimeError, match="no GPU placement"):
+    with pytest.raises(RuntimeError, match="no GPUs or memory fraction for SGLang"):
         adapter(tmp_path).command(PYTHON, entry, SlotKind.CHAT, 1, MemoryPlan(GiB, GiB, 0, 4096))
+
+
+def test_a_plan_read_back_from_an_engine_record_starts_the_engine_as_planned(tmp_path: Path) -> None:
+    entry = model(tmp_path, QWEN3_8B, 30 * GiB)
+    planner = adapter(tmp_path, context_length=8192)
+    plan = planner.plan(entry, SlotKind.CHAT, host((24, 24), (24, 23)), 0)
+    # As an engine record keeps it (manager/engine_starts.py) and a restarted manager reads it (adoption.py),
+    # into an adapter that planned nothing.
+    recorded = MemoryPlan(**json.loads(json.dumps(dataclasses.asdict(plan))))
+    restarted = adapter(tmp_path, context_length=8192)
+    argv = restarted.command(PYTHON, entry, SlotKind.CHAT, 1, recorded)
+    assert argv == planner.command(PYTHON, entry, SlotKind.CHAT, 1, plan) and flag(argv, "--tp-size") == "2"
+    assert restarted.environment(recorded)["CUDA_VISIBLE_DEVICES"] == "0,1" and recorded == plan
+
+
+def test_plans_alike_but_for_their_gpus_each_start_on_their_own(tmp_path: Path) -> None:
+    a = adapter(tmp_path)
+    entry = model(tmp_path, QWEN3_8B, 16 * GiB)
+    on_0 = a.plan(entry, SlotKind.CHAT, host((80, 80), (80, 70)), 0)
+    on_1 = a.plan(entry, SlotKind.CHAT, host((80, 70), (80, 80)), 0)  # the same sizes, the other GPU the freest
+    assert a.environment(on_0)["CUDA_VISIBLE_DEVICES"] == "0" and a.environment(on_1)["CUDA_VISIBLE_DEVICES"] == "1"
+    assert (on_0.gpus, on_1.gpus) == ((0,), (1,))
+
+
+def test_only_the_gpus_the_managers_cuda_visible_devices_lists_are_used(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    a = adapter(tmp_path, context_length=8192)
+    entry = model(tmp_path, QWEN3_8B, 30 * GiB)  # needs two of these GPUs
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    plan, argv = argv_of(a, entry, SlotKind.CHAT, host((24, 24), (24, 23), (24, 20)))
+    assert plan.gpus == (2,) and flag(argv, "--tp-size") == "1" and a.environment(plan)["CUDA_VISIBLE_DEVICES"] == "2"
+    assert flag(argv, "--mem-fraction-static") == "0.900"  # at the cap: the one GPU it may use is short
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,1")
+    assert a.plan(entry, SlotKind.CHAT, host((24, 24), (24, 23), (24, 20)), 0).gpus == (1, 2)
+
+
+@pytest.mark.parametrize(("visible", "match"), [
+    ("GPU-5b1c3a9e-0000-0000-0000-000000000000", "names them otherwise \\(UUIDs or MIG instances\\)"),
+    ("7", "shows SGLang none of this host's NVIDIA GPUs"),
+])
+def test_a_cuda_visible_devices_that_cannot_be_placed_on_refuses_the_plan_saying_how_to_fix_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, visible: str, match: str) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    with pytest.raises(PlanRefused, match=match):
+        adapter(tmp_path).plan(model(tmp_path, QWEN3_8B, GiB), SlotKind.CHAT, host((80, 80)), 0)
 
 
 @pytest.mark.parametrize(("hardware", "match"), [
@@ -235,8 +289,8 @@ def test_the_python_comes_from_settings_or_our_environment(tmp_path: Path) -> No
     assert adapter(tmp_path, python=sys.executable).find_binary() == Path(sys.executable)
     with pytest.raises(EngineMissing, match="sglang.python points to"):
         adapter(tmp_path, python=str(tmp_path / "nope")).find_binary()
-    assert adapter(tmp_path).venv().requirements == ("sglang==0.5.23",)
-    assert adapter(tmp_path, requirements=["sglang==0.5.19"]).venv().requirements == ("sglang==0.5.19",)
+    assert adapter(tmp_path).pip.venv.requirements == ("sglang==0.5.23",)
+    assert adapter(tmp_path, requirements=["sglang==0.5.19"]).pip.venv.requirements == ("sglang==0.5.19",)
 
 
 def test_the_registry_serves_safetensors_on_an_nvidia_host_with_sglang(tmp_path: Path) -> None:

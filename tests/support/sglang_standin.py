@@ -248,18 +248,20 @@ def log(line: str) -> None:
 
 
 def load_lines(state: State, load_s: float) -> None:
-    """SGLang's load log lines, spread over the load (manager/engines/sglang.py reads them as stages)."""
+    """SGLang's load log lines, spread over the load (manager/engines/sglang.py reads them as stages), each on a
+    timer of its own; the last one when the state says loaded."""
     steps = ["Load weight begin. avail mem=79.10 GB",
              "Load weight end. elapsed=0.01 s, type=StandInForCausalLM, avail mem=70.00 GB, mem usage=9.10 GB.",
              "KV Cache is allocated. #tokens: 4096, KV size: 0.50 GB",
              "Memory pool end. avail mem=60.00 GB",
              "Capture target decode CUDA graph begin. backend=full, num_tokens_per_req=1, avail mem=60.00 GB"]
-    for line in steps:
-        log(line)
-        time.sleep(load_s / (len(steps) + 1))  # the stand-in's own pace, not a test's synchronisation
-    while not state.loaded:
-        time.sleep(0.01)
-    log("The server is fired up and ready to roll!")
+    step = load_s / (len(steps) + 1)
+    ready_in = max(state.loaded_at - time.monotonic(), len(steps) * step)
+    timed = [(i * step, line) for i, line in enumerate(steps)] + [(ready_in, "The server is fired up and ready to roll!")]
+    for delay, line in timed:
+        timer = threading.Timer(delay, log, (line,))
+        timer.daemon = True
+        timer.start()
 
 
 def main(argv: list[str]) -> None:
@@ -271,7 +273,7 @@ def main(argv: list[str]) -> None:
     state = State(args, load_s)
     Handler.state = state
     server = ThreadingHTTPServer((args.host, args.port), Handler)
-    threading.Thread(target=load_lines, args=(state, load_s), daemon=True).start()
+    load_lines(state, load_s)
     server.serve_forever()
 
 

@@ -164,10 +164,11 @@ class EngineProcess:
         await self.wait()
 
 
-async def answers_health(session: aiohttp.ClientSession, url: str, timeout: float) -> bool:
-    """Whether the engine's health URL answers 200 within `timeout`."""
+async def answers_health(session: aiohttp.ClientSession, url: str, timeout: float,
+                         headers: dict[str, str] | None = None) -> bool:
+    """Whether the engine's health URL answers 200 within `timeout` (`headers`: a remote engine's key)."""
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             return resp.status == 200
     except (aiohttp.ClientError, asyncio.TimeoutError):
         return False

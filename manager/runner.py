@@ -265,8 +265,10 @@ class EngineRunner:
         "" when done (reported), else why it failed."""
         assert self.config.turns is not None and self.proc is not None, "a turn asked of an engine that does not park"
         self.parked = True  # from the park's start to the resume's end, probes do not generate
-        # A record that says "parked" is never adopted by a later manager: its health path would generate.
-        await asyncio.to_thread(note_in_record, self.proc.record, parked=True)
+        # A record that says "parked" is never adopted by a later manager: its health path would generate. It says
+        # so from a park's start to a resume's end.
+        if turn == "park":
+            await asyncio.to_thread(note_in_record, self.proc.record, parked=True)
         call = asyncio.ensure_future(self.config.turns[turn](self.session, f"http://127.0.0.1:{port}"))
         stop = asyncio.ensure_future(self.stop_event.wait())
         await asyncio.wait([call, stop], return_when=asyncio.FIRST_COMPLETED)
@@ -277,7 +279,8 @@ class EngineRunner:
         if (exc := call.exception()) is not None:  # its adapter's error, said plainly; the engine is stopped
             return f"the engine could not {turn}: {exc}"
         self.parked = turn == "park"
-        await asyncio.to_thread(note_in_record, self.proc.record, parked=self.parked)
+        if not self.parked:
+            await asyncio.to_thread(note_in_record, self.proc.record, parked=False)
         self.post(EngineTurned(self.key, self.generation, turn))
         return ""
 

@@ -145,7 +145,7 @@ class Slot:
 
     @property
     def base_url(self) -> str:
-        if self.entry.format == REMOTE_FORMAT:
+        if not self.local:
             return self.entry.path  # served elsewhere: manager/engines/remote.py
         return f"http://127.0.0.1:{self.port}"
 

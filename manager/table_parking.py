@@ -17,7 +17,7 @@ import logging
 
 from manager import budget as budgets
 from manager.effects import Turn
-from manager.protocol import LoadProgressEvent, LoadReply, SlotState
+from manager.protocol import LoadProgressEvent, SlotState
 from manager.slots import Slot, SlotKey
 from manager.table_reports import RunnerReports
 
@@ -63,12 +63,7 @@ class Parking(RunnerReports):
             slot.detail, slot.measured_bytes, slot.private_bytes = "parked: its GPU memory released", None, None
             self.out.slot(slot, previous)
         elif turn == "resume" and slot.state == SlotState.RESUMING:
-            previous = slot.change_state(SlotState.READY)
-            slot.detail = ""
-            for w in slot.loaded(self.clock.mono()):
-                self.out.send(w.peer, LoadReply(req_id=w.request.req_id, slot=slot.info(), load_s=w.load_s))
-            slot.refresh_expiry(self.clock.now())
-            self.out.slot(slot, previous)
+            self._now_ready(slot)
         self.schedule()  # the room it freed goes to the load that waited for it; a resumed one serves its queue
 
     def park_failed(self, slot: Slot, message: str) -> None:

@@ -41,14 +41,20 @@ class RunnerReports(TableState):
         slot = self._find(key, generation)
         if slot is None or slot.state != SlotState.LOADING:
             return  # unloaded while it started; the runner is stopping it
-        previous = slot.change_state(SlotState.READY)
-        slot.loaded_at, slot.detail = self.clock.now(), ""
+        slot.loaded_at = self.clock.now()
         self.failures.loaded(slot.label)
-        for w in slot.loaded(self.clock.mono()):  # a load takes no permit
+        self._now_ready(slot)
+        self.schedule()  # serves its queue; a load waiting for this memory now waits on a ready, busy slot
+
+    def _now_ready(self, slot: Slot) -> None:
+        """A slot loading or resuming serves now: its load waiters are answered (a load takes no permit), its queue
+        stays for the schedule to serve, its keep_alive starts."""
+        previous = slot.change_state(SlotState.READY)
+        slot.detail = ""
+        for w in slot.loaded(self.clock.mono()):
             self.out.send(w.peer, LoadReply(req_id=w.request.req_id, slot=slot.info(), load_s=w.load_s))
         slot.refresh_expiry(self.clock.now())
         self.out.slot(slot, previous)
-        self.schedule()  # serves its queue; a load waiting for this memory now waits on a ready, busy slot
 
     def failed(self, key: SlotKey, generation: int, message: str, severity: Severity, tail: str) -> None:
         slot = self._find(key, generation)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+from catalog.store_files import write_atomic
 from manager.config import ENV_OVERRIDES
 
 # Never written into a unit: a unit file is readable by every user (0644), and a key belongs in config.toml (0600).
@@ -115,10 +116,7 @@ def write_unit(path: Path, content: bytes) -> str:
         before = None
     if before == content:
         return "unchanged"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    part.write_bytes(content)
-    os.replace(part, path)
+    write_atomic(path, content, 0o644)
     return "created" if before is None else "updated"
 
 

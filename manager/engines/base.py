@@ -83,8 +83,6 @@ class EngineAdapter(Protocol):
     # <think> in the content, split by the gateway: gateway/thinking/tags.py). The gateway reads both.
     reasoning: str
 
-    def supports(self, entry: ModelEntry) -> bool:
-        """Whether this engine can run the model's weight format."""
 
     def plan(
         self, entry: ModelEntry, kind: SlotKind, hardware: HardwareSnapshot | None, vram_budget: int,

@@ -19,6 +19,7 @@ from manager.engines.llamacpp_gpus import place, split_args
 from manager.engines.llamacpp_memory import GPU_FIRST_USE, Footprint, footprint
 from manager.engines.llamacpp_stages import LOAD_MARKERS
 from manager.protocol import HardwareSnapshot, ModelEntry, SlotKind
+from prober.engine_choice import LLAMA_CPP, SERVES
 
 MiB = 1024**2
 NO_REPACK = "no_repack"  # the workaround for a build whose repacked (AMX) kernels trap: DESIGN.md, "CPU features"
@@ -51,8 +52,7 @@ class LlamaCppAdapter:
     """llama-server, one process per (model, kind)."""
 
     name = "llama.cpp"
-    formats = frozenset({"gguf"})
-    kinds = frozenset(SlotKind)  # chat, embeddings (--embeddings) and rerank (--reranking)
+    formats, kinds = SERVES[LLAMA_CPP]  # chat, embeddings (--embeddings) and rerank (--reranking)
     health_path = "/health"
     load_markers = LOAD_MARKERS  # the log lines that tell a load's stages
     reasoning = "field"  # --reasoning-format deepseek: reasoning_content, whatever the template
@@ -72,8 +72,6 @@ class LlamaCppAdapter:
         """Requests one llama-server serves at once (--parallel): the leases its slot grants before queueing."""
         return self.settings.parallel
 
-    def supports(self, entry: ModelEntry) -> bool:
-        return entry.format == "gguf"
 
     def find_binary(self) -> Path | None:
         if self.settings.server:

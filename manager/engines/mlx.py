@@ -17,7 +17,7 @@ from manager.engines.base import MemoryPlan, Progress
 from manager.engines.hf_config import kv_bytes_per_token, model_dir, positive_int, read_config, text_config
 from manager.engines.venv import PipEngine
 from manager.protocol import HardwareSnapshot, ModelEntry, SlotKind
-from prober.engine_choice import MLX
+from prober.engine_choice import MLX, SERVES
 
 MiB = 1024**2
 LAUNCHER = Path(mlx_launch.__file__)
@@ -63,8 +63,7 @@ class MlxAdapter:
     """mlx_lm.server, one process per chat model."""
 
     name = MLX
-    formats = frozenset({"mlx", "safetensors"})
-    kinds = frozenset({SlotKind.CHAT})
+    formats, kinds = SERVES[MLX]
     # Its /v1/models scans the Hugging Face cache and fails without one; /health answers 200 once the launcher
     # has loaded the model and bound the port.
     health_path = "/health"
@@ -87,8 +86,6 @@ class MlxAdapter:
         """Requests one server decodes at once in a batch (--decode-concurrency): the leases its slot grants."""
         return self.settings.parallel
 
-    def supports(self, entry: ModelEntry) -> bool:
-        return entry.format in self.formats
 
     def find_binary(self) -> Path | None:
         return self.pip.find_binary()

@@ -7,9 +7,9 @@ with an adapter here, and a per-model override from config (`[engines]`, model n
 from __future__ import annotations
 
 from manager.config import Paths, Settings
+from manager.config_remote import REMOTE_FORMAT
 from manager.engines.base import EngineAdapter, EngineMissing
 from manager.engines.llamacpp import LlamaCppAdapter
-from manager.config_remote import REMOTE_FORMAT
 from manager.engines.mlx import MlxAdapter
 from manager.engines.remote import REMOTE, RemoteAdapter
 from manager.engines.sglang import SglangAdapter
@@ -46,7 +46,7 @@ class EngineRegistry:
         return adapter is not None and adapter.parks
 
     def parallel(self, engine: str, model: str = "") -> int:
-        if engine == REMOTE and (remote := next((r for r in self.settings.remote if r.name == model), None)):
-            return remote.parallel
         adapter = self.adapters.get(engine)
+        if isinstance(adapter, RemoteAdapter) and model in adapter.models:
+            return adapter.parallel_of(model)
         return adapter.parallel if adapter is not None else 1

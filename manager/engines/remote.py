@@ -18,6 +18,7 @@ import aiohttp
 from manager.config import Settings
 from manager.config_remote import REMOTE_FORMAT, RemoteModel
 from manager.engines.base import EngineMissing, MemoryPlan, Progress
+from manager.process import answers_health
 from manager.protocol import HardwareSnapshot, ModelEntry, Severity, SlotKind
 from manager.runner import EngineFailed, EngineProgress, EngineReady, EngineStopped, RunnerConfig
 from manager.slots import SlotKey
@@ -36,7 +37,7 @@ class RemoteAdapter:
     kinds = frozenset(SlotKind)
     health_path = "/health"  # each model's own is in its [[remote]] entry: health_url()
     load_markers: tuple[tuple[str, str], ...] = ()
-    parallel = 16
+    parallel = 16  # each [[remote]] entry has its own: parallel_of()
     parks = False
     reasoning = "field"  # SGLang and vLLM parse reasoning when started with a reasoning parser; tags are split too
 
@@ -49,14 +50,15 @@ class RemoteAdapter:
         except KeyError:
             raise EngineMissing(f"{name} is not in [[remote]] any more") from None
 
-    def supports(self, entry: ModelEntry) -> bool:
-        return entry.format == REMOTE_FORMAT
 
     def plan(self, entry: ModelEntry, kind: SlotKind, hardware: HardwareSnapshot | None, vram_budget: int,
              num_ctx: int = 0) -> MemoryPlan:
         """Nothing held here: its memory is the remote machine's."""
         ctx = entry.context_length
         return MemoryPlan(weights=0, kv_cache=0, compute=0, ctx_size=ctx, ctx_max=ctx)
+
+    def parallel_of(self, name: str) -> int:
+        return self.model(name).parallel
 
     def health_path_of(self, name: str) -> str:
         return self.model(name).health_path
@@ -132,12 +134,8 @@ class RemoteRunner:
         return True
 
     async def _healthy(self) -> bool:
-        timeout = aiohttp.ClientTimeout(total=max(self.config.health_interval_s, 2.0))
-        try:
-            async with self.session.get(self.health_url, headers=self.headers, timeout=timeout) as resp:
-                return resp.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            return False
+        return await answers_health(self.session, self.health_url, max(self.config.health_interval_s, 2.0),
+                                    self.headers)
 
     async def _stopped_within(self, seconds: float) -> bool:
         try:

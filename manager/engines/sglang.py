@@ -24,7 +24,7 @@ from manager.engines.gpus import gpu_environment, visible_gpus
 from manager.engines.hf_config import kv_bytes_per_token, model_dir, positive_int, read_config, text_config
 from manager.engines.venv import PipEngine
 from manager.protocol import GpuInfo, HardwareSnapshot, ModelEntry, SlotKind
-from prober.engine_choice import SGLANG
+from prober.engine_choice import SERVES, SGLANG
 
 GiB = 1024**3
 # The release the flags and endpoints here were checked against. It needs CUDA 13 (torch 2.14 from PyPI), so an
@@ -135,8 +135,7 @@ class SglangAdapter:
     """python -m sglang.launch_server, one process group per (model, kind), on the GPUs its plan chose."""
 
     name = SGLANG
-    formats = frozenset({"safetensors"})
-    kinds = frozenset({SlotKind.CHAT, SlotKind.EMBED})
+    formats, kinds = SERVES[SGLANG]
     # Readiness: SGLang answers 503 while it starts, then runs a one-token generation (skipped while it is busy
     # with requests, which show it alive). Each probe of a ready engine takes about a second.
     health_path = "/health_generate"
@@ -160,8 +159,6 @@ class SglangAdapter:
         SGLang batches continuously, so more cost KV cache only, which the plan sizes by context, not by request."""
         return self.settings.parallel
 
-    def supports(self, entry: ModelEntry) -> bool:
-        return entry.format in self.formats
 
     def reasoning_for(self, entry: ModelEntry) -> str:
         """"field" when SGLang parses this model's reasoning into reasoning_content, else "tags"."""

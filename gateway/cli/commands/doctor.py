@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import ipaddress
+import json
 import os
 import shutil
 import socket
@@ -23,7 +24,7 @@ import psutil
 from deploy import services
 from gateway.cli.client import ApiError, GatewayClient, GatewayDown, GatewayError
 from gateway.cli.context import Context
-from manager.config import Settings, env_overrides, is_loopback_host
+from manager.config import LOOPBACK_NETWORKS, Settings, env_overrides, is_loopback_host
 from manager.config_remote import REMOTE_FORMAT, remote_entries
 from manager.protocol import HardwareSnapshot, ModelEntry
 from prober.engine_choice import LLAMA_CPP
@@ -31,7 +32,7 @@ from prober.engine_choice import LLAMA_CPP
 GiB, MiB = 1024**3, 1024**2
 HEALTH_TIMEOUT_S, ENGINES_TIMEOUT_S = 3.0, 15.0
 # How each level is shown: its mark and style. Only errors make the exit status 1.
-LOOPBACK = '["127.0.0.0/8", "::1/128"]'
+LOOPBACK = json.dumps(list(LOOPBACK_NETWORKS))
 NEW_KEY = 'lmforge config set api_key "$(openssl rand -hex 24)"'
 LEVELS = {"ok": ("✓", "green"), "info": ("·", "dim"), "warning": ("!", "yellow"), "error": ("✗", "bold red")}
 
